@@ -1,0 +1,1 @@
+"""spnet_jax: Slimmable Pruned Neural Networks (SP-Net) in JAX/Flax."""

@@ -1,0 +1,188 @@
+"""Slimmable layers: parameters at full width, each call uses a static prefix of them.
+
+Every layer holds its full-width parameters and is called with the sub-network's channel
+counts as Python ints, so under `jax.jit` each sub-network is its own static-shaped program:
+no masking multiply, no dynamic shapes. A layer whose input is a ZPM residual stream gets an
+index array (``in_index``, from the ``masks`` collection) and gathers its kernel's input
+rows; that gather touches weights only, never activations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+# He-normal on fan_out, as torchvision initialises convs.
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _take_inputs(kernel: Array, n_in: int, in_index: Array | None, axis: int) -> Array:
+    if in_index is None:
+        return jax.lax.slice_in_dim(kernel, 0, n_in, axis=axis)
+    return jnp.take(kernel, in_index, axis=axis)
+
+
+class SlimConv(nn.Module):
+    """Conv2D (NHWC, HWIO kernel, no bias) whose in/out channels are prefixes of the full ones.
+
+    PyTorch-style symmetric padding ``kernel_size // 2`` so strided convs match the release.
+    With ``depthwise=True`` the kernel is (kh, kw, 1, C) and the conv runs one group per
+    channel; its channel count is the input's.
+    """
+
+    in_features: int
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    depthwise: bool = False
+    dtype: Dtype = jnp.float32
+    kernel_init: Any = conv_init
+
+    @nn.compact
+    def __call__(self, x: Array, n_out: int | None = None, in_index: Array | None = None):
+        k = self.kernel_size
+        if self.depthwise:
+            kernel = self.param('kernel', self.kernel_init, (k, k, 1, self.features))
+            n = x.shape[-1]
+            kernel = kernel[..., :n]
+            groups = n
+        else:
+            kernel = self.param('kernel', self.kernel_init, (k, k, self.in_features, self.features))
+            n_out = self.features if n_out is None else n_out
+            kernel = _take_inputs(kernel, x.shape[-1], in_index, axis=2)[..., :n_out]
+            groups = 1
+        pad = k // 2
+        return jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(self.strides, self.strides),
+            padding=((pad, pad), (pad, pad)),
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+            feature_group_count=groups,
+        )
+
+
+class SlimBatchNorm(nn.Module):
+    """BatchNorm over the last axis for a slimmable network.
+
+    ``counts[k]`` is the number of channels in sub-network ``k``. Running statistics are
+    private to each sub-network (``batch_stats``: ``mean_k``, ``var_k`` of size
+    ``counts[k]``). The affine scale/bias are shared and sliced (SP-Net, ``shared=True``),
+    or private per sub-network (S-Net's switchable BN, ``shared=False``: ``scale_k``,
+    ``bias_k``). ``momentum`` is Flax's (PyTorch's 0.1 is 0.9 here); eps 1e-5 as PyTorch.
+    """
+
+    counts: tuple[int, ...]
+    shared: bool = True
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    scale_init: float = 1.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, subnet: int, train: bool) -> Array:
+        n = self.counts[subnet]
+        if x.shape[-1] != n:
+            raise ValueError(f'{self.name}: got {x.shape[-1]} channels, sub-network {subnet} '
+                             f'has {n}.')
+        const = nn.initializers.constant
+        if self.shared:
+            full = max(self.counts)
+            scale = self.param('scale', const(self.scale_init), (full,))[:n]
+            bias = self.param('bias', nn.initializers.zeros, (full,))[:n]
+        else:
+            scale = bias = None
+            for k, c in enumerate(self.counts):
+                s = self.param(f'scale_{k}', const(self.scale_init), (c,))
+                b = self.param(f'bias_{k}', nn.initializers.zeros, (c,))
+                if k == subnet:
+                    scale, bias = s, b
+        stats = [
+            (self.variable('batch_stats', f'mean_{k}', jnp.zeros, (c,), jnp.float32),
+             self.variable('batch_stats', f'var_{k}', jnp.ones, (c,), jnp.float32))
+            for k, c in enumerate(self.counts)
+        ]
+        ra_mean, ra_var = stats[subnet]
+        if train:
+            xf = x.astype(jnp.float32)
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(xf, axes)
+            var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                ra_var.value = m * ra_var.value + (1 - m) * var
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        mul = scale * jax.lax.rsqrt(var + self.epsilon)
+        y = x * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)
+        return y.astype(self.dtype)
+
+
+class SlimDense(nn.Module):
+    """The classifier: input rows are a prefix of the full ones, or gathered by ``in_index``."""
+
+    in_features: int
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, in_index: Array | None = None) -> Array:
+        kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                            (self.in_features, self.features))
+        bias = self.param('bias', nn.initializers.zeros, (self.features,))
+        kernel = _take_inputs(kernel, x.shape[-1], in_index, axis=0)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
+
+
+class ZPMAdd(nn.Module):
+    """Zero-padding-match residual add: place both branches in the stream, add, compact.
+
+    Reads from the ``masks`` collection, for each sub-network ``k``:
+
+    * ``fused_k``: the stream's kept channels, ascending, in the full stream's numbering;
+    * ``body_k`` / ``short_k``: for each kept stream position, which channel of the body /
+      shortcut goes there, or the branch's channel count (out of range) for "none".
+
+    ``out[..., p] = body[..., body_k[p]] + short[..., short_k[p]]`` (missing = 0) is the
+    scatter-add-compact of the release, written as two gathers so XLA fuses it with the add.
+    The default masks (before any pruning) put both branches at the stream's first channels.
+    """
+
+    stream_sizes: tuple[int, ...]
+    body_counts: tuple[int, ...]
+    short_counts: tuple[int, ...]
+
+    def setup(self):
+        def prefix(n, size):
+            return lambda: jnp.where(jnp.arange(size) < n, jnp.arange(size), n).astype(jnp.int32)
+
+        self.fused = [
+            self.variable('masks', f'fused_{k}', lambda s=s: jnp.arange(s, dtype=jnp.int32))
+            for k, s in enumerate(self.stream_sizes)
+        ]
+        self.body = [
+            self.variable('masks', f'body_{k}', prefix(b, s))
+            for k, (b, s) in enumerate(zip(self.body_counts, self.stream_sizes, strict=True))
+        ]
+        self.short = [
+            self.variable('masks', f'short_{k}', prefix(c, s))
+            for k, (c, s) in enumerate(zip(self.short_counts, self.stream_sizes, strict=True))
+        ]
+
+    def __call__(self, body: Array, short: Array, subnet: int) -> tuple[Array, Array]:
+        """Returns the compacted stream and its fused index array (for the consumers)."""
+        gather = lambda x, idx: jnp.take(x, idx, axis=-1, mode='fill', fill_value=0)
+        out = gather(body, self.body[subnet].value) + gather(short, self.short[subnet].value)
+        return out, self.fused[subnet].value
+
+
+def relu6(x: Array) -> Array:
+    return jnp.clip(x, 0, 6)

@@ -1,0 +1,106 @@
+"""What every slimmable architecture shares: the `Architecture` interface and small helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from spnet_jax import layers
+from spnet_jax.channels import ChannelGroup, ChannelTable
+from spnet_jax.structure import Structure, uniform_structure
+
+
+def scaled(channels: int, width: float) -> int:
+    """``floor(channels * width)`` (the release's ResNet/VGG rounding), at least 1."""
+    return max(1, int(math.floor(channels * width + 1e-9)))
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """MobileNet rounding: nearest multiple of ``divisor``, never 10% below ``value``."""
+    min_value = divisor if min_value is None else min_value
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new
+
+
+def plain_group(name: str, size: int, bn: str, consumers=(), followers=(), extra_bns=(),
+                zpm: bool = False) -> ChannelGroup:
+    """The common case: one conv ``name`` followed by its BN ``bn``."""
+    return ChannelGroup(name=name, size=size, producers=(name,), bns=(bn, *extra_bns),
+                        scored_by=(bn,), consumers=tuple(consumers),
+                        followers=tuple(followers), zpm=zpm)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """An architecture: its channel table at any width, and its Flax module for a structure.
+
+    Subclasses implement `table` and `module`. ``full_width`` is the width multiplier of
+    the full (largest) network; ``num_classes`` and ``stem`` select the head and stem.
+    """
+
+    name: str
+    num_classes: int = 1000
+    full_width: float = 1.0
+    stem: str = 'imagenet'
+
+    def table(self, width: float | None = None, zpm: bool = False) -> ChannelTable:
+        raise NotImplementedError
+
+    def module(self, structure: Structure, *, dtype: Any = jnp.float32,
+               bn_scale_init: float = 1.0) -> nn.Module:
+        raise NotImplementedError
+
+    # Structures that need no pruning.
+    def plain_structure(self, width: float | None = None) -> Structure:
+        """A single plain network (e.g. a base network) at ``width``."""
+        w = self.full_width if width is None else width
+        return uniform_structure(lambda v: self.table(v), [w], method='spnet')
+
+    def snet_structure(self, widths) -> Structure:
+        """S-Net: sub-network k is the whole network at ``widths[k]``, private BN per width."""
+        return uniform_structure(lambda v: self.table(v), widths, method='snet')
+
+
+def conv(structure: Structure, name: str, group: str, in_features: int, kernel_size: int,
+         strides: int = 1, depthwise: bool = False, dtype: Any = jnp.float32) -> layers.SlimConv:
+    """A conv producing ``group`` (its full width from the structure)."""
+    return layers.SlimConv(in_features=in_features, features=structure.full_of(group),
+                           kernel_size=kernel_size, strides=strides, depthwise=depthwise,
+                           dtype=dtype, name=name)
+
+
+def batch_norm(structure: Structure, name: str, group: str, scale_init: float = 1.0,
+               dtype: Any = jnp.float32) -> layers.SlimBatchNorm:
+    """SP-Net BN (shared affine) or S-Net's switchable BN, by the structure's method."""
+    return layers.SlimBatchNorm(counts=structure.counts_of(group),
+                                shared=structure.method == 'spnet', scale_init=scale_init,
+                                dtype=dtype, name=name)
+
+
+class SlimModule(nn.Module):
+    """Base of the model modules: the structure, head size and BN settings."""
+
+    structure: Structure
+    num_classes: int = 1000
+    dtype: Any = jnp.float32
+    bn_scale_init: float = 1.0
+
+    def n(self, group: str, subnet: int) -> int:
+        return self.structure.count(group, subnet)
+
+    def conv(self, name, group, in_features, kernel_size, strides=1, depthwise=False):
+        return conv(self.structure, name, group, in_features, kernel_size, strides, depthwise,
+                    self.dtype)
+
+    def bn(self, name: str, group: str) -> layers.SlimBatchNorm:
+        return batch_norm(self.structure, name, group, self.bn_scale_init, self.dtype)
+
+    def head(self, in_features: int) -> layers.SlimDense:
+        return layers.SlimDense(in_features=in_features, features=self.num_classes,
+                                dtype=self.dtype, name='head')

@@ -1,0 +1,237 @@
+"""ResNet (basic and bottleneck blocks), ImageNet and CIFAR layouts, with optional ZPM.
+
+Names in the variable trees: ``stem_conv``/``stem_bn``, blocks ``layer{s}_{i}`` holding
+``conv1``/``bn1``, ``conv2``/``bn2`` (and ``conv3``/``bn3`` for bottlenecks), a projection
+shortcut ``proj_conv``/``proj_bn`` where the shape changes, and ``zpm`` (the ZPM junction's
+masks) when ZPM is on; the classifier is ``head``. Strides sit on the 3x3 conv (torchvision's
+ResNet v1.5, as in the release).
+
+Channel groups: every conv that does not end a block is its own group, named by its path.
+Without ZPM a stage's residual stream (its block ends, projection, and the stem if the
+first block has an identity shortcut) is one group named ``stage{s}``; with ZPM each of those
+is a group of its own and the stage is a `Stream` of junctions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from spnet_jax import layers
+from spnet_jax.channels import ChannelGroup, ChannelTable, Junction, Stream
+from spnet_jax.models import common
+from spnet_jax.models.common import Architecture, SlimModule, plain_group, scaled
+
+IMAGENET_DEPTHS = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+}
+CIFAR_DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    name: str
+    stage: int
+    index: int
+    in_ch: int
+    mid: int
+    out: int
+    stride: int
+    proj: bool
+    bottleneck: bool
+
+    @property
+    def end(self) -> str:
+        return f'{self.name}/conv3' if self.bottleneck else f'{self.name}/conv2'
+
+    @property
+    def inner(self) -> tuple[str, ...]:
+        """The convs inside the block that are always groups of their own."""
+        return (f'{self.name}/conv1', f'{self.name}/conv2') if self.bottleneck else (
+            f'{self.name}/conv1',)
+
+
+def block_specs(depth: int, width: float) -> tuple[int, list[BlockSpec]]:
+    """Stem channels and the blocks of ResNet-``depth`` at ``width``."""
+    if depth in IMAGENET_DEPTHS:
+        kind, counts = IMAGENET_DEPTHS[depth]
+        planes, stem = (64, 128, 256, 512), 64
+    elif depth in CIFAR_DEPTHS:
+        kind, counts = 'basic', (CIFAR_DEPTHS[depth],) * 3
+        planes, stem = (16, 32, 64), 16
+    else:
+        raise ValueError(f'no ResNet of depth {depth}')
+    bottleneck = kind == 'bottleneck'
+    expansion = 4 if bottleneck else 1
+    stem_ch = scaled(stem, width)
+    blocks, in_ch = [], stem_ch
+    for s, (p, n) in enumerate(zip(planes, counts, strict=True)):
+        for i in range(n):
+            stride = 2 if (i == 0 and s > 0) else 1
+            mid, out = scaled(p, width), scaled(p * expansion, width)
+            proj = stride != 1 or in_ch != out
+            blocks.append(BlockSpec(f'layer{s + 1}_{i}', s + 1, i, in_ch, mid, out, stride, proj,
+                                    bottleneck))
+            in_ch = out
+    return stem_ch, blocks
+
+
+def _stream_members(stage_blocks: list[BlockSpec]) -> list[str]:
+    first = stage_blocks[0]
+    members = [b.end for b in stage_blocks]
+    members.insert(1, f'{first.name}/proj_conv' if first.proj else 'stem_conv')
+    return members
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetArch(Architecture):
+    depth: int = 50
+
+    def table(self, width: float | None = None, zpm: bool = False) -> ChannelTable:
+        w = self.full_width if width is None else width
+        stem_ch, blocks = block_specs(self.depth, w)
+        stages = sorted({b.stage for b in blocks})
+        by_stage = {s: [b for b in blocks if b.stage == s] for s in stages}
+        stem_in_stream = not by_stage[stages[0]][0].proj
+
+        bn_of = lambda conv: conv.replace('conv', 'bn')
+
+        def readers(i: int) -> tuple[tuple[str, int], ...]:
+            """Params reading the output of block i-1 (i = 0: the stem)."""
+            if i == len(blocks):
+                return (('head', 0),)
+            b = blocks[i]
+            out = [(f'{b.name}/conv1', 2)]
+            if b.proj:
+                out.append((f'{b.name}/proj_conv', 2))
+            return tuple(out)
+
+        groups: list[ChannelGroup] = []
+        streams: list[Stream] = []
+        index = {b.name: i for i, b in enumerate(blocks)}
+        if zpm or not stem_in_stream:
+            groups.append(plain_group('stem_conv', stem_ch, 'stem_bn', readers(0),
+                                      zpm=zpm and stem_in_stream))
+        for s in stages:
+            sb = by_stage[s]
+            for b in sb:
+                convs = b.inner
+                sizes = (b.mid,) * len(convs)
+                for k, (c, size) in enumerate(zip(convs, sizes, strict=True)):
+                    nxt = convs[k + 1] if k + 1 < len(convs) else b.end
+                    groups.append(plain_group(c, size, bn_of(c), ((nxt, 2),)))
+                if zpm:
+                    if b.proj:
+                        groups.append(plain_group(f'{b.name}/proj_conv', b.out,
+                                                  f'{b.name}/proj_bn', zpm=True))
+                    groups.append(plain_group(b.end, b.out, bn_of(b.end), zpm=True))
+            if zpm:
+                junctions = []
+                for b in sb:
+                    if b.proj:
+                        short = f'{b.name}/proj_conv'
+                    elif b is sb[0]:
+                        short = 'stem_conv'
+                    else:
+                        short = None
+                    junctions.append(Junction(b.name, b.end, short, readers(index[b.name] + 1)))
+                streams.append(Stream(f'stage{s}', sb[0].out, tuple(junctions)))
+            else:
+                members = _stream_members(sb)
+                starts_at_stem = stem_in_stream and s == stages[0]
+                if not starts_at_stem:
+                    members = [m for m in members if m != 'stem_conv']
+                bns = tuple(m.replace('conv', 'bn') for m in members)
+                consumers = list(readers(0)) if starts_at_stem else []
+                consumers += [r for b in sb for r in readers(index[b.name] + 1)]
+                groups.append(ChannelGroup(f'stage{s}', sb[0].out, tuple(members), bns, bns,
+                                           tuple(dict.fromkeys(consumers))))
+        return ChannelTable(self.name, tuple(groups), tuple(streams))
+
+    def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0):
+        return ResNet(structure=structure, depth=self.depth, stem=self.stem,
+                      num_classes=self.num_classes, dtype=dtype, bn_scale_init=bn_scale_init)
+
+
+class ResNet(SlimModule):
+    depth: int = 50
+    stem: str = 'imagenet'
+
+    @nn.compact
+    def __call__(self, x, subnet: int | float = -1, train: bool = False):
+        k = self.structure.subnet_index(subnet)
+        S = self.structure
+        _, blocks = block_specs(self.depth, 1.0)
+        stem_g = group_of(S, 'stem_conv', blocks[0].stage)
+        if self.stem == 'imagenet':
+            x = self.conv('stem_conv', stem_g, x.shape[-1], 7, 2)(x, self.n(stem_g, k))
+        else:
+            x = self.conv('stem_conv', stem_g, x.shape[-1], 3, 1)(x, self.n(stem_g, k))
+        x = nn.relu(self.bn('stem_bn', stem_g)(x, k, train))
+        if self.stem == 'imagenet':
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        x_full, in_index = S.full_of(stem_g), None
+        for b in blocks:
+            block = Block(spec=b, structure=S, dtype=self.dtype, bn_scale_init=self.bn_scale_init,
+                          name=b.name)
+            x, in_index, x_full = block(x, x_full, in_index, k, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return self.head(x_full)(x, in_index).astype(jnp.float32)
+
+
+def group_of(structure, conv: str, stage: int) -> str:
+    """The channel group a conv's output belongs to: its own, or its stage's stream."""
+    return conv if conv in structure.groups else f'stage{stage}'
+
+
+class Block(nn.Module):
+    """One residual block; returns (output, its stream index array or None, its full width)."""
+
+    spec: BlockSpec
+    structure: Any
+    dtype: Any = jnp.float32
+    bn_scale_init: float = 1.0
+
+    @nn.compact
+    def __call__(self, x, x_full: int, in_index, k: int, train: bool):
+        b, S = self.spec, self.structure
+        g = lambda conv: group_of(S, f'{b.name}/{conv}', b.stage)
+        conv = lambda name, in_f, ks, st: common.conv(S, name, g(name), in_f, ks, st,
+                                                      dtype=self.dtype)
+        bn = lambda name, grp: common.batch_norm(S, name, grp, self.bn_scale_init, self.dtype)
+        if b.bottleneck:
+            convs = (('conv1', 1, 1), ('conv2', 3, b.stride), ('conv3', 1, 1))
+        else:
+            convs = (('conv1', 3, b.stride), ('conv2', 3, 1))
+        y, y_full, y_index = x, x_full, in_index
+        for i, (name, ks, st) in enumerate(convs):
+            y = conv(name, y_full, ks, st)(y, S.count(g(name), k), y_index)
+            y = bn(name.replace('conv', 'bn'), g(name))(y, k, train)
+            if i + 1 < len(convs):
+                y = nn.relu(y)
+            y_full, y_index = S.full_of(g(name)), None
+        if b.proj:
+            short = conv('proj_conv', x_full, 1, b.stride)(x, S.count(g('proj_conv'), k), in_index)
+            short = bn('proj_bn', g('proj_conv'))(short, k, train)
+        else:
+            short = x
+        if not S.zpm:
+            return nn.relu(y + short), None, y_full
+        if b.proj:
+            short_counts = S.counts_of(g('proj_conv'))
+        elif in_index is None:  # the stream starts at the stem
+            short_counts = S.counts_of('stem_conv')
+        else:
+            short_counts = S.stream_sizes_of(S.junctions[S.junctions.index(b.name) - 1])
+        junction = layers.ZPMAdd(stream_sizes=S.stream_sizes_of(b.name),
+                                 body_counts=S.counts_of(g(convs[-1][0])),
+                                 short_counts=short_counts, name='zpm')
+        out, fused = junction(y, short, k)
+        return nn.relu(out), fused, y_full
