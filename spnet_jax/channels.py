@@ -18,9 +18,10 @@ A *channel group* is a set of channels that must be kept, dropped and permuted t
 * ``consumers``: (path, axis) of params that read the group on an input axis: 2 for a conv
   kernel, 0 for the classifier's kernel.
 
-With zero-padding-match (ZPM), residual streams are not one group: each block end and each
-projection shortcut is its own group (``zpm=True``), and a `Stream` lists the junctions where
-they are added. Consumers of a stream read it through the fused index array of the junction
+With zero-padding-match (ZPM), residual streams are not one group: each block end, each
+projection shortcut and the layer a stream starts from is its own group (``zpm_role`` 'end',
+'shortcut', 'entry'; the first two get the halved channel floor), and a `Stream` lists the
+junctions where they are added. Consumers of a stream read it through the fused index array of the junction
 that produced it; they are listed on the junction, not on a group.
 """
 
@@ -38,7 +39,7 @@ class ChannelGroup:
     scored_by: tuple[str, ...]
     consumers: tuple[tuple[str, int], ...] = ()
     followers: tuple[str, ...] = ()
-    zpm: bool = False
+    zpm_role: str | None = None  # ZPM layers: 'end' (block end), 'shortcut', 'entry'
 
 
 @dataclasses.dataclass(frozen=True)

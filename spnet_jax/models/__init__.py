@@ -1,10 +1,17 @@
-"""The model zoo: pick an architecture by name."""
+"""The model zoo: pick an architecture by name.
+
+Every model is called as ``model.apply(variables, images_nhwc, subnet=k, train=...)`` with
+``k`` a static Python int (or a width label of the structure).
+"""
 
 from __future__ import annotations
 
 from spnet_jax.errors import ConfigError
 from spnet_jax.models.common import Architecture
+from spnet_jax.models.mobilenet_v1 import MobileNetV1Arch
+from spnet_jax.models.mobilenet_v2 import MobileNetV2Arch
 from spnet_jax.models.resnet import CIFAR_DEPTHS, IMAGENET_DEPTHS, ResNetArch
+from spnet_jax.models.vgg import VGGArch
 
 STEMS = ('imagenet', 'small')
 
@@ -14,20 +21,30 @@ def _resnet(depth):
 
 
 REGISTRY = {f'resnet{d}': _resnet(d) for d in (*IMAGENET_DEPTHS, *CIFAR_DEPTHS)}
+REGISTRY['vgg19'] = lambda **kw: VGGArch(name='vgg19', **kw)
+REGISTRY['mobilenet_v1'] = lambda **kw: MobileNetV1Arch(name='mobilenet_v1', **kw)
+REGISTRY['mobilenet_v2'] = lambda **kw: MobileNetV2Arch(name='mobilenet_v2', **kw)
+CIFAR_LAYOUTS = {f'resnet{d}' for d in CIFAR_DEPTHS}
 
 
 def get_arch(name: str, *, num_classes: int = 1000, full_width: float = 1.0,
              stem: str | None = None) -> Architecture:
     """The architecture ``name`` (see `REGISTRY`) with its head, full width and stem.
 
-    ``stem`` defaults to 'imagenet' for ImageNet layouts and 'small' for CIFAR ResNets.
+    ``stem`` (ResNets only) defaults to 'imagenet' (7x7/2 + max-pool), or 'small' (3x3/1,
+    no pool) for the CIFAR ResNets.
     """
     if name not in REGISTRY:
         raise ConfigError(f'model.name={name!r} is unknown; choose one of {sorted(REGISTRY)}.')
     if stem is None:
-        stem = 'small' if name in {f'resnet{d}' for d in CIFAR_DEPTHS} else 'imagenet'
+        stem = 'small' if name in CIFAR_LAYOUTS else 'imagenet'
     if stem not in STEMS:
         raise ConfigError(f'model.stem={stem!r} is unknown; choose one of {list(STEMS)}.')
     if not 0 < full_width <= 4:
-        raise ConfigError(f'model full width {full_width} must be in (0, 4].')
+        raise ConfigError(f'model.full_width={full_width} must be in (0, 4].')
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f'model.num_classes={num_classes!r} must be a positive int.')
     return REGISTRY[name](num_classes=num_classes, full_width=full_width, stem=stem)
+
+
+__all__ = ['Architecture', 'REGISTRY', 'get_arch']

@@ -29,11 +29,11 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 def plain_group(name: str, size: int, bn: str, consumers=(), followers=(), extra_bns=(),
-                zpm: bool = False) -> ChannelGroup:
+                zpm_role: str | None = None) -> ChannelGroup:
     """The common case: one conv ``name`` followed by its BN ``bn``."""
     return ChannelGroup(name=name, size=size, producers=(name,), bns=(bn, *extra_bns),
                         scored_by=(bn,), consumers=tuple(consumers),
-                        followers=tuple(followers), zpm=zpm)
+                        followers=tuple(followers), zpm_role=zpm_role)
 
 
 @dataclasses.dataclass(frozen=True)

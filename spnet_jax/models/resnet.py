@@ -118,7 +118,7 @@ class ResNetArch(Architecture):
         index = {b.name: i for i, b in enumerate(blocks)}
         if zpm or not stem_in_stream:
             groups.append(plain_group('stem_conv', stem_ch, 'stem_bn', readers(0),
-                                      zpm=zpm and stem_in_stream))
+                                      zpm_role='entry' if zpm and stem_in_stream else None))
         for s in stages:
             sb = by_stage[s]
             for b in sb:
@@ -130,8 +130,8 @@ class ResNetArch(Architecture):
                 if zpm:
                     if b.proj:
                         groups.append(plain_group(f'{b.name}/proj_conv', b.out,
-                                                  f'{b.name}/proj_bn', zpm=True))
-                    groups.append(plain_group(b.end, b.out, bn_of(b.end), zpm=True))
+                                                  f'{b.name}/proj_bn', zpm_role='shortcut'))
+                    groups.append(plain_group(b.end, b.out, bn_of(b.end), zpm_role='end'))
             if zpm:
                 junctions = []
                 for b in sb:

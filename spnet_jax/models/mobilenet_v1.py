@@ -1,0 +1,85 @@
+"""MobileNetV1: a 3x3 stem and 13 depthwise-separable blocks, channels rounded to 8.
+
+Names: ``stem_conv``/``stem_bn``; ``block{i}`` (i = 1..13) holding ``dw_conv``/``dw_bn`` and
+``pw_conv``/``pw_bn``; classifier ``head``. A depthwise conv is not a channel group: it
+follows the group that feeds it (the stem or the previous pointwise conv).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from spnet_jax.channels import ChannelTable
+from spnet_jax.models.common import Architecture, SlimModule, make_divisible, plain_group
+
+STEM = 32
+# (pointwise output channels, depthwise stride) of blocks 1..13.
+BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
+          (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class MobileNetV1Arch(Architecture):
+    def table(self, width: float | None = None, zpm: bool = False) -> ChannelTable:
+        w = self.full_width if width is None else width
+        producers = ['stem_conv'] + [f'block{i}/pw_conv' for i in range(1, len(BLOCKS) + 1)]
+        sizes = [make_divisible(STEM * w)] + [make_divisible(c * w) for c, _ in BLOCKS]
+        groups = []
+        for i, (p, c) in enumerate(zip(producers, sizes, strict=True)):
+            bn = p.replace('conv', 'bn')
+            if i < len(BLOCKS):
+                nxt = f'block{i + 1}'
+                groups.append(plain_group(p, c, bn, ((f'{nxt}/pw_conv', 2),),
+                                          followers=(f'{nxt}/dw_conv',),
+                                          extra_bns=(f'{nxt}/dw_bn',)))
+            else:
+                groups.append(plain_group(p, c, bn, (('head', 0),)))
+        return ChannelTable(self.name, tuple(groups))
+
+    def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0):
+        return MobileNetV1(structure=structure, num_classes=self.num_classes, dtype=dtype,
+                           bn_scale_init=bn_scale_init)
+
+
+class MobileNetV1(SlimModule):
+    @nn.compact
+    def __call__(self, x, subnet: int | float = -1, train: bool = False):
+        k = self.structure.subnet_index(subnet)
+        g = 'stem_conv'
+        x = self.conv('stem_conv', g, x.shape[-1], 3, 2)(x, self.n(g, k))
+        x = nn.relu(self.bn('stem_bn', g)(x, k, train))
+        for i, (_, stride) in enumerate(BLOCKS, start=1):
+            x = DepthwiseSeparable(structure=self.structure, in_group=g,
+                                   out_group=f'block{i}/pw_conv', stride=stride,
+                                   dtype=self.dtype, bn_scale_init=self.bn_scale_init,
+                                   name=f'block{i}')(x, k, train)
+            g = f'block{i}/pw_conv'
+        x = jnp.mean(x, axis=(1, 2))
+        return self.head(self.structure.full_of(g))(x).astype(jnp.float32)
+
+
+class DepthwiseSeparable(nn.Module):
+    structure: Any
+    in_group: str
+    out_group: str
+    stride: int
+    dtype: Any = jnp.float32
+    bn_scale_init: float = 1.0
+
+    @nn.compact
+    def __call__(self, x, k: int, train: bool):
+        from spnet_jax.models.common import batch_norm, conv
+
+        S = self.structure
+        x = conv(S, 'dw_conv', self.in_group, 1, 3, self.stride, depthwise=True,
+                 dtype=self.dtype)(x)
+        x = nn.relu(batch_norm(S, 'dw_bn', self.in_group, self.bn_scale_init, self.dtype)(
+            x, k, train))
+        x = conv(S, 'pw_conv', self.out_group, S.full_of(self.in_group), 1, dtype=self.dtype)(
+            x, S.count(self.out_group, k))
+        return nn.relu(batch_norm(S, 'pw_bn', self.out_group, self.bn_scale_init, self.dtype)(
+            x, k, train))
