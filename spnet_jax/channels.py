@@ -21,8 +21,8 @@ A *channel group* is a set of channels that must be kept, dropped and permuted t
 With zero-padding-match (ZPM), residual streams are not one group: each block end, each
 projection shortcut and the layer a stream starts from is its own group (``zpm_role`` 'end',
 'shortcut', 'entry'; the first two get the halved channel floor), and a `Stream` lists the
-junctions where they are added. Consumers of a stream read it through the fused index array of the junction
-that produced it; they are listed on the junction, not on a group.
+junctions where they are added. Consumers of a stream read it through the fused index array
+of the junction that produced it; they are listed on the junction, not on a group.
 """
 
 from __future__ import annotations
