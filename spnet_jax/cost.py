@@ -27,6 +27,10 @@ class LayerCost:
     kind: str  # 'conv', 'bn', 'dense'
     macs: int
     params: int
+    in_shape: tuple[int, ...] = ()  # per image, e.g. (H, W, C)
+    out_shape: tuple[int, ...] = ()
+    kernel_size: int = 0
+    strides: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +59,15 @@ def layer_costs(arch, structure: Structure, subnet: int, image_size: int,
             k = mod.kernel_size
             per_out = k * k * (1 if mod.depthwise else cin)
             params = per_out * cout
-            records.append(LayerCost(path, 'conv', params * out.shape[1] * out.shape[2], params))
+            records.append(LayerCost(path, 'conv', params * out.shape[1] * out.shape[2], params,
+                                     x.shape[1:], out.shape[1:], k, mod.strides))
         elif isinstance(mod, layers.SlimBatchNorm):
-            records.append(LayerCost(path, 'bn', 0, 2 * out.shape[-1]))
+            records.append(LayerCost(path, 'bn', 0, 2 * out.shape[-1], out.shape[1:],
+                                     out.shape[1:]))
         elif isinstance(mod, layers.SlimDense):
             cin, cout = args[0].shape[-1], out.shape[-1]
-            records.append(LayerCost(path, 'dense', cin * cout, cin * cout + cout))
+            records.append(LayerCost(path, 'dense', cin * cout, cin * cout + cout, (cin,),
+                                     (cout,)))
         return out
 
     x = jax.ShapeDtypeStruct((1, image_size, image_size, in_channels), jnp.float32)

@@ -1,0 +1,7 @@
+"""S-Net baseline: slimmable MobileNetV2 x0.75 / 1.0 / 1.3 on ImageNet, from scratch."""
+
+from configs import default, mobilenet_v2
+
+
+def get_config():
+    return default.to_snet(mobilenet_v2.get_config(), (0.75, 1.0, 1.3))

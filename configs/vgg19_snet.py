@@ -1,0 +1,7 @@
+"""S-Net baseline: slimmable VGG-19-BN x0.25 / 0.5 / 1.0 on ImageNet, from scratch."""
+
+from configs import default, vgg19
+
+
+def get_config():
+    return default.to_snet(vgg19.get_config(), (0.25, 0.5, 1.0))

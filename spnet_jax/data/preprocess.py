@@ -1,0 +1,208 @@
+"""Image preprocessing: numpy for in-memory data, TensorFlow for tf.data pipelines.
+
+Two recipes, both ending in float32 HWC (NHWC for batches) normalised by the dataset's
+per-channel mean and std (given in [0, 1] units):
+
+- **small** (CIFAR-style, 28-32 px data). Eval: center crop or zero-pad to `image_size`.
+  Train: center crop or zero-pad to ``image_size + 2 * padding`` (so ``padding`` pixels of
+  zeros on each side when `image_size` is the native size), a random `image_size` crop, and
+  a random horizontal flip.
+- **imagenet**. Train: a random-resized crop (area 8%-100% of the image, aspect ratio
+  3/4-4/3, at most 10 attempts, else the eval crop), resized bilinearly to `image_size`, and
+  a random horizontal flip. Eval: the central ``image_size / (image_size + 32)`` of the
+  shorter side (87.5% at 224), resized to `image_size`; the same as "resize to 256, center
+  crop 224".
+
+Randomness is explicit and stateless: the numpy functions take the crop offsets and flip
+bits as arrays (drawn by the caller from a seeded generator), the TensorFlow ones take a
+stateless seed (an int32/int64 tensor of shape [2]), so an augmentation is a pure function of
+its seed. The TensorFlow functions accept a decoded uint8 image or, for ImageNet's JPEGs,
+the encoded bytes, which are decoded only inside the crop window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+IMAGENET_CROP_PADDING = 32
+AREA_RANGE = (0.08, 1.0)
+ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+MAX_ATTEMPTS = 10
+
+
+# ------------------------------------------------------------------------------ numpy
+
+
+def center_crop_or_pad_np(images: np.ndarray, size: int) -> np.ndarray:
+    """Crops the center of, or zero-pads around, a (B, H, W, C) batch to (B, size, size, C).
+
+    Offsets round down, as in `tf.image.resize_with_crop_or_pad`.
+    """
+    out = images
+    for axis in (1, 2):
+        length = out.shape[axis]
+        if length > size:
+            start = (length - size) // 2
+            out = np.take(out, np.arange(start, start + size), axis=axis)
+        elif length < size:
+            before = (size - length) // 2
+            widths = [(0, 0)] * out.ndim
+            widths[axis] = (before, size - length - before)
+            out = np.pad(out, widths)
+    return out
+
+
+def small_eval_np(images: np.ndarray, image_size: int) -> np.ndarray:
+    """Small-image eval preprocessing of a uint8 batch (before normalisation)."""
+    return center_crop_or_pad_np(images, image_size)
+
+
+def small_train_np(
+    images: np.ndarray,
+    offsets: np.ndarray,
+    flips: np.ndarray,
+    *,
+    image_size: int,
+    padding: int,
+) -> np.ndarray:
+    """Pad + random crop + horizontal flip of a uint8 (B, H, W, C) batch.
+
+    Args:
+      images: the batch.
+      offsets: int (B, 2): top-left corner of each crop in the padded image, each in
+        ``[0, 2 * padding]``.
+      flips: bool (B,): which examples are mirrored left-right.
+      image_size: output height and width.
+      padding: zero padding on each side before cropping.
+
+    Returns:
+      uint8 (B, image_size, image_size, C).
+    """
+    padded = center_crop_or_pad_np(images, image_size + 2 * padding)
+    grid = np.arange(image_size)
+    rows = offsets[:, 0, None] + grid
+    cols = offsets[:, 1, None] + grid
+    cols = np.where(flips[:, None], cols[:, ::-1], cols)
+    batch = np.arange(len(images))[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]]
+
+
+def normalize_np(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 -> float32 ``(x / 255 - mean) / std``, per channel (last axis)."""
+    scale = np.float32(1 / 255)
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    return (images.astype(np.float32) * scale - mean) / std
+
+
+# ------------------------------------------------------------------------- TensorFlow
+
+
+def _is_encoded(image: tf.Tensor) -> bool:
+    return image.dtype == tf.string
+
+
+def _image_shape(image: tf.Tensor) -> tf.Tensor:
+    """[height, width, channels] of a decoded image or of JPEG bytes (read from the header)."""
+    if _is_encoded(image):
+        return tf.image.extract_jpeg_shape(image)
+    return tf.shape(image)
+
+
+def _crop(image: tf.Tensor, top, left, height, width) -> tf.Tensor:
+    """A window of a decoded image, or of JPEG bytes decoded only inside the window."""
+    if _is_encoded(image):
+        window = tf.stack([top, left, height, width])
+        return tf.image.decode_and_crop_jpeg(image, window, channels=3)
+    return tf.image.crop_to_bounding_box(image, top, left, height, width)
+
+
+def decode(image: tf.Tensor) -> tf.Tensor:
+    """A decoded uint8 image (JPEG bytes are decoded to RGB; decoded images pass through)."""
+    if _is_encoded(image):
+        return tf.io.decode_jpeg(image, channels=3)
+    return image
+
+
+def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    resized = tf.image.resize(image, [image_size, image_size], method='bilinear')
+    return tf.ensure_shape(resized, [image_size, image_size, None])
+
+
+def imagenet_eval(image: tf.Tensor, *, image_size: int) -> tf.Tensor:
+    """Center crop of ``image_size / (image_size + 32)`` of the shorter side, resized.
+
+    Returns float32 (image_size, image_size, C) in [0, 255].
+    """
+    shape = _image_shape(image)
+    height, width = shape[0], shape[1]
+    crop = tf.cast(
+        image_size
+        / (image_size + IMAGENET_CROP_PADDING)
+        * tf.cast(tf.minimum(height, width), tf.float64),
+        tf.int32,
+    )
+    crop = tf.maximum(crop, 1)
+    top = (height - crop + 1) // 2
+    left = (width - crop + 1) // 2
+    return _resize(_crop(image, top, left, crop, crop), image_size)
+
+
+def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, image_size: int) -> tf.Tensor:
+    """Random crop of 8%-100% of the area, aspect 3/4-4/3, resized to `image_size`.
+
+    When 10 attempts find no such window, falls back to `imagenet_eval`'s center crop.
+    Returns float32 (image_size, image_size, C) in [0, 255].
+    """
+    shape = _image_shape(image)
+    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=whole_image,
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=ASPECT_RATIO_RANGE,
+        area_range=AREA_RANGE,
+        max_attempts=MAX_ATTEMPTS,
+        use_image_if_no_bounding_boxes=True,
+    )
+    # The sampler returns the whole image when every attempt failed.
+    failed = tf.reduce_all(tf.equal(size[:2], shape[:2]))
+    return tf.cond(
+        failed,
+        lambda: imagenet_eval(image, image_size=image_size),
+        lambda: _resize(_crop(image, begin[0], begin[1], size[0], size[1]), image_size),
+    )
+
+
+def imagenet_train(image: tf.Tensor, seed: tf.Tensor, *, image_size: int) -> tf.Tensor:
+    """Random-resized crop + random horizontal flip; float32 in [0, 255]."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = random_resized_crop(image, crop_seed, image_size=image_size)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+
+def small_eval(image: tf.Tensor, *, image_size: int) -> tf.Tensor:
+    """Center crop or zero-pad to `image_size`; uint8."""
+    return tf.image.resize_with_crop_or_pad(decode(image), image_size, image_size)
+
+
+def small_train(image: tf.Tensor, seed: tf.Tensor, *, image_size: int, padding: int) -> tf.Tensor:
+    """Zero-pad + random `image_size` crop + random horizontal flip; uint8."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = decode(image)
+    padded_size = image_size + 2 * padding
+    image = tf.image.resize_with_crop_or_pad(image, padded_size, padded_size)
+    channels = image.shape[-1] or tf.shape(image)[-1]
+    crop_shape = tf.stack([image_size, image_size, channels])
+    image = tf.image.stateless_random_crop(image, crop_shape, seed=crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+
+def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+    """Pixel values in [0, 255] -> float32 ``(x / 255 - mean) / std``, per channel."""
+    image = tf.cast(image, tf.float32) / 255.0
+    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)

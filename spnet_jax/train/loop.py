@@ -1,0 +1,195 @@
+"""Trains one network in one stage folder: resumable, sharded, checkpointed, logged.
+
+`train_network` is the outer loop shared by the base stage (a plain network, one
+sub-network) and the slimmable stage (every sub-network in one step). It
+
+1. skips the stage if ``done.json`` is there;
+2. resumes from the latest checkpoint if there is one (the data restarts at that step, so
+   the run continues exactly as an uninterrupted one), else starts from the job's initial
+   variables (checked against the model's shapes);
+3. runs one jitted, sharded step per batch (state donated), fetches metrics every
+   ``log_every_steps`` and before every checkpoint, and stops on a non-finite loss;
+4. checkpoints every ``checkpoint_every_steps``, at the end, and on preemption (Orbax's
+   ``reached_preemption`` on multi-host jobs, SIGTERM on one process);
+5. writes ``done.json`` after the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from jax.sharding import Mesh
+
+from spnet_jax import data as data_lib
+from spnet_jax.structure import Structure
+from spnet_jax.train import checkpoint, metrics as metrics_lib, sharding, state as state_lib
+from spnet_jax.train import step as step_lib
+from spnet_jax.train.optim import make_optimizer
+
+
+class Preempted(RuntimeError):
+    """The job was asked to stop; the latest state is checkpointed. Rerun to resume."""
+
+
+@dataclasses.dataclass
+class TrainJob:
+    """What `train_network` trains.
+
+    Attributes:
+      name: the stage folder's name, for logs (``base_0.75``, ``slim``).
+      directory: the stage folder.
+      model: the Flax module (built for ``structure``).
+      structure: the network's `Structure` (saved beside the checkpoints).
+      section: the config section with the recipe (``config.base`` or ``config.slim``).
+      input_shape: (H, W, C) of the images.
+      initial_variables: called (only when not resuming) for the starting variables.
+      evaluate_at_end: evaluate every sub-network when training ends (kept in done.json).
+    """
+
+    name: str
+    directory: str
+    model: Any
+    structure: Structure
+    section: Any
+    input_shape: tuple[int, int, int]
+    initial_variables: Callable[[], dict[str, Any]]
+    evaluate_at_end: bool = False
+
+
+def schedule_length(section: Any, num_train: int) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a training section."""
+    steps_per_epoch = max(1, num_train // section.batch_size)
+    if section.num_steps > 0:
+        return steps_per_epoch, int(section.num_steps)
+    return steps_per_epoch, max(1, int(round(float(section.epochs) * steps_per_epoch)))
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    """Yields a callable telling whether SIGTERM arrived (handled only in the main thread)."""
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received.is_set
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
+    try:
+        yield received.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def abstract_state(job: TrainJob, tx, mesh: Mesh) -> state_lib.TrainState:
+    """Shapes, dtypes and shardings of the job's state (no compute)."""
+    shapes = jax.eval_shape(lambda: state_lib.create_state(
+        state_lib.init_variables(job.model, jax.random.key(0), job.input_shape), tx))
+    repl = sharding.replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+
+
+def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
+    """Trains (or resumes, or skips) ``job``; returns its ``done.json`` info."""
+    if checkpoint.is_done(job.directory):
+        logging.info('[%s] finished earlier; skipping.', job.name)
+        return {**checkpoint.done_info(job.directory), 'skipped': True}
+    checkpoint.write_stage_files(job.directory, job.structure, config)
+    section = job.section
+    info = data_lib.dataset_info(config.data)
+    steps_per_epoch, num_steps = schedule_length(section, info.num_train)
+    tx, schedule = make_optimizer(section, steps_per_epoch, num_steps)
+    abstract = abstract_state(job, tx, mesh)
+    repl = sharding.replicated(mesh)
+
+    mngr = checkpoint.manager(job.directory, save_every_steps=config.checkpoint_every_steps,
+                              max_to_keep=config.keep_checkpoints)
+    writer = None
+    try:
+        start = mngr.latest_step()
+        if start is None:
+            variables = job.initial_variables()
+            checkpoint.check_variables(variables, abstract.variables,
+                                       f'the starting network of {job.name}')
+            create = jax.jit(lambda v: state_lib.create_state(v, tx), out_shardings=repl)
+            state = create(sharding.replicate(variables, mesh))
+            start = 0
+            logging.info('[%s] training %d steps (%d per epoch, batch %d) on %d devices.',
+                         job.name, num_steps, steps_per_epoch, section.batch_size,
+                         mesh.devices.size)
+        else:
+            restored = mngr.restore(start, args=checkpoint.restore_args(
+                abstract.to_checkpoint()))
+            state = state_lib.TrainState.from_checkpoint(restored)
+            logging.info('[%s] resuming from the checkpoint at step %d of %d.', job.name,
+                         start, num_steps)
+
+        train_step = jax.jit(
+            step_lib.bind(step_lib.train_step, model=job.model,
+                          num_subnets=job.structure.num_subnets, tx=tx, schedule=schedule,
+                          kd_alpha=float(section.get('kd_alpha', 0.9)),
+                          kd_temperature=float(section.get('kd_temperature', 1.0)),
+                          label_smoothing=float(section.label_smoothing)),
+            in_shardings=(repl, sharding.batch_sharded(mesh)), out_shardings=(repl, repl),
+            donate_argnums=(0,))
+        writer = metrics_lib.TrainMetrics(job.name, job.directory, num_steps=num_steps,
+                                          first_step=start,
+                                          log_every_steps=config.log_every_steps)
+        batches = data_lib.train_batches(config.data, global_batch_size=section.batch_size,
+                                         seed=config.seed, start_step=start)
+        batches = data_lib.prefetch(batches, config.prefetch)
+        with _sigterm_flag() as sigterm:
+            for step in range(start, num_steps):
+                state, step_metrics = train_step(state, sharding.global_batch(next(batches),
+                                                                               mesh))
+                done = step + 1
+                writer.add(done, step_metrics)
+                preempted = sigterm() or mngr.reached_preemption(done)
+                final = done == num_steps
+                saving = final or preempted or mngr.should_save(done)
+                if saving or done % config.log_every_steps == 0:
+                    try:
+                        writer.flush()
+                    except metrics_lib.NonFiniteLossError as e:
+                        raise metrics_lib.NonFiniteLossError(
+                            f'{e}; training stopped. The last good checkpoint is step '
+                            f'{mngr.latest_step()} in {job.directory}; lower the learning rate '
+                            f'({section.lr}) or check the data, then rerun to resume.',
+                            e.step, e.subnet) from None
+                if saving:
+                    mngr.save(done, args=checkpoint.save_args(state.to_checkpoint()),
+                              force=final or preempted)
+                if preempted and not final:
+                    mngr.wait_until_finished()
+                    raise Preempted(f'[{job.name}] stopped at step {done} on request; the state '
+                                    'is checkpointed, rerun the same command to resume.')
+        mngr.wait_until_finished()
+        result = {'step': num_steps, 'kind': 'training'}
+        if job.evaluate_at_end:
+            from spnet_jax.train.evaluate import evaluate
+
+            result['eval'] = evaluate(job.model, state.variables, job.structure.num_subnets,
+                                      config, mesh, name=job.name)
+            writer.write_eval(num_steps, result['eval'])
+        checkpoint.mark_done(job.directory, result)
+        return result
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        if writer is not None:
+            writer.close()
+
+
+def final_variables(directory: str, mesh: Mesh) -> dict[str, Any]:
+    """The finished network of a stage folder, replicated over ``mesh``."""
+    _, variables, _ = checkpoint.load_network(directory)
+    return sharding.replicate(variables, mesh)
+
+
+def dtype_of(name: str):
+    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]

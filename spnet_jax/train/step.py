@@ -1,0 +1,137 @@
+"""One training step for all sub-networks, the eval step, and BN calibration.
+
+The training step (SPEC section 8) runs every sub-network on the same batch, the largest
+first. The full network learns from the labels; each smaller one by in-place distillation
+from the full network's logits (gradients stopped there). The losses are summed, so the
+gradients of all sub-networks accumulate, and the optimizer makes one update. Each
+sub-network updates only its own running BN statistics (``mean_k``/``var_k``), threaded
+functionally from one forward pass to the next.
+
+The functions here are pure and unjitted; `spnet_jax.train.loop` jits them with shardings.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from spnet_jax import layers
+from spnet_jax.train.state import TrainState, network_variables
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
+    """Mean softmax cross-entropy with integer labels (optionally smoothed)."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+
+
+def inplace_distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
+                              labels: jax.Array, *, alpha: float, temperature: float,
+                              label_smoothing: float = 0.0) -> jax.Array:
+    """``alpha * T^2 * CE(softmax(teacher / T), student / T) + (1 - alpha) * CE(labels)``.
+
+    The release's in-place distillation (SPEC section 8). ``teacher_logits`` should already
+    carry `jax.lax.stop_gradient`; the soft cross-entropy is ``-sum p_teacher log
+    p_student`` (it differs from the KL divergence by the teacher's entropy, a constant).
+    """
+    t = temperature
+    soft = jax.nn.softmax(teacher_logits.astype(jnp.float32) / t, axis=-1)
+    kd = jnp.mean(optax.softmax_cross_entropy(student_logits.astype(jnp.float32) / t, soft))
+    hard = cross_entropy(student_logits, labels, label_smoothing)
+    return alpha * t * t * kd + (1.0 - alpha) * hard
+
+
+def _top1_correct(logits, labels):
+    return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_subnets: int,
+               tx: optax.GradientTransformation, schedule, kd_alpha: float,
+               kd_temperature: float, label_smoothing: float = 0.0):
+    """One update of every sub-network; returns the new state and per-sub-network metrics.
+
+    Metrics (scalars): ``loss/subnet_k`` (each sub-network's loss as trained: labels for the
+    full network, in-place distillation for the others), ``top1/subnet_k`` (training-batch
+    accuracy), ``loss`` (their sum, what the gradient is of) and ``lr``.
+    """
+    images, labels = batch['image'], batch['label']
+
+    def loss_fn(params):
+        batch_stats, metrics, total, teacher = state.batch_stats, {}, 0.0, None
+        for k in reversed(range(num_subnets)):  # the full network first: it is the teacher
+            variables = network_variables(params, batch_stats, state.masks)
+            logits, updated = model.apply(variables, images, subnet=k, train=True,
+                                          mutable=['batch_stats'])
+            batch_stats = updated['batch_stats']
+            if teacher is None:
+                loss = cross_entropy(logits, labels, label_smoothing)
+                teacher = jax.lax.stop_gradient(logits)
+            else:
+                loss = inplace_distillation_loss(logits, teacher, labels, alpha=kd_alpha,
+                                                 temperature=kd_temperature,
+                                                 label_smoothing=label_smoothing)
+            metrics[f'loss/subnet_{k}'] = loss
+            metrics[f'top1/subnet_{k}'] = jnp.mean(_top1_correct(logits, labels))
+            total = total + loss
+        return total, (batch_stats, metrics)
+
+    (total, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics['loss'] = total
+    metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model, subnet: int):
+    """Sums over the batch's real rows: ``top1``, ``top5`` (correct counts) and ``count``."""
+    logits = model.apply(variables, batch['image'], subnet=subnet, train=False)
+    labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
+    k = min(5, logits.shape[-1])
+    _, top = jax.lax.top_k(logits, k)
+    top5 = jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+    return {'top1': jnp.sum(_top1_correct(logits, labels) * mask),
+            'top5': jnp.sum(top5 * mask), 'count': jnp.sum(mask)}
+
+
+def _is_stat_of(path, subnet: int) -> bool:
+    name = str(getattr(path[-1], 'key', path[-1]))
+    return name in (f'mean_{subnet}', f'var_{subnet}')
+
+
+def batch_statistics(variables: dict[str, Any], images: jax.Array, *, model, subnet: int):
+    """This batch's BN mean/variance of every layer of ``subnet``, as a batch_stats tree.
+
+    Runs the sub-network in training mode (each BN normalises with the batch's statistics,
+    as during training) with the sub-network's running statistics zeroed, so the updated
+    running values are ``(1 - momentum) * batch value``. Other sub-networks' leaves are
+    returned as zeros. Used for BN calibration (SPEC section 7).
+    """
+    keep = 1.0 - layers.SlimBatchNorm.momentum
+    zeroed = jax.tree_util.tree_map_with_path(
+        lambda p, x: jnp.zeros_like(x), variables['batch_stats'])
+    _, updated = model.apply({**variables, 'batch_stats': zeroed}, images, subnet=subnet,
+                             train=True, mutable=['batch_stats'])
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: x / keep if _is_stat_of(p, subnet) else jnp.zeros_like(x),
+        updated['batch_stats'])
+
+
+def replace_subnet_stats(batch_stats: Any, new_stats: Any, subnet: int) -> Any:
+    """``batch_stats`` with sub-network ``subnet``'s leaves taken from ``new_stats``."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, old, new: new if _is_stat_of(p, subnet) else old, batch_stats, new_stats)
+
+
+def bind(fn, **static) -> Any:
+    """``fn`` with its static (non-array) keyword arguments fixed, ready for `jax.jit`."""
+    return functools.partial(fn, **static)

@@ -1,0 +1,200 @@
+"""Checks a whole config before any work starts; each problem is one `ConfigError` sentence.
+
+The checks read the config, the model registry, the dataset registry and the data folder
+(via `spnet_jax.data`), and the workdir (which stages' inputs already exist). Nothing is
+trained, compiled or written before they pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from spnet_jax import data as data_lib
+from spnet_jax.errors import ConfigError
+from spnet_jax.models import get_arch
+from spnet_jax.train import checkpoint
+from spnet_jax.train.optim import SCHEDULES
+
+METHODS = ('spnet', 'snet')
+STAGES = ('base', 'prune', 'slim', 'eval')
+DTYPES = ('float32', 'bfloat16')
+STARTS = ('finetune', 'reinit')
+IMPORTANCES = ('bn', 'l1')
+
+
+def parse_stages(stages: Any) -> tuple[str, ...]:
+    """``'base,prune,slim,eval'`` (or a sequence) -> the stages, in the recipe's order."""
+    names = [s.strip() for s in stages.split(',')] if isinstance(stages, str) else list(stages)
+    names = [s for s in names if s]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown or not names:
+        raise ConfigError(f'stages={stages!r} names unknown stage(s) {unknown}; use a comma-'
+                          f'separated subset of {",".join(STAGES)}.')
+    return tuple(s for s in STAGES if s in names)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _ascending_widths(field: str, widths: Sequence[Any], full_width: float) -> None:
+    _check(isinstance(widths, Sequence) and not isinstance(widths, str) and len(widths) > 0
+           and all(_number(w) for w in widths),
+           f'{field}={widths!r} must be a non-empty list of width multipliers, e.g. (0.75, 1.0).')
+    _check(all(b > a for a, b in zip(widths, widths[1:], strict=False)),
+           f'{field}={tuple(widths)} must be strictly ascending; sort them, smallest first.')
+    _check(all(0 < w <= full_width + 1e-9 for w in widths),
+           f'{field}={tuple(widths)} must lie in (0, model.full_width={full_width}]; raise '
+           'model.full_width or drop the larger widths.')
+
+
+def check_section(name: str, section: Any, num_devices: int) -> None:
+    """A training section (``config.base`` or ``config.slim``)."""
+    f = lambda field: f'{name}.{field}={section[field]!r}'
+    _check(_number(section.epochs) and (section.epochs > 0 or section.num_steps > 0),
+           f'{f("epochs")} must be positive (or set {name}.num_steps).')
+    _check(isinstance(section.batch_size, int) and section.batch_size > 0
+           and section.batch_size % num_devices == 0,
+           f'{f("batch_size")} must be a positive multiple of the {num_devices} devices; '
+           f'set it to e.g. {num_devices * max(1, section.batch_size // max(num_devices, 1))}.')
+    _check(_number(section.lr) and section.lr > 0, f'{f("lr")} must be positive.')
+    _check(section.schedule in SCHEDULES, f'{f("schedule")} is unknown; choose one of '
+                                          f'{list(SCHEDULES)}.')
+    bounds = tuple(section.lr_boundaries)
+    _check(all(_number(b) and b >= 0 for b in bounds)
+           and all(b > a for a, b in zip(bounds, bounds[1:], strict=False)),
+           f'{f("lr_boundaries")} must be ascending epochs >= 0.')
+    _check(_number(section.lr_decay) and section.lr_decay > 0, f'{f("lr_decay")} must be > 0.')
+    _check(_number(section.warmup_epochs) and section.warmup_epochs >= 0,
+           f'{f("warmup_epochs")} must be >= 0.')
+    _check(_number(section.weight_decay) and section.weight_decay >= 0,
+           f'{f("weight_decay")} must be >= 0.')
+    _check(_number(section.momentum) and 0 <= section.momentum < 1,
+           f'{f("momentum")} must be in [0, 1).')
+    _check(_number(section.sparsity) and section.sparsity >= 0, f'{f("sparsity")} must be >= 0.')
+    _check(_number(section.label_smoothing) and 0 <= section.label_smoothing < 1,
+           f'{f("label_smoothing")} must be in [0, 1).')
+    _check(_number(section.bn_scale_init) and section.bn_scale_init > 0,
+           f'{f("bn_scale_init")} must be positive.')
+
+
+def check_config(config: Any) -> tuple[str, ...]:
+    """Validates every field the run will use; returns the stages to run."""
+    stages = parse_stages(config.stages)
+    _check(config.method in METHODS,
+           f'method={config.method!r} is unknown; choose one of {list(METHODS)}.')
+    if config.method == 'snet':
+        _check('base' not in stages and 'prune' not in stages,
+               f"method='snet' trains the S-Net from scratch in the 'slim' stage; set "
+               f"stages to a subset of 'slim,eval' (got {config.stages!r}).")
+    _check(config.compute_dtype in DTYPES,
+           f'compute_dtype={config.compute_dtype!r} is unknown; choose one of {list(DTYPES)}.')
+    for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+        _check(isinstance(config[field], int) and config[field] >= 1,
+               f'{field}={config[field]!r} must be a positive integer.')
+    m = config.model
+    arch = get_arch(m.name, num_classes=m.num_classes, full_width=m.full_width, stem=m.stem)
+    data = data_lib.validate_config(config.data)
+    _check(m.num_classes == data.spec.num_classes,
+           f'model.num_classes={m.num_classes} but {data.name} has {data.spec.num_classes} '
+           f'classes; set model.num_classes={data.spec.num_classes}.')
+    devices = jax.device_count()
+    if config.method == 'spnet' and {'base', 'prune'} & set(stages):
+        _ascending_widths('base.widths', tuple(config.base.widths), m.full_width)
+        check_prune(config, arch)
+    if 'base' in stages:
+        check_section('base', config.base, devices)
+    if 'slim' in stages:
+        check_section('slim', config.slim, devices)
+        s = config.slim
+        _check(_number(s.kd_alpha) and 0 <= s.kd_alpha <= 1,
+               f'slim.kd_alpha={s.kd_alpha!r} must be in [0, 1].')
+        _check(_number(s.kd_temperature) and s.kd_temperature > 0,
+               f'slim.kd_temperature={s.kd_temperature!r} must be positive.')
+        if config.method == 'snet':
+            _ascending_widths('slim.widths', tuple(s.widths), m.full_width)
+            _check(abs(s.widths[-1] - m.full_width) < 1e-9,
+                   f'slim.widths ends at {s.widths[-1]} but model.full_width={m.full_width}; '
+                   'the last S-Net width is the full network, so make them equal.')
+    e = config.eval
+    _check(isinstance(e.batch_size, int) and e.batch_size > 0 and e.batch_size % devices == 0,
+           f'eval.batch_size={e.batch_size!r} must be a positive multiple of the {devices} '
+           'devices.')
+    _check(isinstance(e.bn_calibration_batches, int) and e.bn_calibration_batches >= 0,
+           f'eval.bn_calibration_batches={e.bn_calibration_batches!r} must be an int >= 0.')
+    return stages
+
+
+def check_prune(config: Any, arch) -> None:
+    p, widths = config.prune, tuple(config.base.widths)
+    ratios, targets = tuple(p.keep_ratios or ()), tuple(p.macs_targets or ())
+    _check(bool(ratios) != bool(targets),
+           'set exactly one of prune.keep_ratios and prune.macs_targets (one per base width).')
+    if ratios:
+        _check(len(ratios) == len(widths),
+               f'prune.keep_ratios has {len(ratios)} entries but base.widths has {len(widths)}; '
+               'give one keep ratio per base network.')
+        _check(all(_number(r) and 0 < r <= 1 for r in ratios),
+               f'prune.keep_ratios={ratios} must each lie in (0, 1] (a fraction of BN channels '
+               'kept).')
+    else:
+        _check(len(targets) == len(widths),
+               f'prune.macs_targets has {len(targets)} entries but base.widths has '
+               f'{len(widths)}; give one MACs target per base network.')
+        _check(all(_number(t) and t > 0 for t in targets)
+               and all(b > a for a, b in zip(targets, targets[1:], strict=False)),
+               f'prune.macs_targets={targets} must be positive and ascending.')
+    _check(isinstance(p.zpm, bool), f'prune.zpm={p.zpm!r} must be True or False.')
+    if p.zpm:
+        _check(arch.table(zpm=True).zpm,
+               f'prune.zpm=True but {arch.name} has no residual connections; set prune.zpm=False.')
+    _check(_number(p.min_channels_ratio) and 0 < p.min_channels_ratio <= 1,
+           f'prune.min_channels_ratio={p.min_channels_ratio!r} must be in (0, 1].')
+    _check(p.importance in IMPORTANCES,
+           f'prune.importance={p.importance!r} is unknown; choose one of {list(IMPORTANCES)}.')
+    _check(p.start in STARTS,
+           f'prune.start={p.start!r} is unknown; choose one of {list(STARTS)}.')
+    if p.start == 'finetune':
+        _check(abs(widths[-1] - config.model.full_width) < 1e-9,
+               f"prune.start='finetune' starts from the largest base, but base.widths ends at "
+               f'{widths[-1]} and model.full_width={config.model.full_width}; make them equal '
+               "or use prune.start='reinit'.")
+
+
+def check_workdir(config: Any, workdir: str, stages: Sequence[str]) -> None:
+    """The workdir is writable and holds what the first requested stage needs."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+        with open(probe, 'w') as fh:
+            fh.write('ok')
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror}); pick a folder '
+                          'you can write to.') from None
+    needs = {
+        'prune': [checkpoint.base_dir(workdir, w) for w in config.base.widths],
+        'slim': [checkpoint.stage_dir(workdir, 'pruned')] if config.method == 'spnet' else [],
+        'eval': [checkpoint.stage_dir(workdir, 'slim')],
+    }
+    producer = {'prune': 'base', 'slim': 'prune', 'eval': 'slim'}
+    for stage in stages:
+        if stage not in needs or producer[stage] in stages:
+            continue
+        if stage == 'slim' and config.method == 'snet':
+            continue
+        missing = [d for d in needs[stage] if not checkpoint.is_done(d)]
+        if missing:
+            raise ConfigError(
+                f"stage '{stage}' needs the finished '{producer[stage]}' stage, but "
+                f'{missing[0]} has no finished network; add {producer[stage]} to config.stages '
+                'or point --workdir at a run that has it.')

@@ -1,0 +1,92 @@
+"""MACs and params per sub-network: the published figures, and XLA's own count."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from spnet_jax.cost import subnet_costs
+from spnet_jax.models import get_arch
+
+G, M = 1e9, 1e6
+
+# (model, S-Net widths, published MACs per width, published params {width: params}), 224 px.
+PUBLISHED = [
+    ('resnet50', (0.5, 0.75, 1.0), (1.1 * G, 2.3 * G, 4.1 * G), {1.0: 25.6 * M}),
+    ('vgg19', (0.25, 0.5, 1.0), (1.2 * G, 4.9 * G, 19.6 * G), {1.0: 20.5 * M}),
+    ('mobilenet_v1', (0.5, 0.75, 1.0), (150 * M, 325 * M, 569 * M), {1.0: 4.2 * M}),
+    ('mobilenet_v2', (0.75, 1.0, 1.3), (209 * M, 301 * M, 509 * M), {1.3: 5.4 * M, 1.0: 3.5 * M}),
+]
+
+
+def within_published(value: float, published: float) -> bool:
+    """Within 2%, or equal at the precision the paper printed (two significant digits).
+
+    ResNet-50 x0.5 is 1.052G MACs with floor-rounded widths: "1.1G" in the papers, 4.3% away.
+    """
+    digits = 2 if published < 10 * G and published >= G else 3
+    rounded = float(f'{value:.{digits}g}')
+    return abs(value - published) <= 0.02 * published or rounded == published
+
+
+@pytest.mark.parametrize('name,widths,macs,params', PUBLISHED, ids=[p[0] for p in PUBLISHED])
+def test_published_macs_and_params(name, widths, macs, params):
+    arch = get_arch(name, full_width=widths[-1])
+    costs = subnet_costs(arch, arch.snet_structure(widths), image_size=224)
+    for c, w, published in zip(costs, widths, macs, strict=True):
+        assert within_published(c.macs, published), (name, w, c.macs, published)
+    for w, published in params.items():
+        c = costs[widths.index(w)]
+        assert abs(c.params - published) <= 0.02 * published, (name, w, c.params, published)
+
+
+def test_resnet50_exact_counts():
+    # Independent arithmetic for the full ResNet-50: torchvision's 25,557,032 parameters.
+    arch = get_arch('resnet50')
+    (full,) = subnet_costs(arch, arch.plain_structure(), image_size=224)
+    assert full.params == 25_557_032
+    assert full.macs == 4_089_184_256
+
+
+def _valid_taps(n_in: int, n_out: int, k: int, s: int) -> int:
+    """Kernel taps landing inside the input (XLA does not count taps on the zero padding)."""
+    p = k // 2
+    return sum(sum(1 for t in range(k) if 0 <= o * s - p + t < n_in) for o in range(n_out))
+
+
+def _macs_without_padding(cost) -> int:
+    total = 0
+    for layer in cost.layers:
+        if layer.kind == 'conv':
+            (h, w, _), (ho, wo, cout) = layer.in_shape, layer.out_shape
+            k, s = layer.kernel_size, layer.strides
+            per_tap = layer.params // (k * k * cout)  # input channels per group
+            total += _valid_taps(h, ho, k, s) * _valid_taps(w, wo, k, s) * per_tap * cout
+        elif layer.kind == 'dense':
+            total += layer.macs
+    return total
+
+
+@pytest.mark.parametrize('name,widths,size', [
+    ('resnet50', (0.5, 1.0), 64), ('resnet20', (0.5, 1.0), 32), ('vgg19', (0.25, 1.0), 32),
+    ('mobilenet_v1', (0.5, 1.0), 64), ('mobilenet_v2', (0.75, 1.3), 64)])
+def test_macs_agree_with_xla_cost_analysis(name, widths, size):
+    arch = get_arch(name, full_width=widths[-1])
+    structure = arch.snet_structure(widths)
+    model = arch.module(structure)
+    x = jnp.zeros((1, size, size, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    for cost in subnet_costs(arch, structure, size):
+        fn = jax.jit(lambda v, x, k=cost.subnet: model.apply(v, x, subnet=k))
+        analysis = fn.lower(variables, x).compile().cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list) else analysis
+        xla_macs = analysis['flops'] / 2
+        conv_macs = _macs_without_padding(cost)
+        activations = sum(
+            int(jnp.prod(jnp.array(layer.out_shape))) for layer in cost.layers
+            if layer.kind == 'bn')
+        # XLA also counts BN, ReLU, adds and pooling: a few flops per activation, no more.
+        extra = xla_macs - conv_macs
+        assert 0.5 * activations <= extra <= 4 * activations, (cost.subnet, extra, activations)
+        assert conv_macs <= xla_macs <= 1.05 * conv_macs
+        # Our MACs differ from XLA's convs only by the padding taps.
+        assert cost.macs >= conv_macs

@@ -1,0 +1,162 @@
+"""The model zoo: static sub-networks, parameter trees, S-Net slices equal plain networks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spnet_jax import layers
+from spnet_jax.cost import subnet_costs
+from spnet_jax.models import REGISTRY, get_arch
+from spnet_jax.structure import Structure
+
+# (name, S-Net widths, image size, stem): small inputs keep CPU compile times low.
+CASES = [
+    ('resnet18', (0.5, 1.0), 32, 'small'),
+    ('resnet20', (0.5, 1.0), 16, None),
+    ('resnet50', (0.25, 0.5), 32, 'imagenet'),
+    ('vgg19', (0.25, 0.5), 32, None),
+    ('mobilenet_v1', (0.5, 0.75), 32, None),
+    ('mobilenet_v2', (0.5, 1.0), 32, None),
+]
+
+
+def _arch(name, widths, stem):
+    return get_arch(name, num_classes=7, full_width=widths[-1], stem=stem)
+
+
+def _leaf_count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('name,widths,size,stem', CASES, ids=[c[0] for c in CASES])
+def test_every_subnet_runs_jitted_with_static_shapes(name, widths, size, stem):
+    arch = _arch(name, widths, stem)
+    structure = arch.snet_structure(widths)
+    model = arch.module(structure)
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    variables = model.init(jax.random.key(1), x)
+    plain = arch.plain_structure(widths[-1])
+    # Full-width parameters: the same shapes as the plain full network's (S-Net adds BN sets).
+    plain_vars = arch.module(plain).init(jax.random.key(1), x)
+    conv_shapes = lambda t: {k: v.shape for k, v in jax.tree_util.tree_leaves_with_path(t)
+                             if 'kernel' in jax.tree_util.keystr(k)}
+    assert conv_shapes(variables['params']) == conv_shapes(plain_vars['params'])
+    outs = []
+    for k in range(structure.num_subnets):
+        # Train mode: fresh running statistics (0/1) let activations vanish through 13+
+        # depthwise layers initialised like torchvision's; batch statistics do not.
+        fn = jax.jit(lambda v, x, k=k: model.apply(v, x, subnet=k, train=True,
+                                                   mutable=['batch_stats'])[0])
+        out = fn(variables, x)
+        assert out.shape == (2, 7)
+        assert np.isfinite(np.asarray(out)).all()
+        outs.append(out)
+    assert not np.allclose(outs[0], outs[-1])  # sub-networks really differ
+    # The plain network's parameter tree holds exactly the parameters the cost model counts.
+    (cost,) = subnet_costs(arch, plain, size)
+    assert _leaf_count(plain_vars['params']) == cost.params
+
+
+def _slice_to(tree, shapes):
+    """Prefix-slice every leaf of ``tree`` to the shape of the same leaf in ``shapes``."""
+    return jax.tree.map(lambda x, s: x[tuple(slice(0, n) for n in s.shape)], tree, shapes)
+
+
+@pytest.mark.parametrize('name,widths,size,stem', CASES, ids=[c[0] for c in CASES])
+def test_snet_subnet_equals_plain_network_with_sliced_weights(name, widths, size, stem):
+    arch = _arch(name, widths, stem)
+    structure = arch.snet_structure(widths)
+    model = arch.module(structure)
+    x = jax.random.normal(jax.random.key(0), (3, size, size, 3))
+    variables = model.init(jax.random.key(1), x)
+    # Non-trivial statistics and BN affines, different per width.
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    variables = jax.tree.unflatten(treedef, [
+        jnp.abs(leaf) + jax.random.uniform(kk, leaf.shape) for leaf, kk in zip(leaves, keys)])
+    k = 0
+    w = widths[k]
+    small = arch.plain_structure(w)
+    small_model = arch.module(small)
+    small_shapes = small_model.init(jax.random.key(3), x)
+    # Switchable BN: sub-network k's private scale/bias/statistics become the plain network's.
+    def pick(tree):
+        if isinstance(tree, dict):
+            out = {}
+            for key, val in tree.items():
+                base, _, idx = key.rpartition('_')
+                if idx.isdigit() and base in ('scale', 'bias', 'mean', 'var'):
+                    if int(idx) == k:
+                        out[f'{base}_0' if base in ('mean', 'var') else base] = val
+                else:
+                    out[key] = pick(val)
+            return out
+        return tree
+    picked = {c: pick(v) for c, v in variables.items()}
+    sliced = _slice_to(picked, small_shapes)
+    for train in (False, True):
+        got = model.apply(variables, x, subnet=k, train=train, mutable=['batch_stats'])[0]
+        want = small_model.apply(sliced, x, train=train, mutable=['batch_stats'])[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_zpm_add_equals_explicit_zero_pad_formula():
+    rng = np.random.default_rng(0)
+    C = 12
+    body_mask = np.sort(rng.choice(C, 5, replace=False))
+    short_mask = np.sort(rng.choice(C, 7, replace=False))
+    fused = np.union1d(body_mask, short_mask)
+    body_order = rng.permutation(5)  # body channels arrive in sorted (importance) order
+    body = rng.normal(size=(2, 3, 3, 5)).astype(np.float32)
+    short = rng.normal(size=(2, 3, 3, 7)).astype(np.float32)
+    # The release's formula: scatter each branch into a zero stream of width C, add, compact.
+    stream = np.zeros((2, 3, 3, C), np.float32)
+    stream[..., body_mask[body_order]] = body
+    stream[..., short_mask] += short
+    want = stream[..., fused]
+    # The same as index arrays for ZPMAdd.
+    pos = {c: p for p, c in enumerate(fused)}
+    body_idx = np.full(len(fused), 5)
+    for j, c in enumerate(body_mask[body_order]):
+        body_idx[pos[c]] = j
+    short_idx = np.full(len(fused), 7)
+    for j, c in enumerate(short_mask):
+        short_idx[pos[c]] = j
+    mod = layers.ZPMAdd(stream_sizes=(len(fused),), body_counts=(5,), short_counts=(7,))
+    masks = {'masks': {'fused_0': jnp.asarray(fused), 'body_0': jnp.asarray(body_idx),
+                       'short_0': jnp.asarray(short_idx)}}
+    got, got_fused = mod.apply(masks, body, short, 0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(got_fused, fused)
+
+
+@pytest.mark.parametrize('name', ['resnet50', 'resnet18', 'mobilenet_v2'])
+def test_zpm_model_runs_every_subnet(name):
+    arch = get_arch(name, num_classes=5, stem='small' if name == 'resnet18' else None)
+    table = arch.table(zpm=True)
+    half = tuple(max(1, g.size // 2) for g in table.groups)
+    full = tuple(g.size for g in table.groups)
+    streams = table.junction_stream()
+    stream_sizes = tuple(
+        tuple(streams[j.name].size if c == full else streams[j.name].size // 2 + 1
+              for j in table.junctions) for c in (half, full))
+    structure = Structure(arch.name, 'spnet', table.group_names, full, (half, full),
+                          tuple(j.name for j in table.junctions), stream_sizes).validate(table)
+    model = arch.module(structure)
+    x = jnp.ones((1, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+    assert 'masks' in variables
+    for k in (0, 1):
+        assert model.apply(variables, x, subnet=k).shape == (1, 5)
+
+
+def test_registry_has_the_issue_architectures():
+    for name in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnet20',
+                 'resnet56', 'vgg19', 'mobilenet_v1', 'mobilenet_v2'):
+        assert name in REGISTRY
+    # ResNet-101/152 have the standard depth: count the 3x3 convs (one per bottleneck).
+    for name, blocks in (('resnet101', 33), ('resnet152', 50), ('resnet56', 27)):
+        table = get_arch(name).table()
+        assert sum(g.name.endswith('/conv2') or g.name.endswith('/conv1') and name == 'resnet56'
+                   for g in table.groups) == blocks
