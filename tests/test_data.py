@@ -109,6 +109,10 @@ def test_config_errors_name_their_field():
         data.validate_config(fashion(image_size=0))
     with pytest.raises(ValueError, match='data.eval_split'):
         data.validate_config(fashion(eval_split='validation'))
+    with pytest.raises(ValueError, match='data.train_split .* data.num_train_examples'):
+        data.validate_config(
+            {'name': 'cifar10', 'train_split': 'train[:9%]', 'num_train_examples': 5}
+        )
 
 
 @needs_fashion

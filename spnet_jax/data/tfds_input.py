@@ -60,8 +60,10 @@ def check_source(settings: DataSettings) -> None:
     """Raises `ConfigError` if the dataset is neither prepared nor preparable from the config.
 
     Only ImageNet can be checked ahead: it needs its tar files in `data.manual_dir`. CIFAR is
-    downloaded by TFDS when missing.
+    downloaded by TFDS when missing. Also checks that the example limits fit the splits.
     """
+    sliced_split(settings.train_split, settings.num_train_examples, 'train_split')
+    sliced_split(settings.eval_split, settings.num_eval_examples, 'eval_split')
     if settings.name != 'imagenet2012' or _builder(settings).is_prepared():
         return
     manual_dir = settings.manual_dir
