@@ -1,0 +1,142 @@
+"""The original release's PyTorch checkpoints -> our variable trees.
+
+The release saves ``torch.save({'model': state_dict, ...})``. Names map as follows (``b`` is
+the release's ``features.<b>`` index, in network order):
+
+* ResNet: ``features.0.{0,1}`` stem conv/BN; ``features.b.body.{0,1,3,4,6,7}`` the block's
+  convs/BNs in order (conv1, bn1, conv2, bn2, conv3, bn3); ``features.b.shortcut.{0,1}``
+  the projection; ``classifier.0`` the head.
+* VGG: ``features.<i>`` convs in order -> ``conv0..conv15``, the BN at ``<i>+1``.
+* MobileNetV2: ``features.0.{0,1}`` stem; ``features.b.body.*`` as ``expand``, ``dw``,
+  ``project`` (``dw``, ``project`` when the expansion is 1); ``features.18.{0,1}`` last conv.
+* MobileNetV1: ``features.0.{0,1}`` stem; ``features.b.body.{0,1,3,4}`` dw conv/BN and
+  pointwise conv/BN. (Not checked against a release file: none is in the reference set.)
+
+Conv kernels go from OIHW to HWIO, the classifier from (out, in) to (in, out). BN weight/bias
+become scale/bias; ``running_mean``/``running_var`` become the full network's statistics
+(``mean_{K-1}``), ``bn.<k>.running_*`` the private ones of sub-network k. ``torch`` is needed
+only to read ``.pt`` files; ``.npz`` files with the same keys need numpy alone.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from flax import traverse_util
+
+from spnet_jax.errors import ConfigError
+from spnet_jax.models import mobilenet_v2, resnet
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A release checkpoint (``.pt``/``.pth``, or ``.npz`` of the same keys) as numpy arrays."""
+    if path.endswith('.npz'):
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    try:
+        import torch
+    except ImportError as e:
+        raise ConfigError(f'reading {path} needs PyTorch: pip install torch (only this import '
+                          'uses it).') from e
+    obj = torch.load(path, map_location='cpu', weights_only=False)
+    state = obj.get('model', obj.get('state_dict', obj)) if isinstance(obj, dict) else obj
+    out = {}
+    for k, v in state.items():
+        k = k.removeprefix('module.')
+        if hasattr(v, 'detach'):
+            out[k] = v.detach().cpu().numpy()
+    return out
+
+
+def module_names(arch) -> dict[str, str]:
+    """Release module name -> our module path, for ``arch``."""
+    names = {'classifier.0': 'head'}
+    if arch.name.startswith('resnet'):
+        _, blocks = resnet.block_specs(arch.depth, 1.0)
+        names.update({'features.0.0': 'stem_conv', 'features.0.1': 'stem_bn'})
+        for b, spec in enumerate(blocks, start=1):
+            n = 3 if spec.bottleneck else 2
+            for i in range(n):
+                names[f'features.{b}.body.{3 * i}'] = f'{spec.name}/conv{i + 1}'
+                names[f'features.{b}.body.{3 * i + 1}'] = f'{spec.name}/bn{i + 1}'
+            names[f'features.{b}.shortcut.0'] = f'{spec.name}/proj_conv'
+            names[f'features.{b}.shortcut.1'] = f'{spec.name}/proj_bn'
+    elif arch.name == 'vgg19':
+        from spnet_jax.models.vgg import VGG19
+
+        index, conv = 0, 0
+        for c in VGG19:
+            if c == 'M':
+                index += 1
+                continue
+            names[f'features.{index}'] = f'conv{conv}'
+            names[f'features.{index + 1}'] = f'bn{conv}'
+            index, conv = index + 3, conv + 1
+    elif arch.name == 'mobilenet_v2':
+        _, specs, _ = mobilenet_v2.block_specs(1.0)
+        names.update({'features.0.0': 'stem_conv', 'features.0.1': 'stem_bn',
+                      f'features.{len(specs) + 1}.0': 'last_conv',
+                      f'features.{len(specs) + 1}.1': 'last_bn'})
+        for b in specs:
+            parts = ['expand', 'dw', 'project'] if b.expand else ['dw', 'project']
+            for i, part in enumerate(parts):
+                names[f'features.{b.index}.body.{3 * i}'] = f'{b.name}/{part}_conv'
+                names[f'features.{b.index}.body.{3 * i + 1}'] = f'{b.name}/{part}_bn'
+    elif arch.name == 'mobilenet_v1':
+        from spnet_jax.models.mobilenet_v1 import BLOCKS
+
+        names.update({'features.0.0': 'stem_conv', 'features.0.1': 'stem_bn'})
+        for b in range(1, len(BLOCKS) + 1):
+            for i, part in enumerate(['dw', 'pw']):
+                names[f'features.{b}.body.{3 * i}'] = f'block{b}/{part}_conv'
+                names[f'features.{b}.body.{3 * i + 1}'] = f'block{b}/{part}_bn'
+    else:
+        raise ConfigError(f'no release checkpoint layout is known for {arch.name}.')
+    return names
+
+
+_PRIVATE = re.compile(r'^(?P<mod>.+)\.bn\.(?P<k>\d+)\.running_(?P<stat>mean|var)$')
+
+
+def convert(state: dict[str, np.ndarray], arch, num_subnets: int = 1) -> dict:
+    """A release state dict -> ``{'params', 'batch_stats'}`` of ``arch`` (our names/layouts).
+
+    ``num_subnets``: how many sub-networks the checkpoint's BNs hold statistics for (1 for
+    a base network); the shared ``running_*`` belong to the last.
+    """
+    names = module_names(arch)
+    params, stats = {}, {}
+    last = num_subnets - 1
+    for key, value in state.items():
+        value = np.asarray(value)
+        m = _PRIVATE.match(key)
+        if m:
+            if m['mod'] not in names:
+                raise ConfigError(f'checkpoint key {key!r} is not part of {arch.name}.')
+            stats[f"{names[m['mod']]}/{m['stat']}_{m['k']}"] = value.astype(np.float32)
+            continue
+        mod, _, leaf = key.rpartition('.')
+        if leaf == 'num_batches_tracked' or mod.endswith('.bn') and leaf == 'num_batches_tracked':
+            continue
+        if mod not in names:
+            raise ConfigError(f'checkpoint key {key!r} is not part of {arch.name}; is it a '
+                              f'{arch.name} checkpoint?')
+        path = names[mod]
+        if leaf == 'weight' and value.ndim == 4:
+            params[f'{path}/kernel'] = value.transpose(2, 3, 1, 0)
+        elif leaf == 'weight' and path == 'head':
+            params['head/kernel'] = value.T
+        elif leaf == 'bias' and path == 'head':
+            params['head/bias'] = value
+        elif leaf == 'weight':
+            params[f'{path}/scale'] = value
+        elif leaf == 'bias':
+            params[f'{path}/bias'] = value
+        elif leaf in ('running_mean', 'running_var'):
+            stats[f"{path}/{leaf.removeprefix('running_')}_{last}"] = value
+        else:
+            raise ConfigError(f'checkpoint key {key!r} has an unknown entry {leaf!r}.')
+    as_f32 = lambda d: {k: np.asarray(v, np.float32) for k, v in d.items()}
+    return {'params': traverse_util.unflatten_dict(as_f32(params), sep='/'),
+            'batch_stats': traverse_util.unflatten_dict(as_f32(stats), sep='/')}

@@ -1,0 +1,51 @@
+"""Zero-padding-match: masks of block ends and shortcuts, fused along each residual stream.
+
+For every junction and sub-network k, with branch channels given in their sorted order:
+
+* a branch's mask is the set of original channels it keeps (``order[:count]``), or for an
+  identity shortcut, the previous junction's fused mask;
+* the fused mask is the union of the two, ascending (the stream keeps original order);
+* ``body_k[p]`` / ``short_k[p]`` say which branch channel lands at fused position p (or the
+  branch's channel count: none), which `spnet_jax.layers.ZPMAdd` reads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spnet_jax.channels import ChannelTable
+
+
+def _positions(branch_channels: np.ndarray, fused: np.ndarray) -> np.ndarray:
+    """For each fused position, the index in ``branch_channels`` holding that channel."""
+    idx = np.full(len(fused), len(branch_channels), np.int32)
+    where = np.searchsorted(fused, branch_channels)
+    idx[where] = np.arange(len(branch_channels), dtype=np.int32)
+    return idx
+
+
+def zpm_masks(table: ChannelTable, counts: list[dict[str, int]],
+              orders: dict[str, np.ndarray]) -> tuple[list[list[int]], dict, list[dict]]:
+    """Returns (stream_sizes[k][j], the ``masks`` collection, fused masks[k][junction]).
+
+    ``counts[k]`` maps group -> channels in sub-network k; ``orders`` are the SCS orders.
+    """
+    masks: dict = {}
+    sizes = [[] for _ in counts]
+    fused_all = [{} for _ in counts]
+    for stream in table.streams:
+        for k, c in enumerate(counts):
+            prev = None
+            for j in stream.junctions:
+                body = orders[j.body][:c[j.body]]
+                short = orders[j.shortcut][:c[j.shortcut]] if j.shortcut else prev
+                fused = np.union1d(body, short).astype(np.int32)
+                entry = masks.setdefault(j.name, {}).setdefault('zpm', {})
+                entry[f'fused_{k}'] = fused
+                entry[f'body_{k}'] = _positions(body, fused)
+                entry[f'short_{k}'] = _positions(short, fused)
+                sizes[k].append(len(fused))
+                fused_all[k][j.name] = fused
+                prev = fused
+    # Junction order in the sizes must follow table.junctions (streams in order): it does.
+    return sizes, masks, fused_all

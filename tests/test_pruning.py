@@ -1,0 +1,255 @@
+"""Pruning as pure functions: thresholds, counts, floors, multi-base, SCS, ZPM, targets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spnet_jax.channels import ChannelGroup, ChannelTable, Junction, Stream
+from spnet_jax.errors import ConfigError
+from spnet_jax.models import get_arch
+from spnet_jax.pruning import IMPORTANCE, plan, prune, scs, threshold, zpm
+from spnet_jax.structure import Structure
+
+
+def test_global_threshold_is_the_release_formula():
+    pool = np.array([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 1.0])
+    # sorted: 0.1 .. 1.0; keep 0.35 -> index int(10 * 0.65) = 6 -> 0.7
+    assert threshold.global_threshold(pool, 0.35) == pytest.approx(0.7)
+    assert threshold.global_threshold(pool, 1.0) == pytest.approx(0.1)
+    # The index is computed in float64: int(26560 * (1 - 0.6)) = 10624 (float32 gives 10623).
+    big = np.arange(26560, dtype=np.float32)
+    assert threshold.global_threshold(big, 0.6) == 10624
+
+
+def _table():
+    return ChannelTable('toy', (
+        ChannelGroup('a', 10, ('a',), ('a_bn',), ('a_bn',), (('b', 2),)),
+        ChannelGroup('b', 40, ('b',), ('b_bn',), ('b_bn',), zpm_role='end'),
+        ChannelGroup('c', 40, ('c',), ('c_bn',), ('c_bn',), zpm_role='entry'),
+    ))
+
+
+def test_counts_are_strictly_above_threshold_with_floors():
+    table = _table()
+    floors = threshold.floors(table, 0.1)
+    # 10% of the full network's channels; halved for block ends and shortcuts only.
+    assert floors == {'a': 1, 'b': 2, 'c': 4}
+    scores = {'a': np.linspace(0, 1, 10), 'b': np.zeros(40), 'c': np.full(40, 0.5)}
+    counts = threshold.layer_counts(scores, 0.5, floors)
+    # a: 0.555.. 0.666 0.777 0.888 1.0 > 0.5 -> 5 (0.5 itself is not above); b, c: floors.
+    assert counts == {'a': 5, 'b': 2, 'c': 4}
+
+
+def test_zpm_masks_match_a_hand_worked_stream():
+    table = ChannelTable('toy', (
+        ChannelGroup('e0', 6, ('e0',), ('e0_bn',), ('e0_bn',), zpm_role='end'),
+        ChannelGroup('p0', 6, ('p0',), ('p0_bn',), ('p0_bn',), zpm_role='shortcut'),
+        ChannelGroup('e1', 6, ('e1',), ('e1_bn',), ('e1_bn',), zpm_role='end'),
+    ), (Stream('s', 6, (Junction('j0', 'e0', 'p0'), Junction('j1', 'e1', None))),))
+    orders = {'e0': np.array([5, 0, 3, 1, 2, 4]), 'p0': np.array([1, 2, 0, 3, 4, 5]),
+              'e1': np.array([4, 3, 2, 1, 0, 5])}
+    counts = [{'e0': 2, 'p0': 1, 'e1': 2}]
+    sizes, masks, fused = zpm.zpm_masks(table, counts, orders)
+    # j0: body keeps {5, 0}, shortcut keeps {1}: fused {0, 1, 5}.
+    np.testing.assert_array_equal(fused[0]['j0'], [0, 1, 5])
+    # body channel 0 is original 5 -> position 2; body channel 1 is original 0 -> position 0.
+    np.testing.assert_array_equal(masks['j0']['zpm']['body_0'], [1, 2, 0])  # 2 = none
+    np.testing.assert_array_equal(masks['j0']['zpm']['short_0'], [1, 0, 1])  # 1 = none
+    # j1: body keeps {4, 3}; identity shortcut is j0's stream {0, 1, 5}: fused {0,1,3,4,5}.
+    np.testing.assert_array_equal(fused[0]['j1'], [0, 1, 3, 4, 5])
+    np.testing.assert_array_equal(masks['j1']['zpm']['body_0'], [2, 2, 1, 0, 2])
+    np.testing.assert_array_equal(masks['j1']['zpm']['short_0'], [0, 1, 3, 3, 2])
+    assert sizes == [[3, 5]]
+
+
+def _random_variables(model, x, seed=0):
+    """Variables of ``model`` with random, well-scaled values: He-normal kernels, distinct
+    BN scales in [0.1, 1], small biases and means, variances near 1 (numpy; no init run)."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    rng = np.random.default_rng(seed)
+
+    def value(path, s):
+        name = jax.tree_util.keystr(path)
+        if s.dtype == jnp.int32:
+            return jnp.zeros(s.shape, s.dtype)
+        if 'kernel' in name:
+            fan_in = int(np.prod(s.shape[:-1]))
+            return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), s.shape), jnp.float32)
+        if 'scale' in name:
+            return jnp.asarray(rng.uniform(0.1, 1.0, s.shape), jnp.float32)
+        if 'var' in name:
+            return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), jnp.float32)
+        return jnp.asarray(rng.normal(0, 0.1, s.shape), jnp.float32)
+
+    variables = jax.tree_util.tree_map_with_path(value, shapes)
+    if 'masks' in shapes:  # keep the model's own (valid) default index arrays
+        variables['masks'] = model.init(jax.random.key(0), x)['masks']
+    return variables
+
+
+def assert_same_function(apply_a, apply_b, x):
+    """Equal logits in eval mode (tight) and train mode (batch statistics: float reordering
+    is amplified where few values are normalised, so relative to the logits' scale)."""
+    for train in (False, True):
+        want, got = apply_a(x, train), apply_b(x, train)
+        tol = (1e-4 if train else 1e-5) * float(np.abs(want).max()) + 1e-6
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
+def _apply(model, variables, **kw):
+    return lambda x, train: model.apply(variables, x, train=train, mutable=['batch_stats'],
+                                        **kw)[0]
+
+
+@pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2', 'vgg19'])
+def test_scs_preserves_the_full_network(name):
+    arch = get_arch(name, num_classes=5, full_width=0.25 if name != 'resnet20' else 1.0)
+    table = arch.table(zpm=False)
+    structure = arch.plain_structure()
+    model = arch.module(structure)
+    x = jax.random.normal(jax.random.key(9), (8, 64, 64, 3))
+    variables = _random_variables(model, x)
+    rng = np.random.default_rng(0)
+    orders = {g.name: rng.permutation(g.size) for g in table.groups}
+    permuted = scs.permute(variables, table, orders)
+    assert_same_function(_apply(model, variables), _apply(model, permuted), x)
+    # The weights really moved (and the inputs were not modified in place).
+    moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(permuted['params']),
+                                                   jax.tree.leaves(variables['params']))]
+    assert sum(moved) >= len(moved) // 2
+
+
+def _bases(arch_name, widths, num_classes=5, seed=0, **kw):
+    """Random plain base networks (all-distinct BN scales, fresh statistics)."""
+    out = []
+    for i, w in enumerate(widths):
+        a = get_arch(arch_name, num_classes=num_classes, full_width=w, **kw)
+        m = a.module(a.plain_structure())
+        v = _random_variables(m, jnp.zeros((1, 32, 32, 3)), seed + 10 * i)
+        v['batch_stats'] = jax.tree_util.tree_map_with_path(
+            lambda p, s: (jnp.ones_like(s) if 'var' in jax.tree_util.keystr(p)
+                          else jnp.zeros_like(s)), v['batch_stats'])
+        out.append(v)
+    return out
+
+
+@pytest.mark.parametrize('name,zpm_on', [('resnet18', True), ('resnet50', True),
+                                         ('mobilenet_v2', True), ('resnet20', False)])
+def test_pruned_full_network_equals_its_base(name, zpm_on):
+    """SCS + ZPM (the stream restored to original order at full width) change nothing."""
+    arch = get_arch(name, num_classes=5, stem='small' if name == 'resnet18' else None,
+                    full_width=0.5 if name in ('resnet50', 'mobilenet_v2') else 1.0)
+    (base,) = _bases(name, [arch.full_width], stem=arch.stem)
+    structure, variables, _ = prune(arch, [base], [arch.full_width], keep_ratios=[0.4],
+                                    image_size=32, zpm=zpm_on)
+    x = jax.random.normal(jax.random.key(3), (8, 64, 64, 3))
+    plain = arch.module(arch.plain_structure())
+    model = arch.module(structure)
+    assert_same_function(_apply(plain, base), _apply(model, variables, subnet=-1), x)
+
+
+def _gathered_subnet(arch, base, structure, orders, k):
+    """Sub-network k the way a mask-and-gather implementation computes it: each layer keeps
+    the (ascending) original indices of its top channels, gathered from unsorted weights."""
+    table = arch.table()
+    kept = {g.name: np.sort(orders[g.name][:structure.count(g.name, k)]) for g in table.groups}
+    params = jax.tree.map(np.asarray, base['params'])
+    flat = {}
+    from flax import traverse_util
+    flat = dict(traverse_util.flatten_dict(params, sep='/'))
+    for g in table.groups:
+        for p in (*g.producers, *g.followers):
+            flat[f'{p}/kernel'] = flat[f'{p}/kernel'][..., kept[g.name]]
+        for bn in g.bns:
+            for leaf in ('scale', 'bias'):
+                flat[f'{bn}/{leaf}'] = flat[f'{bn}/{leaf}'][kept[g.name]]
+        for p, axis in g.consumers:
+            flat[f'{p}/kernel'] = np.take(flat[f'{p}/kernel'], kept[g.name], axis=axis)
+    single = Structure(structure.arch, 'spnet', structure.groups, structure.counts[k],
+                       (structure.counts[k],))
+    model = arch.module(single)
+    stats = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    stats = jax.tree_util.tree_map_with_path(
+        lambda p, s: (jnp.ones if 'var' in jax.tree_util.keystr(p) else jnp.zeros)(s.shape),
+        stats['batch_stats'])
+    return model, {'params': traverse_util.unflatten_dict(flat, sep='/'), 'batch_stats': stats}
+
+
+@pytest.mark.parametrize('name', ['vgg19', 'mobilenet_v1'])
+def test_prefix_slices_equal_gathered_unsorted_network(name):
+    arch = get_arch(name, num_classes=5, full_width=0.25)
+    (base,) = _bases(name, [0.25])
+    scores = IMPORTANCE['bn'](base, arch.table())
+    the_plan = plan(arch, [scores], [0.25], [0.3, 0.6], zpm_on=False)
+    structure, variables, _ = prune(arch, [base], [0.25], keep_ratios=[0.3, 0.6],
+                                    image_size=32, zpm=False)
+    assert structure == the_plan.structure
+    model = arch.module(structure)
+    x = jax.random.normal(jax.random.key(4), (8, 32, 32, 3))
+    for k in (0, 1):
+        ref_model, ref_vars = _gathered_subnet(arch, base, structure, the_plan.orders, k)
+        assert_same_function(_apply(ref_model, ref_vars), _apply(model, variables, subnet=k), x)
+
+
+def test_multibase_counts_from_each_base_channels_from_the_largest():
+    arch = get_arch('vgg19', num_classes=5, full_width=0.5)
+    bases = _bases('vgg19', [0.25, 0.5])
+    s0 = IMPORTANCE['bn'](bases[0], get_arch('vgg19', full_width=0.25).table())
+    s1 = IMPORTANCE['bn'](bases[1], arch.table())
+    the_plan = plan(arch, [s0, s1], [0.25, 0.5], [0.7, 0.4], zpm_on=False)
+    floors = threshold.floors(arch.table(), 0.1)
+    want0 = threshold.layer_counts(s0[0], threshold.global_threshold(s0[1], 0.7), floors)
+    want1 = threshold.layer_counts(s1[0], threshold.global_threshold(s1[1], 0.4), floors)
+    S = the_plan.structure
+    assert S.counts[0] == tuple(want0[g] for g in S.groups)
+    assert S.counts[1] == tuple(want1[g] for g in S.groups)
+    assert S.counts[2] == S.full
+    for g in S.groups:  # sorted by the largest base's importance, descending
+        np.testing.assert_array_equal(the_plan.orders[g], np.argsort(-s1[0][g], kind='stable'))
+    # The slimmable network starts from the largest base: sorted BN scales.
+    _, variables, _ = prune(arch, bases, [0.25, 0.5], keep_ratios=[0.7, 0.4], image_size=32,
+                            zpm=False)
+    got = np.asarray(variables['params']['bn0']['scale'])
+    np.testing.assert_allclose(got, np.sort(np.asarray(bases[1]['params']['bn0']['scale']))[::-1])
+
+
+def test_macs_targets_resnet50_two_bases():
+    arch = get_arch('resnet50')
+    bases = _bases('resnet50', [0.75, 1.0], num_classes=1000)
+    structure, _, info = prune(arch, bases, [0.75, 1.0], macs_targets=[1.1e9, 2.3e9],
+                               image_size=224)
+    from spnet_jax.cost import subnet_costs
+    costs = subnet_costs(arch, structure, 224)
+    for cost, target in zip(costs, [1.1e9, 2.3e9]):
+        assert abs(cost.macs - target) <= 0.01 * target
+    assert info['macs'][:2] == [c.macs for c in costs[:2]]
+    assert all(0 < r < 1 for r in info['keep_ratios'])
+    with pytest.raises(ConfigError, match='out of reach.*to'):
+        prune(arch, bases, [0.75, 1.0], macs_targets=[3.5e9, 2.3e9], image_size=224)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    ({'keep_ratios': [0.0, 0.5]}, r'keep ratio 0.0 is outside \(0, 1\]'),
+    ({'keep_ratios': [0.5, 1.5]}, r'keep ratio 1.5 is outside'),
+    ({'keep_ratios': [0.5]}, '1 keep ratios .* for 2 bases'),
+    ({'keep_ratios': [0.5, 0.5], 'macs_targets': [1e6, 2e6]}, 'exactly one of'),
+    ({'keep_ratios': [0.5, 0.5], 'importance': 'magic'}, 'prune.importance'),
+])
+def test_bad_prune_inputs_get_one_sentence(kwargs, match):
+    arch = get_arch('vgg19', num_classes=5, full_width=0.5)
+    bases = _bases('vgg19', [0.25, 0.5])
+    with pytest.raises(ConfigError, match=match):
+        prune(arch, bases, [0.25, 0.5], image_size=32, zpm=False, **kwargs)
+
+
+def test_bases_of_the_wrong_width_or_order_are_refused():
+    arch = get_arch('vgg19', num_classes=5, full_width=0.5)
+    bases = _bases('vgg19', [0.25, 0.5])
+    with pytest.raises(ConfigError, match='strictly ascending'):
+        prune(arch, bases[::-1], [0.5, 0.25], keep_ratios=[0.5, 0.5], zpm=False)
+    with pytest.raises(ConfigError, match='does not match vgg19 at width 0.25'):
+        prune(arch, [bases[1], bases[1]], [0.25, 0.5], keep_ratios=[0.5, 0.5], zpm=False)
+    other = _bases('mobilenet_v1', [0.5])[0]
+    with pytest.raises(ConfigError, match='not a vgg19 checkpoint'):
+        prune(arch, [bases[0], other], [0.25, 0.5], keep_ratios=[0.5, 0.5], zpm=False)
