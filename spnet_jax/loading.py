@@ -49,7 +49,7 @@ class SlimmableNetwork:
     @functools.cached_property
     def subnets(self) -> list[dict]:
         """Per sub-network (smallest first): index, MACs and params at ``image_size``."""
-        in_channels = int(self.variables['params']['stem_conv']['kernel'].shape[2])
+        in_channels = self.arch.input_channels(self.variables['params'])
         return [{'subnet': c.subnet, 'macs': c.macs, 'params': c.params, 'channels': c.channels}
                 for c in subnet_costs(self.arch, self.structure, self.image_size, in_channels)]
 

@@ -117,11 +117,10 @@ def main(argv):
                               f'{expected}; give one checkpoint per configured base width, '
                               'in the same order.')
         m = config.model
-        arch = get_arch(m.name, num_classes=m.num_classes, full_width=widths[-1], stem=m.stem)
+        arch = get_arch(m.name, num_classes=m.num_classes, full_width=m.full_width, stem=m.stem)
         variables = [read_base(path, arch, w) for w, path in bases]
         image_size = config.data.image_size
-        stem = variables[-1]['params']['stem_conv']['kernel']
-        in_channels = int(stem.shape[2])
+        in_channels = arch.input_channels(variables[-1]['params'])
         structure, _, info = prune_to(config, arch, variables, widths,
                                       os.path.join(FLAGS.workdir, 'pruned'), image_size,
                                       in_channels)

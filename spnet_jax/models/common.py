@@ -48,6 +48,11 @@ class Architecture:
     num_classes: int = 1000
     full_width: float = 1.0
     stem: str = 'imagenet'
+    first_conv = 'stem_conv'  # the conv that reads the images (its input axis is not slimmed)
+
+    def input_channels(self, params) -> int:
+        """Image channels a parameter tree of this architecture was built for."""
+        return int(params[self.first_conv]['kernel'].shape[2])
 
     def table(self, width: float | None = None, zpm: bool = False) -> ChannelTable:
         raise NotImplementedError

@@ -27,6 +27,8 @@ def conv_channels(width: float) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class VGGArch(Architecture):
+    first_conv = 'conv0'
+
     def table(self, width: float | None = None, zpm: bool = False) -> ChannelTable:
         w = self.full_width if width is None else width
         chans = conv_channels(w)

@@ -40,7 +40,8 @@ def check_base_variables(arch, variables: dict, width: float, label: str) -> Non
                           'the base path and model.name.')
     # The stem's input channels depend on the data, not the width: ignore that axis.
     for key, shape in want.items():
-        if got[key] != shape and not ('stem_conv' in key and got[key][:2] + got[key][3:]
+        first = f"['{arch.first_conv}']['kernel']"
+        if got[key] != shape and not (key == first and got[key][:2] + got[key][3:]
                                       == shape[:2] + shape[3:]):
             raise ConfigError(
                 f'{label} does not match {arch.name} at width {width}: {key} has shape '
@@ -113,9 +114,12 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
     multibase.check_bases(base_widths, [0.5] * len(wanted))
     if keep_ratios is not None:
         multibase.check_bases(base_widths, keep_ratios)
-    if abs(arch.full_width - base_widths[-1]) > 1e-9:
-        raise ConfigError(f'model.full_width={arch.full_width} must equal the largest base '
-                          f'width {base_widths[-1]}.')
+    wider_full = arch.full_width > base_widths[-1] + 1e-9
+    retrain_wider = wider_full and reinit_rng is not None
+    if abs(arch.full_width - base_widths[-1]) > 1e-9 and not retrain_wider:
+        raise ConfigError(
+            f'model.full_width={arch.full_width} must equal the largest base width '
+            f'{base_widths[-1]} (a wider full network needs prune.start="reinit").')
     for i, (v, w) in enumerate(zip(base_variables, base_widths, strict=True)):
         check_base_variables(arch, v, w, f'base checkpoint {i} (width {w})')
     score_fn = IMPORTANCE[importance]
@@ -123,7 +127,10 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
                    for v, w in zip(base_variables, base_widths, strict=True)]
     table = arch.table(zpm=zpm)
     macs_of = targets.macs_function(arch, table, image_size, in_channels)
-    orders = scs.sort_orders(base_scores[-1][0])
+    if wider_full:  # re-train recipe: which channels is immaterial, keep the identity
+        orders = {g.name: np.arange(g.size) for g in table.groups}
+    else:
+        orders = scs.sort_orders(base_scores[-1][0])
     if macs_targets is not None:
         which = multibase.check_bases(base_widths, [0.5] * len(macs_targets))
         floors = threshold.floors(table, min_channels_ratio)
@@ -136,7 +143,7 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
             ratios.append(r)
         keep_ratios = ratios
     the_plan = plan(arch, base_scores, base_widths, list(keep_ratios), zpm_on=zpm,
-                    min_channels_ratio=min_channels_ratio)
+                    min_channels_ratio=min_channels_ratio, orders=orders)
     variables = slimmable_variables(arch, the_plan, base_variables[-1], in_channels=in_channels,
                                     reinit_rng=reinit_rng)
     S = the_plan.structure

@@ -49,13 +49,15 @@ def check_bases(base_widths: Sequence[float], keep_ratios: Sequence[float]) -> l
 
 def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequence[float],
          keep_ratios: Sequence[float], *, zpm_on: bool = True,
-         min_channels_ratio: float = 0.1) -> Plan:
+         min_channels_ratio: float = 0.1, orders: dict | None = None) -> Plan:
     """Counts, orders and masks of the slimmable network.
 
     ``base_scores[i]`` is ``(scores, pool)`` of base i from an importance function; the last
     base is the largest, whose scores choose the channels (``arch.full_width`` must be its
-    width). Sub-network k keeps ``keep_ratios[k]`` of base ``k``'s BN channels (of the only
-    base, with one base); the last sub-network is the largest base, unpruned.
+    width, unless ``orders`` are given: re-train recipes whose full network is wider than
+    every base pass the identity, since the weights are re-initialised anyway).
+    Sub-network k keeps ``keep_ratios[k]`` of base ``k``'s BN channels (of the only base,
+    with one base); the last sub-network is the full network, unpruned.
     """
     which = check_bases(base_widths, keep_ratios)
     full_table = arch.table(zpm=zpm_on)
@@ -67,7 +69,8 @@ def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequ
         counts.append(threshold.layer_counts(scores, t, group_floors))
         thresholds.append(t)
     counts.append({g.name: g.size for g in full_table.groups})
-    orders = scs.sort_orders(base_scores[-1][0])
+    if orders is None:
+        orders = scs.sort_orders(base_scores[-1][0])
     stream_sizes, masks, _ = zpm.zpm_masks(full_table, counts, orders)
     structure = Structure(
         arch=arch.name, method='spnet', groups=full_table.group_names,

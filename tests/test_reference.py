@@ -1,0 +1,176 @@
+"""Parity with the original PyTorch release on ../shared/reference, through the prune
+command and `spnet_jax.load` (what a user runs), not only the internal functions."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import spnet_jax
+from spnet_jax import convert_torch
+from spnet_jax.models import get_arch
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / 'shared' / 'reference'
+
+
+def _list(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def run_prune(workdir, config, bases, *overrides):
+    cmd = [sys.executable, '-m', 'spnet_jax.prune', f'--config={ROOT / "configs" / config}',
+           f'--workdir={workdir}', '--bases=' + ','.join(f'{w}={p}' for w, p in bases),
+           *overrides]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def release_checkpoint(arch, bn_file, path, seed=0):
+    """A release-layout .npz base: the reference BN scales/biases, random conv weights."""
+    names = {ours: theirs for theirs, ours in convert_torch.module_names(arch).items()}
+    model = arch.module(arch.plain_structure())
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    rng = np.random.default_rng(seed)
+    state = {}
+    for p, s in jax.tree_util.tree_flatten_with_path(shapes['params'])[0]:
+        keys = [k.key for k in p]
+        module, leaf = '/'.join(keys[:-1]), keys[-1]
+        x = rng.normal(0, 0.05, s.shape).astype(np.float32)
+        if leaf == 'kernel':
+            x = x.transpose(3, 2, 0, 1) if x.ndim == 4 else x.T
+            state[f'{names[module]}.weight'] = x
+        elif leaf == 'scale':
+            state[f'{names[module]}.weight'] = x
+        else:
+            state[f'{names[module]}.bias'] = x
+    with np.load(bn_file) as bn:
+        for key in bn.files:
+            assert state[key].shape == bn[key].shape, key
+            state[key] = bn[key]
+    np.savez(path, **state)
+    return path
+
+
+def check_structure_and_masks(net, case_dir: Path, bn_file: Path):
+    """Counts, sort orders, ZPM masks and fused masks equal the release's, layer by layer."""
+    entries = json.loads((case_dir / 'structure.json').read_text())
+    arch, S = net.arch, net.structure
+    table = arch.table(zpm=S.zpm)
+    owner = {p: g.name for g in table.groups for p in (*g.producers, *g.followers)}
+    names = convert_torch.module_names(arch)
+    params, masks = net.variables['params'], net.variables.get('masks', {})
+    with np.load(bn_file) as bn:
+        gammas = {k: bn[k] for k in bn.files}
+    checked = 0
+    for e in entries:
+        if e['type'] != 'SConv2d':
+            continue
+        path = names[e['name']]
+        group = owner[path]
+        assert list(S.counts_of(group)) == _list(e['out_channels_list']), e['name']
+        # Sort order: the saved (sorted) BN scale is the release's gamma[end_sort_idx].
+        bn_path = path.replace('conv', 'bn')
+        module, _, bn_leaf = bn_path.rpartition('/')
+        release_bn = [k for k, v in names.items() if v == bn_path][0]
+        saved = np.asarray((params[module] if module else params)[bn_leaf]['scale'])
+        order = np.asarray(_list(e['end_sort_idx']))
+        np.testing.assert_array_equal(saved, gammas[f'{release_bn}.weight'][order])
+        block = path.split('/')[0]
+        for k, want in enumerate(_list(e.get('masks_index_lists', []))):
+            assert sorted(order[:S.counts_of(group)[k]].tolist()) == want
+        for k, want in enumerate(_list(e.get('fused_masks_index_lists', []))):
+            junction = masks[block]['zpm']
+            fused = np.asarray(junction[f'fused_{k}'])
+            assert fused.tolist() == want, (e['name'], k)
+            # The body lands exactly on its own mask's channels.
+            body = np.asarray(junction[f'body_{k}'])
+            assert sorted(fused[body < S.counts_of(group)[k]].tolist()) == _list(
+                e['masks_index_lists'])[k]
+        checked += 1
+    return checked
+
+
+def test_resnet50_single_base_zpm(tmp_path):
+    case = REFERENCE / 'resnet50_singlebase_zpm'
+    arch = get_arch('resnet50')
+    base = release_checkpoint(arch, case / 'base_1.0_bn.npz', tmp_path / 'base.npz')
+    out = run_prune(tmp_path / 'run', 'resnet50.py', [(1.0, base)], '--config.base.widths=1.0,',
+                    '--config.prune.keep_ratios=0.35,0.6')
+    net = spnet_jax.load(str(tmp_path / 'run'))
+    assert check_structure_and_masks(net, case, case / 'base_1.0_bn.npz') == 53
+    info = json.loads((tmp_path / 'run' / 'pruned' / 'prune_info.json').read_text())
+    want = [c['thresholds'] for c in json.loads((case / 'case.json').read_text())['prune_calls']]
+    np.testing.assert_allclose(info['thresholds'], want[0], rtol=1e-7)
+    # conv+classifier MACs and BN-inclusive params per sub-network, as the release counts.
+    widths = json.loads((case / 'widths.json').read_text())['per_width']
+    for sub, w in zip(net.subnets, widths):
+        assert sub['macs'] == w['own_count']['conv_fc_macs_per_image']
+        assert sub['params'] == w['own_count']['params_incl_bn_affine']
+    assert 'sub-networks' in out and 'MACs' in out
+
+
+def test_vgg19_cifar_single_base(tmp_path):
+    case = REFERENCE / 'vgg19_cifar_singlebase'
+    arch = get_arch('vgg19', num_classes=10)
+    base = release_checkpoint(arch, case / 'base_1.0_bn.npz', tmp_path / 'base.npz')
+    run_prune(tmp_path / 'run', 'vgg19_cifar10.py', [(1.0, base)], '--config.base.widths=1.0,',
+              '--config.model.full_width=1.0', '--config.prune.keep_ratios=0.25,0.5',
+              '--config.prune.start=finetune')
+    net = spnet_jax.load(str(tmp_path / 'run'))
+    assert check_structure_and_masks(net, case, case / 'base_1.0_bn.npz') == 16
+    widths = json.loads((case / 'widths.json').read_text())['per_width']
+    for sub, w in zip(net.subnets, widths):
+        assert sub['macs'] == w['own_count']['conv_fc_macs_per_image']
+
+
+@pytest.fixture(scope='module')
+def mobilenet_v2_net(tmp_path_factory):
+    case = REFERENCE / 'mobilenet_v2_multibase_zpm'
+    work = tmp_path_factory.mktemp('mbv2')
+    run_prune(work, 'mobilenet_v2.py', [(1.0, case / 'base_1.0.npz'),
+                                        (1.3, case / 'base_1.3.npz')])
+    return spnet_jax.load(str(work))
+
+
+def test_mobilenet_v2_multibase_structure_and_weights(mobilenet_v2_net):
+    case = REFERENCE / 'mobilenet_v2_multibase_zpm'
+    net = mobilenet_v2_net
+    assert check_structure_and_masks(net, case, case / 'base_1.3.npz') == 52
+    # Every permuted weight equals the release's pruned, sorted network.
+    want = convert_torch.convert(dict(np.load(case / 'pruned_state_dict.npz')), net.arch,
+                                 num_subnets=3)
+    got = jax.tree.map(np.asarray, net.variables)
+    for collection in ('params', 'batch_stats'):
+        jax.tree.map(np.testing.assert_array_equal, got[collection], want[collection])
+
+
+@pytest.mark.parametrize('mode', ['eval_asis', 'eval_randstats', 'train_mode'])
+def test_mobilenet_v2_logits_of_every_subnet(mobilenet_v2_net, mode):
+    case = REFERENCE / 'mobilenet_v2_multibase_zpm'
+    net = mobilenet_v2_net
+    io = np.load(case / 'io.npz')
+    x = io['x'].transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    variables = net.variables
+    if mode == 'eval_randstats':
+        stats = convert_torch.convert(dict(np.load(case / 'randstats.npz')), net.arch,
+                                      num_subnets=3)['batch_stats']
+        variables = {**variables, 'batch_stats': jax.tree.map(jnp.asarray, stats)}
+    for k in range(net.structure.num_subnets):
+        want = io[f'logits_{mode}_w{k}']
+        if mode == 'eval_asis':
+            got = net(x, subnet=k)
+        else:
+            apply = jax.jit(lambda v, x, k=k: net.model.apply(
+                v, x, subnet=k, train=mode == 'train_mode', mutable=['batch_stats'])[0])
+            got = apply(variables, jnp.asarray(x))
+        rel = np.abs(np.asarray(got) - want).max() / np.abs(want).max()
+        assert rel < 1e-4, (mode, k, rel)
