@@ -4,10 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import jitted_apply, random_variables
 
 from spnet_jax import layers
 from spnet_jax.cost import subnet_costs
 from spnet_jax.models import REGISTRY, get_arch
+from spnet_jax.pruning import zpm
 from spnet_jax.structure import Structure
 
 # (name, S-Net widths, image size, stem): small inputs keep CPU compile times low.
@@ -35,10 +37,10 @@ def test_every_subnet_runs_jitted_with_static_shapes(name, widths, size, stem):
     structure = arch.snet_structure(widths)
     model = arch.module(structure)
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
-    variables = model.init(jax.random.key(1), x)
+    variables = random_variables(model, x)
     plain = arch.plain_structure(widths[-1])
     # Full-width parameters: the same shapes as the plain full network's (S-Net adds BN sets).
-    plain_vars = arch.module(plain).init(jax.random.key(1), x)
+    plain_vars = jax.eval_shape(lambda: arch.module(plain).init(jax.random.key(1), x))
     conv_shapes = lambda t: {k: v.shape for k, v in jax.tree_util.tree_leaves_with_path(t)
                              if 'kernel' in jax.tree_util.keystr(k)}
     assert conv_shapes(variables['params']) == conv_shapes(plain_vars['params'])
@@ -68,18 +70,14 @@ def test_snet_subnet_equals_plain_network_with_sliced_weights(name, widths, size
     arch = _arch(name, widths, stem)
     structure = arch.snet_structure(widths)
     model = arch.module(structure)
-    x = jax.random.normal(jax.random.key(0), (3, size, size, 3))
-    variables = model.init(jax.random.key(1), x)
+    x = jax.random.normal(jax.random.key(0), (4, size, size, 3))
     # Non-trivial statistics and BN affines, different per width.
-    leaves, treedef = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(2), len(leaves))
-    variables = jax.tree.unflatten(treedef, [
-        jnp.abs(leaf) + jax.random.uniform(kk, leaf.shape) for leaf, kk in zip(leaves, keys)])
+    variables = random_variables(model, x)
     k = 0
     w = widths[k]
     small = arch.plain_structure(w)
     small_model = arch.module(small)
-    small_shapes = small_model.init(jax.random.key(3), x)
+    small_shapes = jax.eval_shape(lambda: small_model.init(jax.random.key(3), x))
     # Switchable BN: sub-network k's private scale/bias/statistics become the plain network's.
     def pick(tree):
         if isinstance(tree, dict):
@@ -95,10 +93,10 @@ def test_snet_subnet_equals_plain_network_with_sliced_weights(name, widths, size
         return tree
     picked = {c: pick(v) for c, v in variables.items()}
     sliced = _slice_to(picked, small_shapes)
+    got_fn = jitted_apply(model, variables, subnet=k)
+    want_fn = jitted_apply(small_model, sliced)
     for train in (False, True):
-        got = model.apply(variables, x, subnet=k, train=train, mutable=['batch_stats'])[0]
-        want = small_model.apply(sliced, x, train=train, mutable=['batch_stats'])[0]
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got_fn(x, train), want_fn(x, train), rtol=1e-5, atol=1e-5)
 
 
 def test_zpm_add_equals_explicit_zero_pad_formula():
@@ -133,22 +131,24 @@ def test_zpm_add_equals_explicit_zero_pad_formula():
 
 @pytest.mark.parametrize('name', ['resnet50', 'resnet18', 'mobilenet_v2'])
 def test_zpm_model_runs_every_subnet(name):
-    arch = get_arch(name, num_classes=5, stem='small' if name == 'resnet18' else None)
+    arch = get_arch(name, num_classes=5, stem='small' if name == 'resnet18' else None,
+                    full_width=0.5)
     table = arch.table(zpm=True)
-    half = tuple(max(1, g.size // 2) for g in table.groups)
-    full = tuple(g.size for g in table.groups)
-    streams = table.junction_stream()
-    stream_sizes = tuple(
-        tuple(streams[j.name].size if c == full else streams[j.name].size // 2 + 1
-              for j in table.junctions) for c in (half, full))
-    structure = Structure(arch.name, 'spnet', table.group_names, full, (half, full),
-                          tuple(j.name for j in table.junctions), stream_sizes).validate(table)
+    counts = [{g.name: max(1, g.size // 2) for g in table.groups},
+              {g.name: g.size for g in table.groups}]
+    # Branches keep their first channels (identity order): unions are then prefixes too.
+    orders = {g.name: np.arange(g.size) for g in table.groups}
+    sizes, masks, _ = zpm.zpm_masks(table, counts, orders)
+    structure = Structure(arch.name, 'spnet', table.group_names,
+                          tuple(counts[1].values()), tuple(tuple(c.values()) for c in counts),
+                          tuple(j.name for j in table.junctions),
+                          tuple(map(tuple, sizes))).validate(table)
     model = arch.module(structure)
-    x = jnp.ones((1, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x)
-    assert 'masks' in variables
-    for k in (0, 1):
-        assert model.apply(variables, x, subnet=k).shape == (1, 5)
+    x = jnp.ones((2, 32, 32, 3))
+    variables = random_variables(model, x, masks=masks)
+    outs = [jitted_apply(model, variables, subnet=k)(x, True) for k in (0, 1)]
+    assert all(o.shape == (2, 5) and np.isfinite(o).all() for o in outs)
+    assert not np.allclose(outs[0], outs[1])
 
 
 def test_registry_has_the_issue_architectures():

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import fresh_statistics, jitted_apply, random_variables
 
 from spnet_jax.channels import ChannelGroup, ChannelTable, Junction, Stream
 from spnet_jax.errors import ConfigError
@@ -64,29 +65,7 @@ def test_zpm_masks_match_a_hand_worked_stream():
 
 
 def _random_variables(model, x, seed=0):
-    """Variables of ``model`` with random, well-scaled values: He-normal kernels, distinct
-    BN scales in [0.1, 1], small biases and means, variances near 1 (numpy; no init run)."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    rng = np.random.default_rng(seed)
-
-    def value(path, s):
-        name = jax.tree_util.keystr(path)
-        if s.dtype == jnp.int32:
-            return jnp.zeros(s.shape, s.dtype)
-        if 'kernel' in name:
-            fan_in = int(np.prod(s.shape[:-1]))
-            return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), s.shape), jnp.float32)
-        if 'scale' in name:
-            return jnp.asarray(rng.uniform(0.1, 1.0, s.shape), jnp.float32)
-        if 'var' in name:
-            return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), jnp.float32)
-        return jnp.asarray(rng.normal(0, 0.1, s.shape), jnp.float32)
-
-    variables = jax.tree_util.tree_map_with_path(value, shapes)
-    if 'masks' in shapes:  # keep the model's own (valid) default index arrays
-        variables['masks'] = model.init(jax.random.key(0), x)['masks']
-    return variables
-
+    return random_variables(model, x, seed)
 
 def assert_same_function(apply_a, apply_b, x):
     """Equal logits in eval mode (tight) and train mode (batch statistics: float reordering
@@ -98,8 +77,7 @@ def assert_same_function(apply_a, apply_b, x):
 
 
 def _apply(model, variables, **kw):
-    return lambda x, train: model.apply(variables, x, train=train, mutable=['batch_stats'],
-                                        **kw)[0]
+    return jitted_apply(model, variables, **kw)
 
 
 @pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2', 'vgg19'])
@@ -126,10 +104,7 @@ def _bases(arch_name, widths, num_classes=5, seed=0, **kw):
     for i, w in enumerate(widths):
         a = get_arch(arch_name, num_classes=num_classes, full_width=w, **kw)
         m = a.module(a.plain_structure())
-        v = _random_variables(m, jnp.zeros((1, 32, 32, 3)), seed + 10 * i)
-        v['batch_stats'] = jax.tree_util.tree_map_with_path(
-            lambda p, s: (jnp.ones_like(s) if 'var' in jax.tree_util.keystr(p)
-                          else jnp.zeros_like(s)), v['batch_stats'])
+        v = fresh_statistics(_random_variables(m, jnp.zeros((1, 32, 32, 3)), seed + 10 * i))
         out.append(v)
     return out
 

@@ -1,0 +1,49 @@
+"""Shared test helpers: random variables without running (and compiling) a model's init."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_variables(model, x, seed=0, masks=None, **init_kwargs):
+    """Variables of ``model`` with random, well-scaled values: He-normal kernels, distinct
+    BN scales in [0.1, 1], small biases and means, variances in [0.5, 1.5].
+
+    Shapes come from `jax.eval_shape`, so nothing is compiled. ZPM index arrays are taken
+    from ``masks`` (required when the model has junctions).
+    """
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, **init_kwargs))
+    rng = np.random.default_rng(seed)
+
+    def value(path, s):
+        name = jax.tree_util.keystr(path)
+        if 'kernel' in name:
+            fan_in = int(np.prod(s.shape[:-1]))
+            return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), s.shape), jnp.float32)
+        if 'scale' in name:
+            return jnp.asarray(rng.uniform(0.1, 1.0, s.shape), jnp.float32)
+        if 'var' in name:
+            return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), jnp.float32)
+        return jnp.asarray(rng.normal(0, 0.1, s.shape), jnp.float32)
+
+    variables = {c: jax.tree_util.tree_map_with_path(value, t)
+                 for c, t in shapes.items() if c != 'masks'}
+    if 'masks' in shapes:
+        assert masks is not None, 'a ZPM model needs masks'
+        variables['masks'] = jax.tree.map(jnp.asarray, masks)
+    return variables
+
+
+def fresh_statistics(variables):
+    """The same variables with every running mean 0 and variance 1 (as after pruning)."""
+    stats = jax.tree_util.tree_map_with_path(
+        lambda p, s: (jnp.ones_like(s) if 'var' in jax.tree_util.keystr(p)
+                      else jnp.zeros_like(s)), variables['batch_stats'])
+    return {**variables, 'batch_stats': stats}
+
+
+def jitted_apply(model, variables, **kw):
+    """``f(x, train) -> logits``, jitted per mode."""
+    fns = {train: jax.jit(lambda v, x, train=train: model.apply(
+        v, x, train=train, mutable=['batch_stats'], **kw)[0]) for train in (False, True)}
+    return lambda x, train: fns[train](variables, x)
