@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from spnet_jax import convert_torch, pruning
 from spnet_jax.cost import subnet_costs
-from spnet_jax.errors import ConfigError
+from spnet_jax.errors import ConfigError, loaded_config
 from spnet_jax.models import get_arch
 
 FLAGS = flags.FLAGS
@@ -106,7 +106,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax narrates every write at INFO
     try:
-        config = FLAGS.config
+        config = loaded_config(FLAGS)
         if config is None or not FLAGS.workdir:
             raise ConfigError('give --config=configs/<model>.py and --workdir=OUT.')
         bases = parse_bases(FLAGS.bases)
