@@ -97,5 +97,14 @@ def _arch_for(structure, num_classes: int, stem, config):
         if tuple(g.size for g in table.groups) == structure.full:
             structure.validate(table)
             return arch
+        if _is_exported_subnet(structure, table):
+            return arch
     raise ConfigError(f'the saved structure matches {structure.arch} at none of the widths '
                       f'{candidates}; the checkpoint and its structure.json disagree.')
+
+
+def _is_exported_subnet(structure, table) -> bool:
+    """A sub-network exported as a standalone network (`spnet_jax.export`): one sub-network
+    with the architecture's layers, none wider than at this width."""
+    return (structure.num_subnets == 1 and structure.groups == table.group_names
+            and all(c <= g.size for c, g in zip(structure.full, table.groups, strict=True)))

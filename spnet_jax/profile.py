@@ -23,9 +23,6 @@ from spnet_jax.errors import ConfigError, loaded_config
 from spnet_jax.models import get_arch
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Profile the network saved in this workdir instead.')
-flags.DEFINE_bool('json', False, 'Print a JSON list, one object per sub-network.')
 
 
 def profile_config(config) -> tuple[str, list[dict]]:
@@ -96,5 +93,13 @@ def main(argv):
     print(json.dumps(rows) if FLAGS.json else table(title, rows))
 
 
+def define_flags() -> None:
+    """Command-line flags, defined only when run as a program (several tools share names)."""
+    config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Profile the network saved in this workdir instead.')
+    flags.DEFINE_bool('json', False, 'Print a JSON list, one object per sub-network.')
+
+
 if __name__ == '__main__':
+    define_flags()
     app.run(main)

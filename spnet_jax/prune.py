@@ -27,9 +27,6 @@ from spnet_jax.errors import ConfigError, loaded_config
 from spnet_jax.models import get_arch
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Model/prune config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Output folder (the slimmable network goes to OUT/pruned).')
-flags.DEFINE_string('bases', None, 'Comma-separated WIDTH=PATH, one per base, ascending.')
 
 
 def parse_bases(text: str | None) -> list[tuple[float, str]]:
@@ -132,5 +129,13 @@ def main(argv):
     print(summary(arch, structure, info, image_size, in_channels))
 
 
+def define_flags() -> None:
+    """Command-line flags, defined only when run as a program (several tools share names)."""
+    config_flags.DEFINE_config_file('config', None, 'Model/prune config file.', lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Output folder (the network goes to OUT/pruned).')
+    flags.DEFINE_string('bases', None, 'Comma-separated WIDTH=PATH, one per base, ascending.')
+
+
 if __name__ == '__main__':
+    define_flags()
     app.run(main)

@@ -84,9 +84,10 @@ def test_macs_agree_with_xla_cost_analysis(name, widths, size):
         activations = sum(
             int(jnp.prod(jnp.array(layer.out_shape))) for layer in cost.layers
             if layer.kind == 'bn')
-        # XLA also counts BN, ReLU, adds and pooling: a few flops per activation, no more.
+        # XLA also counts BN, ReLU, adds, pooling and layout copies: a few flops per
+        # activation, far fewer than a conv layer (>= 9 MACs per activation) would add.
         extra = xla_macs - conv_macs
-        assert 0.5 * activations <= extra <= 4 * activations, (cost.subnet, extra, activations)
+        assert 0.5 * activations <= extra <= 6 * activations, (cost.subnet, extra, activations)
         assert conv_macs <= xla_macs <= 1.05 * conv_macs
         # Our MACs differ from XLA's convs only by the padding taps.
         assert cost.macs >= conv_macs

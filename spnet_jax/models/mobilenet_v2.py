@@ -169,11 +169,20 @@ class MobileNetV2(SlimModule):
             x, x_index, g, prev_junction = InvertedResidual(
                 spec=b, structure=S, in_group=g, prev_junction=prev_junction, dtype=self.dtype,
                 bn_scale_init=self.bn_scale_init, name=b.name)(x, x_index, k, train)
-        x = self.conv('last_conv', 'last_conv', S.full_of(g), 1)(x, self.n('last_conv', k),
-                                                                 x_index)
+        x = self.conv('last_conv', 'last_conv', stream_input_width(S, g, prev_junction, x_index),
+                      1)(x, self.n('last_conv', k), x_index)
         x = layers.relu6(self.bn('last_bn', 'last_conv')(x, k, train))
         x = jnp.mean(x, axis=(1, 2))
         return self.head(S.full_of('last_conv'))(x).astype(jnp.float32)
+
+
+def stream_input_width(structure, group: str, junction: str | None, index) -> int:
+    """Input rows of a layer reading ``group``'s output, or (``index`` set) a ZPM stream: the
+    stream's size in the largest sub-network (the group's full count after pruning; more in a
+    standalone exported sub-network)."""
+    if index is None:
+        return structure.full_of(group)
+    return structure.stream_sizes_of(junction)[-1]
 
 
 class InvertedResidual(nn.Module):
@@ -190,7 +199,8 @@ class InvertedResidual(nn.Module):
     def __call__(self, x, x_index, k: int, train: bool):
         b, S = self.spec, self.structure
         bn = lambda name, grp: batch_norm(S, name, grp, self.bn_scale_init, self.dtype)
-        y, dw_group, in_full = x, self.in_group, S.full_of(self.in_group)
+        in_full = stream_input_width(S, self.in_group, self.prev_junction, x_index)
+        y, dw_group = x, self.in_group
         if b.expand:
             dw_group = f'{b.name}/expand_conv'
             y = conv(S, 'expand_conv', dw_group, in_full, 1, dtype=self.dtype)(

@@ -234,4 +234,6 @@ class Block(nn.Module):
                                  body_counts=S.counts_of(g(convs[-1][0])),
                                  short_counts=short_counts, name='zpm')
         out, fused = junction(y, short, k)
-        return nn.relu(out), fused, y_full
+        # A stream's consumers hold rows for the whole stream of the largest sub-network (the
+        # block end's full count after pruning; more in a standalone exported sub-network).
+        return nn.relu(out), fused, S.stream_sizes_of(b.name)[-1]
