@@ -53,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.manual_dir = placeholder(str)  # ImageNet's two ILSVRC2012 tar files
     config.data.image_size = 224
     config.data.preprocessing = 'imagenet'  # 'imagenet' | 'small'
+    config.data.crop_padding = 4  # 'small': zero padding before the random crop
     config.data.num_train_examples = placeholder(int)  # use only the first N (None: all)
     config.data.num_eval_examples = placeholder(int)
 
@@ -63,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Stage 2: multi-base pruning (one keep ratio or MACs target per base), SCS, ZPM.
     config.prune = ml_collections.ConfigDict()
     config.prune.keep_ratios = (0.5484, 0.526)
-    config.prune.macs_targets = ()  # alternative to keep_ratios: MACs per pruned sub-network
+    config.prune.macs_targets = ()  # MACs per pruned sub-network; when set, replaces keep_ratios
     config.prune.zpm = True
     config.prune.min_channels_ratio = 0.1
     config.prune.importance = 'bn'  # 'bn' (|gamma|) | 'l1' (filter L1 norm)

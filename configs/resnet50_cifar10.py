@@ -1,5 +1,5 @@
-"""SP-ResNet-50 on CIFAR10: the ImageNet recipe's structure (bases x0.75 / 1.0, ZPM,
-fine-tuning) with the release's CIFAR10 keep ratios (SPEC section 4) and the CIFAR schedule."""
+"""SP-ResNet-50 on CIFAR-10: the ImageNet recipe's structure (bases x0.75 / 1.0, ZPM,
+fine-tuning) with the release's CIFAR-10 keep ratios (SPEC section 4) and the CIFAR schedule."""
 
 from configs import default, resnet50
 

@@ -1,4 +1,4 @@
-"""SP-VGGNet (VGG-19-BN) on CIFAR100: bases x0.5 / 0.75, keep ratios 0.6453 / 0.8202 plus the
+"""SP-VGGNet (VGG-19-BN) on CIFAR-100: bases x0.5 / 0.75, keep ratios 0.6453 / 0.8202 plus the
 full network (SPEC section 4), re-trained from scratch with the base schedule."""
 
 from configs import default, vgg19

@@ -18,6 +18,7 @@ import os
 import sys
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -65,19 +66,19 @@ def prune_to(config, arch, bases: list[dict], widths: list[float], directory: st
              image_size: int, in_channels: int) -> tuple:
     """Prunes ``bases`` by ``config.prune`` and saves the network to ``directory``."""
     from spnet_jax.train import checkpoint
+    from spnet_jax.train.validate import prune_sizes
 
     p = config.prune
+    keep_ratios, macs_targets = prune_sizes(p)  # MACs targets, when set, replace the ratios
     structure, variables, info = pruning.prune(
-        arch, bases, widths,
-        keep_ratios=tuple(p.keep_ratios) if p.get('keep_ratios') else None,
-        macs_targets=tuple(p.macs_targets) if p.get('macs_targets') else None,
+        arch, bases, widths, keep_ratios=keep_ratios, macs_targets=macs_targets,
         image_size=image_size, in_channels=in_channels, zpm=p.zpm,
         min_channels_ratio=p.min_channels_ratio, importance=p.importance,
         reinit_rng=(jax.random.fold_in(jax.random.key(config.seed), 1000)
                     if p.start == 'reinit' else None))
     os.makedirs(directory, exist_ok=True)
     checkpoint.write_json(os.path.join(directory, 'prune_info.json'),
-                          json.loads(json.dumps(info, default=float)))
+                          json.loads(json.dumps(info, default=lambda o: np.asarray(o).tolist())))
     checkpoint.save_network(directory, structure, variables, config)
     return structure, variables, info
 

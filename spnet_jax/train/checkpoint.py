@@ -100,11 +100,10 @@ def write_stage_files(directory: str, structure: Structure | None, config: Any =
 
 
 def manager(directory: str, *, save_every_steps: int = 1, max_to_keep: int | None = 2,
-            read_only: bool = False) -> ocp.CheckpointManager:
+            create: bool = True) -> ocp.CheckpointManager:
     """The stage's Orbax `CheckpointManager` (``<directory>/checkpoints``)."""
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_every_steps, max_to_keep=max_to_keep, create=not read_only,
-        read_only=read_only)
+        save_interval_steps=save_every_steps, max_to_keep=max_to_keep, create=create)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(directory, CHECKPOINTS)),
                                  options=options)
 
@@ -149,7 +148,9 @@ def load_network(directory: str, step: int | None = None
     are ``{'params', 'batch_stats', 'masks'?}`` as jax arrays on the default device.
     """
     structure = Structure.load(os.path.join(directory, STRUCTURE))
-    mngr = manager(directory, read_only=True)
+    if not os.path.isdir(os.path.join(directory, CHECKPOINTS)):
+        raise ConfigError(f'{directory} has no checkpoints; run the stage that makes it first.')
+    mngr = manager(directory, max_to_keep=None, create=False)
     try:
         step = mngr.latest_step() if step is None else step
         if step is None:

@@ -10,7 +10,8 @@ from absl import logging
 from jax.sharding import Mesh
 
 from spnet_jax import data as data_lib
-from spnet_jax.train import sharding, step as step_lib
+from spnet_jax.train import sharding
+from spnet_jax.train import step as step_lib
 
 
 def evaluate(model, variables: dict[str, Any], num_subnets: int, config: Any, mesh: Mesh,

@@ -30,8 +30,11 @@ from jax.sharding import Mesh
 
 from spnet_jax import data as data_lib
 from spnet_jax.structure import Structure
-from spnet_jax.train import checkpoint, metrics as metrics_lib, sharding, state as state_lib
+from spnet_jax.train import checkpoint, sharding
+from spnet_jax.train import metrics as metrics_lib
+from spnet_jax.train import state as state_lib
 from spnet_jax.train import step as step_lib
+from spnet_jax.train.evaluate import evaluate
 from spnet_jax.train.optim import make_optimizer
 
 
@@ -94,6 +97,18 @@ def abstract_state(job: TrainJob, tx, mesh: Mesh) -> state_lib.TrainState:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
 
 
+def jit_train_step(model, num_subnets: int, section: Any, tx, schedule, mesh: Mesh):
+    """The all-sub-network step, jitted over ``mesh``: state replicated and donated, the
+    batch split on the 'data' axis. Returns ``(state, batch) -> (state, metrics)``."""
+    repl = sharding.replicated(mesh)
+    fn = step_lib.bind(step_lib.train_step, model=model, num_subnets=num_subnets, tx=tx,
+                       schedule=schedule, kd_alpha=float(section.get('kd_alpha', 0.9)),
+                       kd_temperature=float(section.get('kd_temperature', 1.0)),
+                       label_smoothing=float(section.get('label_smoothing', 0.0)))
+    return jax.jit(fn, in_shardings=(repl, sharding.batch_sharded(mesh)),
+                   out_shardings=(repl, repl), donate_argnums=(0,))
+
+
 def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
     """Trains (or resumes, or skips) ``job``; returns its ``done.json`` info."""
     if checkpoint.is_done(job.directory):
@@ -109,7 +124,7 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
 
     mngr = checkpoint.manager(job.directory, save_every_steps=config.checkpoint_every_steps,
                               max_to_keep=config.keep_checkpoints)
-    writer = None
+    writer = batches = None
     try:
         start = mngr.latest_step()
         if start is None:
@@ -129,14 +144,8 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
             logging.info('[%s] resuming from the checkpoint at step %d of %d.', job.name,
                          start, num_steps)
 
-        train_step = jax.jit(
-            step_lib.bind(step_lib.train_step, model=job.model,
-                          num_subnets=job.structure.num_subnets, tx=tx, schedule=schedule,
-                          kd_alpha=float(section.get('kd_alpha', 0.9)),
-                          kd_temperature=float(section.get('kd_temperature', 1.0)),
-                          label_smoothing=float(section.label_smoothing)),
-            in_shardings=(repl, sharding.batch_sharded(mesh)), out_shardings=(repl, repl),
-            donate_argnums=(0,))
+        train_step = jit_train_step(job.model, job.structure.num_subnets, section, tx,
+                                    schedule, mesh)
         writer = metrics_lib.TrainMetrics(job.name, job.directory, num_steps=num_steps,
                                           first_step=start,
                                           log_every_steps=config.log_every_steps)
@@ -156,9 +165,11 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
                     try:
                         writer.flush()
                     except metrics_lib.NonFiniteLossError as e:
+                        last = mngr.latest_step()
+                        kept = ('no checkpoint was written yet' if last is None else
+                                f'the last good checkpoint is step {last} in {job.directory}')
                         raise metrics_lib.NonFiniteLossError(
-                            f'{e}; training stopped. The last good checkpoint is step '
-                            f'{mngr.latest_step()} in {job.directory}; lower the learning rate '
+                            f'{e}; training stopped and {kept}. Lower the learning rate '
                             f'({section.lr}) or check the data, then rerun to resume.',
                             e.step, e.subnet) from None
                 if saving:
@@ -171,24 +182,18 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
         mngr.wait_until_finished()
         result = {'step': num_steps, 'kind': 'training'}
         if job.evaluate_at_end:
-            from spnet_jax.train.evaluate import evaluate
-
             result['eval'] = evaluate(job.model, state.variables, job.structure.num_subnets,
                                       config, mesh, name=job.name)
             writer.write_eval(num_steps, result['eval'])
         checkpoint.mark_done(job.directory, result)
         return result
     finally:
+        if batches is not None:
+            batches.close()
         mngr.wait_until_finished()
         mngr.close()
         if writer is not None:
             writer.close()
-
-
-def final_variables(directory: str, mesh: Mesh) -> dict[str, Any]:
-    """The finished network of a stage folder, replicated over ``mesh``."""
-    _, variables, _ = checkpoint.load_network(directory)
-    return sharding.replicate(variables, mesh)
 
 
 def dtype_of(name: str):

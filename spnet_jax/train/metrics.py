@@ -20,7 +20,8 @@ from clu import metric_writers, periodic_actions
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a non-finite loss; ``step`` and ``subnet`` say where."""
+    """Training produced a non-finite loss (or parameters); ``step`` and ``subnet`` say where
+    (``subnet`` is None when the losses were finite but the update overflowed)."""
 
     def __init__(self, message: str, step: int, subnet: int | None):
         super().__init__(message)
@@ -75,7 +76,12 @@ class TrainMetrics:
                 subnet = next((_subnet_of(k) for k in bad if _subnet_of(k) is not None), None)
                 raise NonFiniteLossError(f'{self.name}: the loss of sub-network {subnet} became '
                                          f'non-finite at step {step}', step, subnet)
-        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+            if not metrics.get('params_finite', 1.0):
+                raise NonFiniteLossError(f'{self.name}: the update of step {step} (the summed '
+                                         'gradients of all sub-networks) made the parameters '
+                                         'non-finite', step, None)
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]
+                 if k != 'params_finite'}
         step, now = steps[-1], time.time()
         rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
         self.last_step, self.last_time = step, now

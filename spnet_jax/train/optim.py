@@ -77,6 +77,8 @@ def learning_rate_schedule(section: Any, steps_per_epoch: int,
     warmup = int(round(float(section.warmup_epochs) * steps_per_epoch))
     warmup = min(warmup, max(num_steps - 1, 0))
     if section.schedule == 'cosine':
+        if warmup == 0:
+            return optax.cosine_decay_schedule(lr, max(num_steps, 1))
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(num_steps, warmup + 1))
     if section.schedule == 'multistep':
         boundaries = {int(round(float(e) * steps_per_epoch)): float(section.lr_decay)

@@ -50,9 +50,11 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
     # Every process holds the same host values; each supplies its own devices' copies.
-    return jax.tree.map(
-        lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                               lambda idx, x=np.asarray(x): x[idx]), tree)
+    def put(x):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(put, tree)
 
 
 def to_host(tree: Any) -> Any:

@@ -58,7 +58,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_sub
 
     Metrics (scalars): ``loss/subnet_k`` (each sub-network's loss as trained: labels for the
     full network, in-place distillation for the others), ``top1/subnet_k`` (training-batch
-    accuracy), ``loss`` (their sum, what the gradient is of) and ``lr``.
+    accuracy), ``loss`` (their sum, what the gradient is of), ``lr``, and ``params_finite``
+    (1 if every updated parameter is finite, else 0).
     """
     images, labels = batch['image'], batch['label']
 
@@ -87,6 +88,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_sub
     params = optax.apply_updates(state.params, updates)
     metrics['loss'] = total
     metrics['lr'] = jnp.asarray(schedule(state.step), jnp.float32)
+    # A finite loss can still give an overflowing update; never checkpoint such a state.
+    metrics['params_finite'] = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])).astype(jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics

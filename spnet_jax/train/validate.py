@@ -110,6 +110,8 @@ def check_config(config: Any) -> tuple[str, ...]:
     devices = jax.device_count()
     if config.method == 'spnet' and {'base', 'prune'} & set(stages):
         _ascending_widths('base.widths', tuple(config.base.widths), m.full_width)
+    if config.method == 'spnet' and 'prune' in stages:
+        # Only here: bases may be trained side by side, one width per job (stages='base').
         check_prune(config, arch)
     if 'base' in stages:
         check_section('base', config.base, devices)
@@ -134,20 +136,33 @@ def check_config(config: Any) -> tuple[str, ...]:
     return stages
 
 
+def prune_sizes(prune: Any) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """``(keep_ratios, macs_targets)`` for `spnet_jax.pruning.prune`, exactly one not None.
+
+    ``prune.macs_targets``, when set, replaces the config's keep ratios (so
+    ``--config.prune.macs_targets=1.1e9,2.3e9`` alone switches a recipe to MACs targets).
+    """
+    targets = tuple(prune.get('macs_targets') or ())
+    if targets:
+        return None, targets
+    return tuple(prune.get('keep_ratios') or ()), None
+
+
 def check_prune(config: Any, arch) -> None:
     p, widths = config.prune, tuple(config.base.widths)
-    ratios, targets = tuple(p.keep_ratios or ()), tuple(p.macs_targets or ())
-    _check(bool(ratios) != bool(targets),
-           'set exactly one of prune.keep_ratios and prune.macs_targets (one per base width).')
+    ratios, targets = prune_sizes(p)
+    _check(bool(ratios or targets),
+           'set prune.keep_ratios (or prune.macs_targets), one per base width.')
+    # Sub-network k is pruned from base k; a single base may be pruned to several sizes.
     if ratios:
-        _check(len(ratios) == len(widths),
+        _check(len(ratios) == len(widths) or len(widths) == 1,
                f'prune.keep_ratios has {len(ratios)} entries but base.widths has {len(widths)}; '
                'give one keep ratio per base network.')
         _check(all(_number(r) and 0 < r <= 1 for r in ratios),
                f'prune.keep_ratios={ratios} must each lie in (0, 1] (a fraction of BN channels '
                'kept).')
     else:
-        _check(len(targets) == len(widths),
+        _check(len(targets) == len(widths) or len(widths) == 1,
                f'prune.macs_targets has {len(targets)} entries but base.widths has '
                f'{len(widths)}; give one MACs target per base network.')
         _check(all(_number(t) and t > 0 for t in targets)
@@ -157,8 +172,8 @@ def check_prune(config: Any, arch) -> None:
     if p.zpm:
         _check(arch.table(zpm=True).zpm,
                f'prune.zpm=True but {arch.name} has no residual connections; set prune.zpm=False.')
-    _check(_number(p.min_channels_ratio) and 0 < p.min_channels_ratio <= 1,
-           f'prune.min_channels_ratio={p.min_channels_ratio!r} must be in (0, 1].')
+    _check(_number(p.min_channels_ratio) and 0 <= p.min_channels_ratio < 1,
+           f'prune.min_channels_ratio={p.min_channels_ratio!r} must be in [0, 1).')
     _check(p.importance in IMPORTANCES,
            f'prune.importance={p.importance!r} is unknown; choose one of {list(IMPORTANCES)}.')
     _check(p.start in STARTS,

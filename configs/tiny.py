@@ -1,0 +1,29 @@
+"""A seconds-long smoke run of the whole recipe (tests, checking an install): a thin
+ResNet-20 on 256 Fashion-MNIST images, a few steps per stage.
+
+    python main.py --config=configs/tiny.py --workdir=/tmp/tiny
+    python main.py --config=configs/tiny.py:snet --workdir=/tmp/tiny_snet
+
+The optional ``:snet`` argument gives the S-Net variant.
+"""
+
+from configs import default, fashion_mnist
+
+
+def get_config(variant: str = ''):
+    config = fashion_mnist.get_config()
+    config.model.full_width = 0.5
+    config.data.num_train_examples = 256
+    config.data.num_eval_examples = 64
+    config.base.widths = (0.25, 0.5)
+    config.base.update(dict(num_steps=4, batch_size=32, schedule='constant', warmup_epochs=0.0))
+    config.slim.update(dict(num_steps=4, batch_size=32, schedule='constant', warmup_epochs=0.0))
+    config.eval.batch_size = 32
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 2
+    if variant == 'snet':
+        config = default.to_snet(config, (0.25, 0.5))
+        config.slim.num_steps = 4
+    elif variant:
+        raise ValueError(f'configs/tiny.py: unknown variant {variant!r}; use "snet" or none.')
+    return config

@@ -1,0 +1,216 @@
+"""Every config: the paper's numbers, a valid config, its model and input pipeline, one step;
+and bad configs stopped with one sentence before any work."""
+
+import glob
+import importlib
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from spnet_jax import data as data_lib
+from spnet_jax.errors import ConfigError
+from spnet_jax.train import loop, optim, pipeline, sharding, train_and_evaluate, validate
+from spnet_jax.train import state as state_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+               if not p.endswith('__init__.py'))
+TFDS_NAMES = [n for n in NAMES if not n.startswith(('fashion_mnist', 'tiny'))]
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+HAVE_FASHION_MNIST = os.path.exists(os.path.join(FASHION_MNIST, 'train-images-idx3-ubyte.gz'))
+# One step of this compiles in ~15 s on 2 CPU cores; the others (20-50 s each) are `slow`.
+FAST_STEP = ('vgg19_cifar10',)
+
+# (model, full width, base widths, keep ratios, start, zpm) from SPEC section 4.
+RECIPES = {
+    'resnet50': ('resnet50', 1.0, (0.75, 1.0), (0.5484, 0.526), 'finetune', True),
+    'resnet50_cifar10': ('resnet50', 1.0, (0.75, 1.0), (0.494, 0.7835), 'finetune', True),
+    'resnet50_cifar100': ('resnet50', 1.0, (0.75, 1.0), (0.6166, 0.7628), 'finetune', True),
+    'vgg19': ('vgg19', 1.0, (0.5, 0.75), (0.557, 0.7366), 'reinit', False),
+    'vgg19_cifar10': ('vgg19', 1.0, (0.5, 0.75), (0.6453, 0.8202), 'reinit', False),
+    'vgg19_cifar100': ('vgg19', 1.0, (0.5, 0.75), (0.6453, 0.8202), 'reinit', False),
+    'mobilenet_v2': ('mobilenet_v2', 1.3, (1.0, 1.3), (0.6725, 0.6357), 'finetune', True),
+    'mobilenet_v1': ('mobilenet_v1', 1.5, (0.75, 1.0, 1.3), (0.648, 0.7419, 0.7635), 'reinit',
+                     False),
+}
+SNET_WIDTHS = {'resnet50_snet': (0.5, 0.75, 1.0), 'vgg19_snet': (0.25, 0.5, 1.0),
+               'mobilenet_v1_snet': (0.5, 0.75, 1.0), 'mobilenet_v2_snet': (0.75, 1.0, 1.3),
+               'fashion_mnist_snet': (0.5, 0.75, 1.0)}
+
+
+def load(name):
+    return importlib.import_module(f'configs.{name}').get_config()
+
+
+@pytest.fixture(scope='module')
+def imagenet_manual_dir(tmp_path_factory):
+    """A manual dir with the two tar files' names: enough for the checks under mock data."""
+    d = tmp_path_factory.mktemp('imagenet_manual')
+    for f in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'):
+        (d / f).write_bytes(b'')
+    return str(d)
+
+
+def runnable(name, manual_dir):
+    """The config with small images and batches, unlocked for the test's overrides."""
+    config = load(name)
+    if config.data.name == 'imagenet2012':
+        config.data.manual_dir = manual_dir
+    config.data.image_size = 32
+    for section in (config.base, config.slim):
+        section.batch_size = 2
+    config.eval.batch_size = 2
+    return config
+
+
+def test_recipes_follow_the_paper():
+    for name, (model, full, widths, ratios, start, zpm) in RECIPES.items():
+        c = load(name)
+        assert c.method == 'spnet' and c.stages == 'base,prune,slim,eval', name
+        assert (c.model.name, c.model.full_width, tuple(c.base.widths)) == (model, full, widths)
+        assert (tuple(c.prune.keep_ratios), c.prune.start, c.prune.zpm) == (ratios, start, zpm)
+        assert c.base.sparsity == 1e-5 and c.base.bn_scale_init == 0.5 and c.base.nesterov
+        assert (c.slim.kd_alpha, c.slim.kd_temperature) == (0.9, 1.0)
+    r = load('resnet50')
+    assert (r.base.lr, r.base.batch_size, r.base.epochs, tuple(r.base.lr_boundaries),
+            r.base.lr_decay, r.base.weight_decay) == (0.1, 256, 90, (30, 50, 70, 80), 0.2, 1e-4)
+    assert (r.slim.lr, r.slim.epochs, tuple(r.slim.lr_boundaries), r.slim.lr_decay) == (
+        0.01, 60, (30, 45), 0.1)
+    c10 = load('resnet50_cifar10')
+    assert (c10.slim.lr, c10.slim.epochs, tuple(c10.slim.lr_boundaries)) == (0.1, 60, (50,))
+    for name in ('mobilenet_v1', 'mobilenet_v2'):
+        c = load(name)
+        assert (c.base.schedule, c.base.warmup_epochs) == ('cosine', 5.0)
+    assert load('mobilenet_v2').slim.label_smoothing == 0.1
+    for name, widths in SNET_WIDTHS.items():
+        c = load(name)
+        assert (c.method, tuple(c.slim.widths), c.stages) == ('snet', widths, 'slim,eval')
+        assert c.model.full_width == widths[-1] and c.slim.sparsity == 0.0
+
+
+@pytest.mark.parametrize('name', TFDS_NAMES)
+def test_config_validates_and_builds_model_and_mock_pipeline(name, imagenet_manual_dir):
+    config = runnable(name, imagenet_manual_dir)
+    with tfds.testing.mock_data(num_examples=8):
+        stages = validate.check_config(config)
+        assert stages == validate.parse_stages(config.stages)
+        info = data_lib.dataset_info(config.data)
+        batch = next(iter(data_lib.train_batches(config.data, global_batch_size=2, seed=0)))
+        eval_batch = next(iter(data_lib.eval_batches(config.data, global_batch_size=2)))
+    assert info.num_classes == config.model.num_classes
+    assert batch['image'].shape == (2, 32, 32, 3) and eval_batch['mask'].dtype == bool
+    arch = pipeline.build_arch(config)
+    if config.method == 'snet':
+        structures = [arch.snet_structure(tuple(config.slim.widths))]
+    else:
+        structures = [arch.plain_structure(w) for w in config.base.widths]
+    for structure in structures:
+        model = arch.module(structure)
+        shapes = jax.eval_shape(lambda m=model: state_lib.init_variables(
+            m, jax.random.key(0), (32, 32, 3)))
+        logits = jax.eval_shape(lambda v, m=model: m.apply(v, batch['image'], subnet=0), shapes)
+        assert logits.shape == (2, config.model.num_classes)
+
+
+def _one_step(name, manual_dir):
+    config = runnable(name, manual_dir)
+    arch = pipeline.build_arch(config)
+    if config.method == 'snet':
+        section, structure = config.slim, arch.snet_structure(tuple(config.slim.widths))
+    else:  # the largest base network (the pruned network's steps are the slimmable ones)
+        section, structure = config.base, arch.plain_structure(config.base.widths[-1])
+    model = arch.module(structure, bn_scale_init=section.bn_scale_init)
+    mesh = sharding.make_mesh()
+    tx, schedule = optim.make_optimizer(section, steps_per_epoch=10, num_steps=10)
+    variables = jax.jit(lambda r: state_lib.init_variables(model, r, (32, 32, 3)))(
+        jax.random.key(0, impl='rbg'))
+    state = jax.jit(lambda v: state_lib.create_state(v, tx))(variables)
+    with tfds.testing.mock_data(num_examples=8):
+        batch = next(iter(data_lib.train_batches(config.data, global_batch_size=2, seed=0)))
+    step = loop.jit_train_step(model, structure.num_subnets, section, tx, schedule, mesh)
+    state, metrics = step(state, sharding.global_batch(batch, mesh))
+    metrics = jax.device_get(metrics)
+    assert int(state.step) == 1 and metrics['params_finite'] == 1.0
+    for k in range(structure.num_subnets):
+        assert np.isfinite(metrics[f'loss/subnet_{k}']) and metrics[f'loss/subnet_{k}'] > 0
+
+
+@pytest.mark.parametrize('name', [
+    n if n in FAST_STEP else pytest.param(n, marks=pytest.mark.slow) for n in TFDS_NAMES])
+def test_config_runs_one_training_step_on_mock_data(name, imagenet_manual_dir):
+    _one_step(name, imagenet_manual_dir)
+
+
+def _set(config, key, value):
+    section, _, field = key.rpartition('.')
+    target = config
+    for part in filter(None, section.split('.')):
+        target = target[part]
+    target[field] = value
+
+
+BAD = [
+    ('resnet50', 'model.name', 'resnet51', 'model.name'),
+    ('resnet50_cifar10', 'data.name', 'mnist', 'data.name'),
+    ('resnet50', 'stages', 'base,train', 'stages'),
+    ('resnet50', 'method', 'slimmable', 'method'),
+    ('resnet50', 'base.widths', (1.0, 0.75), 'ascending'),
+    ('resnet50', 'base.widths', (0.75, 1.5), 'model.full_width'),
+    ('resnet50', 'prune.keep_ratios', (0.5, 1.2), '(0, 1]'),
+    ('resnet50', 'prune.keep_ratios', (0.0, 0.5), '(0, 1]'),
+    ('resnet50', 'prune.keep_ratios', (0.5, 0.5, 0.5), 'one keep ratio per base'),
+    ('resnet50', 'prune.keep_ratios', (), 'set prune.keep_ratios'),
+    ('resnet50', 'prune.macs_targets', (2e9, 1e9), 'ascending'),
+    ('resnet50', 'prune.macs_targets', (1e9, 2e9, 3e9), 'one MACs target per base'),
+    ('resnet50', 'prune.start', 'scratch', 'prune.start'),
+    ('resnet50', 'prune.min_channels_ratio', 1.0, 'prune.min_channels_ratio'),
+    ('vgg19', 'base.widths', (0.5, 1.25), 'model.full_width'),
+    ('resnet50', 'base.widths', (0.5, 0.75), "prune.start='finetune'"),
+    ('resnet50', 'prune.importance', 'taylor', 'prune.importance'),
+    ('vgg19', 'prune.zpm', True, 'no residual'),
+    ('resnet50', 'compute_dtype', 'float16', 'compute_dtype'),
+    ('resnet50', 'model.num_classes', 10, 'model.num_classes'),
+    ('resnet50', 'base.batch_size', 0, 'base.batch_size'),
+    ('resnet50', 'base.lr_boundaries', (50, 30), 'base.lr_boundaries'),
+    ('resnet50', 'slim.kd_alpha', 1.5, 'slim.kd_alpha'),
+    ('resnet50', 'slim.schedule', 'step', 'slim.schedule'),
+    ('resnet50_snet', 'slim.widths', (0.75, 0.5, 1.0), 'ascending'),
+    ('resnet50_snet', 'stages', 'base,slim', "method='snet'"),
+    ('fashion_mnist', 'data.data_dir', '/nonexistent/fashion', 'data_dir'),
+    ('resnet50', 'data.manual_dir', '/nonexistent/tars', 'manual_dir'),
+]
+
+
+@pytest.mark.parametrize('name,key,value,fragment', BAD,
+                         ids=[f'{b[1]}={b[2]!r}' for b in BAD])
+def test_bad_config_stops_with_one_sentence_before_any_work(name, key, value, fragment,
+                                                            tmp_path, imagenet_manual_dir):
+    config = load(name)
+    if config.data.name == 'imagenet2012':
+        config.data.manual_dir = imagenet_manual_dir
+    _set(config, key, value)
+    workdir = tmp_path / 'run'
+    with pytest.raises(ConfigError) as error:
+        train_and_evaluate(config, str(workdir))
+    message = str(error.value)
+    assert fragment in message
+    assert '\n' not in message and message.endswith('.'), message
+    assert not workdir.exists()
+
+
+def test_bases_can_be_trained_one_width_per_job(imagenet_manual_dir):
+    """Side by side: each job trains one base; the prune stage later checks them together."""
+    config = load('resnet50')
+    config.data.manual_dir = imagenet_manual_dir
+    config.stages = 'base'
+    config.base.widths = (0.75,)
+    assert validate.check_config(config) == ('base',)
+    config.stages = 'base,prune'
+    with pytest.raises(ConfigError, match="prune.start='finetune' starts from the largest"):
+        validate.check_config(config)

@@ -1,0 +1,267 @@
+"""The stages end to end on a small real Fashion-MNIST slice: report, skip, resume, errors.
+
+Uses `configs/tiny.py` (a thin ResNet-20, a few steps per stage). Programs that several tests
+compile identically come from JAX's persistent compilation cache (a per-session folder).
+"""
+
+import os
+import signal
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from spnet_jax.errors import ConfigError
+from spnet_jax.structure import Structure
+from spnet_jax.train import checkpoint, loop, metrics, pipeline, train_and_evaluate
+from spnet_jax.train import step as step_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import tiny  # noqa: E402
+
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(os.path.join(FASHION_MNIST, 'train-images-idx3-ubyte.gz')),
+    reason='needs the Debian dataset-fashion-mnist package')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def compilation_cache(tmp_path_factory):
+    """This module's runs compile the same programs again and again: cache them on disk."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jit_cache')))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    yield
+    jax.config.update('jax_compilation_cache_dir', None)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', min_time)
+    cc.reset_cache()
+
+
+def spnet_config(**overrides):
+    """One base and one keep ratio: a pruned and a full sub-network (fast to compile)."""
+    config = tiny.get_config()
+    config.base.widths = (0.5,)
+    config.prune.keep_ratios = (0.5,)
+    for key, value in overrides.items():
+        section, _, field = key.rpartition('.')
+        (config[section] if section else config)[field] = value
+    return config
+
+
+def snet_config(num_steps=4):
+    config = tiny.get_config('snet')
+    config.slim.num_steps = num_steps
+    config.eval.eval_bases = False
+    return config
+
+
+def _listing(directory):
+    out = {}
+    for root, _, files in os.walk(directory):
+        for f in files:
+            path = os.path.join(root, f)
+            out[path] = os.stat(path).st_mtime_ns
+    return out
+
+
+@pytest.fixture(scope='module')
+def spnet_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp('spnet'))
+    config = spnet_config(**{'eval.bn_calibration_batches': 2})
+    return workdir, config, train_and_evaluate(config, workdir)
+
+
+def test_recipe_writes_report_and_stage_folders(spnet_run):
+    workdir, config, summary = spnet_run
+    report = checkpoint.read_json(os.path.join(workdir, 'report.json'))
+    assert report == summary['report']
+    assert [r['subnet'] for r in report] == [0, 1]
+    assert report[0]['macs'] < report[1]['macs'] and report[0]['params'] < report[1]['params']
+    for r in report:
+        assert 0.0 <= r['top1'] <= r['top5'] <= 1.0
+        assert r['num_eval_examples'] == 64 and r['bn_calibration_batches'] == 2
+    # The full sub-network costs what the plain x0.5 network costs.
+    arch = pipeline.build_arch(config)
+    from spnet_jax.cost import subnet_costs
+
+    full = subnet_costs(arch, arch.plain_structure(0.5), 28, 1)[0]
+    assert (report[1]['macs'], report[1]['params']) == (full.macs, full.params)
+    for stage in ('base_0.5', 'pruned', 'slim'):
+        d = os.path.join(workdir, stage)
+        for f in ('structure.json', 'config.json', 'done.json'):
+            assert os.path.exists(os.path.join(d, f)), (stage, f)
+    assert any(f.startswith('events.out.tfevents') for f in os.listdir(f'{workdir}/slim'))
+    assert os.path.exists(os.path.join(workdir, 'report.md'))
+    assert summary['base_0.5']['step'] == 4 and 0 <= summary['base_0.5']['eval'][0]['top1'] <= 1
+    # The slimmable network loads back with its structure, ZPM masks and config.
+    structure, variables, saved_config = checkpoint.load_network(os.path.join(workdir, 'slim'))
+    assert structure.num_subnets == 2 and structure.zpm and 'masks' in variables
+    assert saved_config.model.name == 'resnet20'
+    assert structure == Structure.load(os.path.join(workdir, 'pruned', 'structure.json'))
+
+
+def test_rerun_of_a_finished_workdir_does_no_training(spnet_run, monkeypatch):
+    workdir, config, _ = spnet_run
+    before = _listing(workdir)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError('a finished stage was run again')
+
+    monkeypatch.setattr(step_lib, 'train_step', forbidden)
+    monkeypatch.setattr('spnet_jax.pruning.prune', forbidden)
+    monkeypatch.setattr(checkpoint, 'save_network', forbidden)
+    monkeypatch.setattr(loop.data_lib, 'train_batches', forbidden)
+    summary = train_and_evaluate(config, workdir)
+    assert summary['base_0.5']['skipped'] and summary['pruned']['skipped']
+    assert summary['slim']['skipped']
+    assert summary['report'] == checkpoint.read_json(os.path.join(workdir, 'report.json'))
+    assert _listing(workdir) == before
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+    config = snet_config(num_steps=6)
+    config.stages = 'slim'
+    straight = str(tmp_path / 'straight')
+    train_and_evaluate(config, straight)
+    _, expected, _ = checkpoint.load_network(os.path.join(straight, 'slim'))
+
+    resumed = str(tmp_path / 'resumed')
+    real_batches = loop.data_lib.train_batches
+    starts = []
+
+    def crashing_batches(*args, **kwargs):
+        starts.append(kwargs['start_step'])
+        for i, batch in enumerate(real_batches(*args, **kwargs)):
+            if i == 5:  # dies while fetching the batch of step 6
+                raise Crash('simulated crash')
+            yield batch
+
+    monkeypatch.setattr(loop.data_lib, 'train_batches', crashing_batches)
+    with pytest.raises(Crash):
+        train_and_evaluate(config, resumed)
+    slim = os.path.join(resumed, 'slim')
+    assert not checkpoint.is_done(slim)
+    assert checkpoint.manager(slim, create=False).latest_step() == 4
+    monkeypatch.setattr(loop.data_lib, 'train_batches',
+                        lambda *a, **k: (starts.append(k['start_step']), real_batches(*a, **k))[1])
+    summary = train_and_evaluate(config, resumed)
+    assert starts == [0, 4] and summary['slim']['step'] == 6
+    _, got, _ = checkpoint.load_network(slim)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0],
+                            jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_sigterm_checkpoints_and_stops_then_the_rerun_finishes(tmp_path, monkeypatch):
+    config = snet_config(num_steps=6)
+    config.stages = 'slim'
+    real_batches = loop.data_lib.train_batches
+
+    def terminating_batches(*args, **kwargs):
+        for i, batch in enumerate(real_batches(*args, **kwargs)):
+            if i == 2 and kwargs['start_step'] == 0:  # a scheduler's SIGTERM, early on
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    monkeypatch.setattr(loop.data_lib, 'train_batches', terminating_batches)
+    with pytest.raises(loop.Preempted, match='rerun the same command') as stopped:
+        train_and_evaluate(config, str(tmp_path))
+    slim = os.path.join(str(tmp_path), 'slim')
+    latest = checkpoint.manager(slim, create=False).latest_step()
+    # The data is prefetched, so the signal lands during step 1, 2 or 3; that step is saved.
+    assert 1 <= latest <= 3 and f'stopped at step {latest} ' in str(stopped.value)
+    assert not checkpoint.is_done(slim)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was removed
+    summary = train_and_evaluate(config, str(tmp_path))
+    assert summary['slim']['step'] == 6 and checkpoint.is_done(slim)
+
+
+def _poison_step_3(monkeypatch, poison):
+    real_batches = loop.data_lib.train_batches
+
+    def poisoned_batches(*args, **kwargs):
+        for i, batch in enumerate(real_batches(*args, **kwargs)):
+            yield poison(batch) if i == 2 else batch  # the batch of step 3
+
+    monkeypatch.setattr(loop.data_lib, 'train_batches', poisoned_batches)
+
+
+def _assert_stopped_at_step_3_with_step_2_kept(workdir):
+    slim = os.path.join(workdir, 'slim')
+    assert not checkpoint.is_done(slim)
+    assert checkpoint.manager(slim, create=False).latest_step() == 2
+    _, variables, _ = checkpoint.load_network(slim)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+
+
+def test_non_finite_loss_stops_with_step_and_subnet_and_keeps_last_good_checkpoint(
+        tmp_path, monkeypatch):
+    config = snet_config(num_steps=6)
+    config.stages = 'slim'
+    # Fault injection: the cross-entropy of a batch carrying label -1 is NaN.
+    real_ce = step_lib.cross_entropy
+    monkeypatch.setattr(step_lib, 'cross_entropy', lambda logits, labels, *a: real_ce(
+        logits, labels, *a) + jax.numpy.where(jax.numpy.any(labels < 0), jax.numpy.nan, 0.0))
+    _poison_step_3(monkeypatch, lambda b: {**b, 'label': np.full_like(b['label'], -1)})
+    with pytest.raises(metrics.NonFiniteLossError) as error:
+        train_and_evaluate(config, str(tmp_path))
+    e = error.value
+    # The full network (sub-network 1) runs first, so it is the one named.
+    assert (e.step, e.subnet) == (3, 1), str(e)
+    assert 'sub-network 1 became non-finite at step 3' in str(e)
+    assert 'the last good checkpoint is step 2' in str(e)
+    _assert_stopped_at_step_3_with_step_2_kept(str(tmp_path))
+
+
+def test_non_finite_update_stops_before_it_is_checkpointed(tmp_path, monkeypatch):
+    config = snet_config(num_steps=6)
+    config.stages = 'slim'
+    # NaN images: ReLU hides them from the loss on CPU, but the gradients are NaN.
+    _poison_step_3(monkeypatch, lambda b: {**b, 'image': np.full_like(b['image'], np.nan)})
+    with pytest.raises(metrics.NonFiniteLossError,
+                       match='update of step 3 .* made the parameters non-finite'):
+        train_and_evaluate(config, str(tmp_path))
+    _assert_stopped_at_step_3_with_step_2_kept(str(tmp_path))
+
+
+def test_save_and_load_network_round_trip(tmp_path):
+    config = spnet_config()
+    arch = pipeline.build_arch(config)
+    structure = arch.snet_structure((0.25, 0.5))
+    model = arch.module(structure)
+    from spnet_jax.train import state as state_lib
+
+    variables = jax.jit(lambda r: state_lib.init_variables(model, r, (28, 28, 1)))(
+        jax.random.key(3, impl='rbg'))
+    directory = str(tmp_path / 'net')
+    checkpoint.save_network(directory, structure, variables, config)
+    assert checkpoint.is_done(directory)
+    got_structure, got, got_config = checkpoint.load_network(directory)
+    assert got_structure == structure and set(got) == {'params', 'batch_stats'}
+    jax.tree.map(np.testing.assert_array_equal, got, variables)
+    assert got_config.prune.keep_ratios == [0.5] and got_config.model.full_width == 0.5
+
+
+def test_stage_without_its_inputs_is_refused_before_any_work(tmp_path):
+    for stages, missing in (('prune', 'base'), ('slim,eval', 'prune'), ('eval', 'slim')):
+        config = spnet_config(stages=stages)
+        with pytest.raises(ConfigError, match=f"needs the finished '{missing}' stage"):
+            train_and_evaluate(config, str(tmp_path / stages))
+        assert not os.path.exists(tmp_path / stages / 'slim')
+
+
+def test_checkpoint_of_another_structure_is_refused(tmp_path):
+    config = snet_config()
+    other = pipeline.build_arch(config).snet_structure((0.125, 0.5))
+    os.makedirs(tmp_path / 'slim')
+    other.save(str(tmp_path / 'slim' / 'structure.json'))
+    with pytest.raises(ConfigError, match='different network structure'):
+        train_and_evaluate(config, str(tmp_path))

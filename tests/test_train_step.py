@@ -1,0 +1,204 @@
+"""The all-sub-network training step: the loss formula, the update, and sharding.
+
+Run as a script (``python tests/test_train_step.py OUT.npz``) this file does one step on a
+mesh of all the process's devices and saves the results; the multi-device test runs it with
+8 fake CPU devices in a subprocess (JAX picks its device count once per process).
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from spnet_jax.models import get_arch
+from spnet_jax.train import loop, optim, sharding
+from spnet_jax.train import state as state_lib
+from spnet_jax.train import step as step_lib
+
+WIDTHS = (0.25, 0.5)
+BATCH, SIZE, CLASSES = 16, 8, 10
+KD_ALPHA, KD_TEMPERATURE = 0.7, 2.0
+
+
+def section():
+    return ml_collections.ConfigDict(dict(
+        lr=0.1, schedule='constant', lr_boundaries=(), lr_decay=0.1, warmup_epochs=0.0,
+        weight_decay=1e-4, momentum=0.9, nesterov=True, sparsity=1e-3, label_smoothing=0.0,
+        kd_alpha=KD_ALPHA, kd_temperature=KD_TEMPERATURE))
+
+
+def build():
+    """(model, structure, variables, batch, tx, schedule) of a small S-Net; deterministic."""
+    arch = get_arch('resnet20', num_classes=CLASSES, full_width=WIDTHS[-1], stem='small')
+    structure = arch.snet_structure(WIDTHS)
+    model = arch.module(structure, bn_scale_init=0.5)
+    variables = jax.jit(lambda r: state_lib.init_variables(model, r, (SIZE, SIZE, 1)))(
+        jax.random.key(0, impl='rbg'))
+    rng = np.random.default_rng(0)
+    batch = {'image': rng.normal(size=(BATCH, SIZE, SIZE, 1)).astype(np.float32),
+             'label': rng.integers(0, CLASSES, size=BATCH).astype(np.int32)}
+    tx, schedule = optim.make_optimizer(section(), steps_per_epoch=10, num_steps=10)
+    return model, structure, variables, batch, tx, schedule
+
+
+def run_step(case=None):
+    """One jitted step (as the training loop does it) on a mesh of all devices."""
+    mesh = sharding.make_mesh()
+    model, structure, variables, batch, tx, schedule = build() if case is None else case
+    create = jax.jit(lambda v: state_lib.create_state(v, tx),
+                     out_shardings=sharding.replicated(mesh))
+    state = create(variables)
+    step = loop.jit_train_step(model, structure.num_subnets, section(), tx, schedule, mesh)
+    state, metrics = step(state, sharding.global_batch(batch, mesh))
+    return sharding.to_host({'params': state.params, 'batch_stats': state.batch_stats,
+                             'metrics': metrics, 'step': state.step})
+
+
+def flatten(tree):
+    return {jax.tree_util.keystr(p): np.asarray(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.fixture(scope='module')
+def case():
+    return build()
+
+
+@pytest.fixture(scope='module')
+def one_device_step(case):
+    return run_step(case)
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_inplace_distillation_matches_the_formula():
+    rng = np.random.default_rng(1)
+    student = rng.normal(size=(6, 5)) * 3
+    teacher = rng.normal(size=(6, 5)) * 3
+    labels = rng.integers(0, 5, size=6)
+    for alpha, t in ((0.9, 1.0), (0.7, 2.0), (0.0, 3.0), (1.0, 0.5)):
+        p_teacher = np.exp(_log_softmax(teacher / t))
+        kd = -(p_teacher * _log_softmax(student / t)).sum(-1).mean()
+        hard = -_log_softmax(student)[np.arange(6), labels].mean()
+        expect = alpha * t * t * kd + (1 - alpha) * hard
+        got = step_lib.inplace_distillation_loss(
+            jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32),
+            jnp.asarray(labels), alpha=alpha, temperature=t)
+        np.testing.assert_allclose(float(got), expect, rtol=1e-5)
+
+
+def test_distillation_gradient_does_not_reach_the_teacher():
+    student = jnp.array([[1.0, 2.0, 0.5]])
+    labels = jnp.array([1])
+    grad = jax.grad(lambda t: step_lib.inplace_distillation_loss(
+        student, jax.lax.stop_gradient(t), labels, alpha=0.9, temperature=1.0))(student * 2)
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_step_equals_independent_computation(case, one_device_step):
+    """Losses, summed gradients, one SGD update and per-sub-network BN statistics."""
+    model, structure, variables, batch, tx, schedule = case
+    params, stats = variables['params'], variables['batch_stats']
+    x, y = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
+    ce = lambda logits: -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(BATCH), y])
+
+    def losses(params):
+        full, full_stats = model.apply({'params': params, 'batch_stats': stats}, x, subnet=1,
+                                       train=True, mutable=['batch_stats'])
+        small, small_stats = model.apply({'params': params, 'batch_stats': stats}, x, subnet=0,
+                                         train=True, mutable=['batch_stats'])
+        t = KD_TEMPERATURE
+        soft = jax.nn.softmax(jax.lax.stop_gradient(full) / t)
+        kd = -jnp.mean(jnp.sum(soft * jax.nn.log_softmax(small / t), -1))
+        small_loss = KD_ALPHA * t * t * kd + (1 - KD_ALPHA) * ce(small)
+        return ce(full) + small_loss, (ce(full), small_loss, full_stats, small_stats)
+
+    @jax.jit
+    def reference(params):
+        grads, aux = jax.grad(losses, has_aux=True)(params)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return optax.apply_updates(params, updates), aux
+
+    expect_params, (full_loss, small_loss, full_stats, small_stats) = reference(params)
+
+    out = one_device_step
+    np.testing.assert_allclose(out['metrics']['loss/subnet_1'], full_loss, rtol=1e-5)
+    np.testing.assert_allclose(out['metrics']['loss/subnet_0'], small_loss, rtol=1e-5)
+    np.testing.assert_allclose(out['metrics']['loss'], full_loss + small_loss, rtol=1e-5)
+    assert int(out['step']) == 1
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+                 out['params'], sharding.to_host(expect_params))
+    # Each sub-network updated only its own running statistics.
+    for path, value in flatten(out['batch_stats']).items():
+        source = full_stats if path.endswith("_1']") else small_stats
+        expect = flatten(source['batch_stats'])[path]
+        np.testing.assert_allclose(value, expect, rtol=1e-5, atol=1e-6, err_msg=path)
+    moved = [p for p, v in flatten(out['batch_stats']).items()
+             if not np.allclose(v, flatten(stats)[p])]
+    assert any(p.endswith("_0']") for p in moved) and any(p.endswith("_1']") for p in moved)
+
+
+def test_step_on_8_devices_equals_one_device(one_device_step, tmp_path):
+    out_file = tmp_path / 'eight.npz'
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+               JAX_PLATFORMS='cpu')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(out_file)], env=env,
+                          cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eight = dict(np.load(out_file))
+    assert int(eight.pop('num_devices')) == 8
+    one = flatten(one_device_step)
+    assert sorted(eight) == sorted(one)
+    for key, value in one.items():
+        np.testing.assert_allclose(eight[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_batch_statistics_make_eval_mode_equal_train_mode_on_that_batch(case):
+    """BN calibration's per-batch statistics: with them as running statistics, inference on
+    the batch normalises exactly as training mode does."""
+    model, structure, variables, batch, _, _ = case
+    x = jnp.asarray(batch['image'])
+    for k in range(structure.num_subnets):
+        stats = jax.jit(step_lib.bind(step_lib.batch_statistics, model=model, subnet=k))(
+            variables, x)
+        calibrated = step_lib.replace_subnet_stats(variables['batch_stats'], stats, k)
+        infer = model.apply({**variables, 'batch_stats': calibrated}, x, subnet=k, train=False)
+        train, _ = model.apply(variables, x, subnet=k, train=True, mutable=['batch_stats'])
+        np.testing.assert_allclose(infer, train, rtol=1e-4, atol=1e-4)
+        other = 1 - k  # the other sub-network's statistics are untouched
+        for path, value in flatten(calibrated).items():
+            if path.endswith(f"_{other}']"):
+                np.testing.assert_array_equal(value, flatten(variables['batch_stats'])[path])
+
+
+def test_bfloat16_compute_runs_convs_in_bfloat16_with_float32_params():
+    arch = get_arch('resnet20', num_classes=CLASSES, full_width=0.25, stem='small')
+    structure = arch.plain_structure(0.25)
+    model = arch.module(structure, dtype=jnp.bfloat16)
+    shapes = jax.eval_shape(lambda: state_lib.init_variables(model, jax.random.key(0),
+                                                             (SIZE, SIZE, 1)))
+    tx, schedule = optim.make_optimizer(section(), steps_per_epoch=10, num_steps=10)
+    state = jax.eval_shape(lambda v: state_lib.create_state(v, tx), shapes)
+    batch = {'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 1), jnp.float32),
+             'label': jax.ShapeDtypeStruct((BATCH,), jnp.int32)}
+    step = loop.jit_train_step(model, 1, section(), tx, schedule, sharding.make_mesh())
+    lowered = step.lower(state, batch)
+    new_state, metrics = jax.eval_shape(step, state, batch)
+    assert {x.dtype for x in jax.tree.leaves(new_state.params)} == {jnp.dtype('float32')}
+    assert metrics['loss/subnet_0'].dtype == jnp.float32
+    convs = [line for line in lowered.as_text().splitlines() if 'convolution' in line]
+    assert convs and all('bf16' in line for line in convs)
+
+
+if __name__ == '__main__':
+    np.savez(sys.argv[1], num_devices=jax.device_count(), **flatten(run_step()))
