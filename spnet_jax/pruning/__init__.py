@@ -110,10 +110,10 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
     if len(base_variables) != len(base_widths):
         raise ConfigError(f'{len(base_variables)} base checkpoints for base widths '
                           f'{base_widths}: give one checkpoint per width.')
-    wanted = keep_ratios if keep_ratios is not None else macs_targets
-    multibase.check_bases(base_widths, [0.5] * len(wanted))
-    if keep_ratios is not None:
-        multibase.check_bases(base_widths, keep_ratios)
+    # Widths ascending, one ratio or target per base, ratios in (0, 1]; MACs targets are
+    # checked for reach later. ``which[k]``: the base sub-network k is pruned from.
+    which = multibase.check_bases(
+        base_widths, keep_ratios if keep_ratios is not None else [1.0] * len(macs_targets))
     wider_full = arch.full_width > base_widths[-1] + 1e-9
     retrain_wider = wider_full and reinit_rng is not None
     if abs(arch.full_width - base_widths[-1]) > 1e-9 and not retrain_wider:
@@ -132,7 +132,6 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
     else:
         orders = scs.sort_orders(base_scores[-1][0])
     if macs_targets is not None:
-        which = multibase.check_bases(base_widths, [0.5] * len(macs_targets))
         floors = threshold.floors(table, min_channels_ratio)
         ratios = []
         for k, (target, b) in enumerate(zip(macs_targets, which, strict=True)):
