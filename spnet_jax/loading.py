@@ -1,75 +1,224 @@
-"""Load a saved slimmable network and run any sub-network:
+"""Load a saved slimmable network and run any sub-network on every device there is:
 
-    net = spnet_jax.load('/ckpt/run')          # a workdir, or one stage folder in it
+    net = spnet_jax.load('/ckpt/run')          # a workdir, a stage folder or a checkpoint
+    net.subnets                                 # [{'subnet', 'macs', 'params', 'top1', ...}]
     logits = net(images_nhwc, subnet=0)         # smallest; subnet=-1 is the full network
-    net.subnets                                 # [{'subnet', 'macs', 'params', ...}, ...]
 
-Needs nothing but the directory: the structure, config and weights are read from it.
+Needs nothing but the directory: the structure, config and weights are read from it, and the
+accuracy the evaluation stage measured from the workdir's ``report.json``. A call splits the
+batch over a `Mesh` of the local devices (TPU cores, GPUs or the CPU) on its 'data' axis,
+with the parameters replicated; a batch that does not divide evenly is padded and the padding
+dropped from the logits.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from spnet_jax.cost import subnet_costs
 from spnet_jax.errors import ConfigError
 from spnet_jax.models import get_arch
 
-# Stage folders of a workdir, most finished first.
+# Stage folders of a workdir that hold a slimmable network, most finished first.
 STAGES = ('slim', 'pruned')
+STRUCTURE, CHECKPOINTS, DONE, REPORT = 'structure.json', 'checkpoints', 'done.json', 'report.json'
 
 
-def _stage_folder(path: str) -> str:
+def _is_stage(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, STRUCTURE))
+
+
+def _checkpoint_steps(folder: str) -> list[int]:
+    """Steps of the finished (not temporary) Orbax checkpoints in a stage folder."""
+    root = os.path.join(folder, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    return sorted(int(name) for name in os.listdir(root)
+                  if name.isdigit() and os.path.isdir(os.path.join(root, name)))
+
+
+def _done_step(folder: str) -> int | None:
+    from spnet_jax.train import checkpoint
+
+    info = checkpoint.done_info(folder)
+    return None if info is None else int(info.get('step', 0))
+
+
+def _not_finished(folder: str, what: str) -> ConfigError:
+    steps = _checkpoint_steps(folder)
+    if not steps:
+        return ConfigError(f'{what} has not finished: {folder} has no checkpoint yet; rerun the '
+                           'same main.py command to train it.')
+    last = os.path.join(folder, CHECKPOINTS, str(steps[-1]))
+    return ConfigError(f'{what} has not finished ({folder} is at step {steps[-1]}); rerun the '
+                       f"same main.py command to finish it, or load that step with "
+                       f"spnet_jax.load('{last}').")
+
+
+def resolve(path: str) -> tuple[str, int | None]:
+    """``(stage folder, step or None for its final checkpoint)`` that ``path`` names.
+
+    ``path``: a workdir (its finished ``slim/``, else its ``pruned/``), a stage folder
+    (``base_0.75/``, ``slim/``, ...; finished), or one checkpoint of a stage at any step
+    (``<stage>/checkpoints/<step>``, finished or not).
+    """
+    path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
-        raise ConfigError(f'{path} is not a directory; give a workdir or a stage folder.')
-    if os.path.exists(os.path.join(path, 'structure.json')):
-        return path
+        raise ConfigError(f'{path} is not a directory; give a workdir, a stage folder in it or '
+                          'one of its checkpoints (<stage>/checkpoints/<step>).')
+    name = os.path.basename(path)
+    if name in ('variables', 'train'):  # an item folder inside a checkpoint
+        path, name = os.path.dirname(path), os.path.basename(os.path.dirname(path))
+    parent = os.path.dirname(path)
+    if name.isdigit() and os.path.basename(parent) == CHECKPOINTS and _is_stage(
+            os.path.dirname(parent)):
+        return os.path.dirname(parent), int(name)
+    if name == CHECKPOINTS and _is_stage(parent):
+        path = parent
+    if _is_stage(path):
+        if _done_step(path) is None:
+            raise _not_finished(path, f'the stage in {path}')
+        return path, None
     for stage in STAGES:
         folder = os.path.join(path, stage)
-        if os.path.exists(os.path.join(folder, 'structure.json')):
-            return folder
-    raise ConfigError(f'{path} holds no spnet_jax network (no structure.json in it or in its '
+        if not _is_stage(folder):
+            continue
+        if _done_step(folder) is not None:
+            return folder, None
+        raise _not_finished(folder, f'training in {path}')
+    bases = sorted(n for n in os.listdir(path)
+                   if n.startswith('base_') and _is_stage(os.path.join(path, n)))
+    if bases:
+        raise ConfigError(
+            f'training in {path} has not finished: it has base networks ({", ".join(bases)}) '
+            'but no pruned or slimmable network yet; rerun main.py to finish it, or load a '
+            f"base with spnet_jax.load('{os.path.join(path, bases[-1])}').")
+    raise ConfigError(f'{path} holds no spnet_jax network (no {STRUCTURE} in it or in its '
                       f'{"/".join(STAGES)} folders); give a workdir written by main.py or prune.')
 
 
-class SlimmableNetwork:
-    """A loaded network: ``net(images, subnet=k)`` runs sub-network k (jitted per k)."""
+def recorded_accuracy(folder: str, step: int) -> dict[int, dict[str, Any]]:
+    """What evaluation recorded for the network of ``folder`` at ``step``, per sub-network.
 
-    def __init__(self, arch, structure, variables, config=None, image_size: int = 224):
+    The workdir's ``report.json`` describes its finished ``slim/`` network; a base network's
+    ``done.json`` holds its own evaluation. Earlier checkpoints have none.
+    """
+    from spnet_jax.train import checkpoint
+
+    if _done_step(folder) != step:
+        return {}
+    if os.path.basename(folder) == 'slim':
+        report = os.path.join(os.path.dirname(folder), REPORT)
+        rows = checkpoint.read_json(report) if os.path.exists(report) else []
+    else:
+        rows = (checkpoint.done_info(folder) or {}).get('eval') or []
+    return {int(r['subnet']): r for r in rows}
+
+
+class SlimmableNetwork:
+    """A loaded network: ``net(images, subnet=k)`` runs sub-network k (jitted per k), with
+    the batch split over ``devices`` (default: every local device)."""
+
+    def __init__(self, arch, structure, variables, config=None, image_size: int = 224, *,
+                 path: str | None = None, step: int | None = None,
+                 accuracy: dict[int, dict[str, Any]] | None = None,
+                 devices: Sequence[jax.Device] | None = None):
         self.arch, self.structure, self.variables, self.config = (
             arch, structure, variables, config)
         self.image_size = image_size
+        self.path, self.step = path, step
         self.model = arch.module(structure)
-        self._compiled = {}
+        devices = jax.local_devices() if devices is None else devices
+        self.mesh = Mesh(np.asarray(devices), ('data',))  # as `spnet_jax.train.sharding`
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._batch_sharded = NamedSharding(self.mesh, PartitionSpec('data'))
+        self._accuracy = accuracy or {}
 
     @functools.cached_property
     def subnets(self) -> list[dict]:
-        """Per sub-network (smallest first): index, MACs and params at ``image_size``."""
+        """Per sub-network (smallest first): ``subnet``, ``width`` (S-Net label or None),
+        ``macs`` and ``params`` at ``image_size``, ``channels``, and what evaluation
+        recorded (``top1``, ``top5`` as fractions; ``latency_ms`` at ``latency_batch``;
+        None when this checkpoint was not evaluated)."""
         in_channels = self.arch.input_channels(self.variables['params'])
-        return [{'subnet': c.subnet, 'macs': c.macs, 'params': c.params, 'channels': c.channels}
-                for c in subnet_costs(self.arch, self.structure, self.image_size, in_channels)]
+        widths = self.structure.widths
+        rows = []
+        for c in subnet_costs(self.arch, self.structure, self.image_size, in_channels):
+            seen = self._accuracy.get(c.subnet, {})
+            if seen.get('macs', c.macs) != c.macs:  # a report of another network
+                seen = {}
+            rows.append({'subnet': c.subnet, 'width': None if widths is None else widths[c.subnet],
+                         'macs': c.macs, 'params': c.params, 'channels': c.channels,
+                         **{key: seen.get(key) for key in ('top1', 'top5', 'latency_ms',
+                                                           'latency_batch')}})
+        return rows
 
-    def __call__(self, images, subnet: int | float = -1):
+    @functools.cached_property
+    def device_variables(self) -> dict[str, Any]:
+        """The variables replicated on every device of ``mesh``."""
+        return jax.device_put(self.variables, self._replicated)
+
+    def __call__(self, images, subnet: int | float = -1) -> jax.Array:
+        """Logits ``[batch, classes]`` of sub-network ``subnet`` (index or width label)."""
         k = self.structure.subnet_index(subnet)
-        if k not in self._compiled:  # one jitted program per sub-network
-            self._compiled[k] = jax.jit(lambda v, x: self.model.apply(v, x, subnet=k))
-        return self._compiled[k](self.variables, jnp.asarray(images, jnp.float32))
+        xp = jnp if isinstance(images, jax.Array) else np
+        images = xp.asarray(images, xp.float32)
+        if images.ndim != 4:
+            raise ConfigError(f'images must be a [batch, height, width, channels] array, got '
+                              f'shape {tuple(images.shape)}.')
+        count, devices = images.shape[0], self.mesh.size
+        padding = -count % devices  # every device gets the same number of rows
+        if padding:
+            images = xp.concatenate([images, xp.zeros((padding, *images.shape[1:]),
+                                                      images.dtype)])
+        images = jax.device_put(images, self._batch_sharded)
+        logits = _forward(self.model, k, self.mesh)(self.device_variables, images)
+        return logits[:count] if padding else logits
 
     def __repr__(self):
         return (f'SlimmableNetwork({self.arch.name}, {self.structure.num_subnets} sub-networks, '
-                f'method={self.structure.method}, zpm={self.structure.zpm})')
+                f'method={self.structure.method}, zpm={self.structure.zpm}, '
+                f'{self.mesh.size} device(s))')
 
 
-def load(path: str) -> SlimmableNetwork:
-    """The network saved at ``path`` (a workdir, or one of its stage folders)."""
+@functools.lru_cache(maxsize=64)
+def _forward(model, subnet: int, mesh: Mesh):
+    """Sub-network ``subnet``'s jitted forward pass, shared by networks of the same model
+    (Flax modules compare by their fields), on ``mesh``."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharded = NamedSharding(mesh, PartitionSpec('data'))
+    return jax.jit(lambda variables, x: model.apply(variables, x, subnet=subnet),
+                   in_shardings=(replicated, batch_sharded), out_shardings=batch_sharded)
+
+
+def load(path: str | os.PathLike, *,
+         devices: Sequence[jax.Device] | None = None) -> SlimmableNetwork:
+    """The network saved at ``path``, ready to run on ``devices`` (default: all local ones).
+
+    ``path``: a workdir of ``main.py`` or ``python -m spnet_jax.prune`` (its finished
+    slimmable network), a finished stage folder in it (``base_<w>/``, ``pruned/``,
+    ``slim/``), or any checkpoint of a stage (``<stage>/checkpoints/<step>``), finished or
+    not. Raises `ConfigError` (one sentence) for anything else, or for a workdir whose
+    training has not finished.
+    """
     from spnet_jax.train import checkpoint
 
-    folder = _stage_folder(path)
-    structure, variables, config = checkpoint.load_network(folder)
+    folder, step = resolve(path)
+    if step is None:
+        step = _done_step(folder)
+        if step not in _checkpoint_steps(folder):  # stage written before done.json had steps
+            step = None
+    structure, variables, config = checkpoint.load_network(folder, step)
+    if step is None:
+        step = _checkpoint_steps(folder)[-1]
     params = variables['params']
     num_classes = int(params['head']['kernel'].shape[1])
     stem = None
@@ -79,7 +228,9 @@ def load(path: str) -> SlimmableNetwork:
     image_size = 224
     if config is not None and 'data' in config:
         image_size = int(config.data.image_size)
-    return SlimmableNetwork(arch, structure, variables, config, image_size)
+    return SlimmableNetwork(arch, structure, variables, config, image_size, path=folder,
+                            step=step, accuracy=recorded_accuracy(folder, step),
+                            devices=devices)
 
 
 def _arch_for(structure, num_classes: int, stem, config):
