@@ -53,17 +53,23 @@ def layer_costs(arch, structure: Structure, subnet: int, image_size: int,
         if context.method_name != '__call__':
             return out
         path = '/'.join(mod.path)
+        arg = lambda i, name: args[i] if len(args) > i else kwargs.get(name)
         if isinstance(mod, layers.SlimConv):
             x = args[0]
             cin, cout = x.shape[-1], out.shape[-1]
+            if arg(3, 'out_index') is not None:
+                # A ZPM junction's conv writes the stream layout: its zero columns are
+                # placement, not computation; the sub-network's conv has n_out outputs.
+                cout = arg(1, 'n_out')
             k = mod.kernel_size
             per_out = k * k * (1 if mod.depthwise else cin)
             params = per_out * cout
             records.append(LayerCost(path, 'conv', params * out.shape[1] * out.shape[2], params,
-                                     x.shape[1:], out.shape[1:], k, mod.strides))
+                                     x.shape[1:], out.shape[1:-1] + (cout,), k, mod.strides))
         elif isinstance(mod, layers.SlimBatchNorm):
-            records.append(LayerCost(path, 'bn', 0, 2 * out.shape[-1], out.shape[1:],
-                                     out.shape[1:]))
+            n = mod.counts[arg(1, 'subnet')]
+            records.append(LayerCost(path, 'bn', 0, 2 * n, out.shape[1:-1] + (n,),
+                                     out.shape[1:-1] + (n,)))
         elif isinstance(mod, layers.SlimDense):
             cin, cout = args[0].shape[-1], out.shape[-1]
             records.append(LayerCost(path, 'dense', cin * cout, cin * cout + cout, (cin,),

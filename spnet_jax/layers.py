@@ -5,6 +5,12 @@ counts as Python ints, so under `jax.jit` each sub-network is its own static-sha
 no masking multiply, no dynamic shapes. A layer whose input is a ZPM residual stream gets an
 index array (``in_index``, from the ``masks`` collection) and gathers its kernel's input
 rows; that gather touches weights only, never activations.
+
+At a ZPM junction the placement of a branch in the stream is folded into the branch's last
+conv and BN the same way (``out_index``: the conv's output columns and the BN's vectors are
+gathered, absent positions get zero weights), so the conv writes the stream layout directly
+and the junction is a plain add. Only an identity shortcut whose stream grows, and a
+stream's entry, still move activations (`ZPMAdd`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ def _take_inputs(kernel: Array, n_in: int, in_index: Array | None, axis: int) ->
     return jnp.take(kernel, in_index, axis=axis)
 
 
+def place(values: Array, index: Array, fill: float = 0) -> Array:
+    """``values[..., index]`` along the last axis; an index out of range gives ``fill``."""
+    return jnp.take(values, index, axis=-1, mode='fill', fill_value=fill)
+
+
 class SlimConv(nn.Module):
     """Conv2D (NHWC, HWIO kernel, no bias) whose in/out channels are prefixes of the full ones.
 
@@ -45,7 +56,10 @@ class SlimConv(nn.Module):
     kernel_init: Any = conv_init
 
     @nn.compact
-    def __call__(self, x: Array, n_out: int | None = None, in_index: Array | None = None):
+    def __call__(self, x: Array, n_out: int | None = None, in_index: Array | None = None,
+                 out_index: Array | None = None):
+        """``n_out`` output channels (a prefix); with ``out_index`` (ZPM placement) output
+        position p is channel ``out_index[p]`` of those, or zero where it is ``>= n_out``."""
         k = self.kernel_size
         if self.depthwise:
             kernel = self.param('kernel', self.kernel_init, (k, k, 1, self.features))
@@ -56,6 +70,8 @@ class SlimConv(nn.Module):
             kernel = self.param('kernel', self.kernel_init, (k, k, self.in_features, self.features))
             n_out = self.features if n_out is None else n_out
             kernel = _take_inputs(kernel, x.shape[-1], in_index, axis=2)[..., :n_out]
+            if out_index is not None:
+                kernel = place(kernel, out_index)
             groups = 1
         if k == 1 and groups == 1:
             # A 1x1 conv is a matmul over channels. XLA:CPU runs the conv form's weight
@@ -92,11 +108,16 @@ class SlimBatchNorm(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, subnet: int, train: bool) -> Array:
+    def __call__(self, x: Array, subnet: int, train: bool,
+                 out_index: Array | None = None) -> Array:
+        """With ``out_index`` (ZPM placement, as `SlimConv`'s), ``x`` holds the channels at
+        those positions and zeros elsewhere; the zeros stay zero and each channel's
+        statistics are its own, so the result is the placed BN output."""
         n = self.counts[subnet]
-        if x.shape[-1] != n:
+        width = n if out_index is None else out_index.shape[0]
+        if x.shape[-1] != width:
             raise ValueError(f'{self.name}: got {x.shape[-1]} channels, sub-network {subnet} '
-                             f'has {n}.')
+                             f'has {width}.')
         const = nn.initializers.constant
         if self.shared:
             full = max(self.counts)
@@ -115,17 +136,26 @@ class SlimBatchNorm(nn.Module):
             for k, c in enumerate(self.counts)
         ]
         ra_mean, ra_var = stats[subnet]
+        if out_index is not None:
+            scale, bias = place(scale, out_index), place(bias, out_index)
         if train:
             xf = x.astype(jnp.float32)
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(xf, axes)
             var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
             if not self.is_initializing():
+                new_mean, new_var = mean, var
+                if out_index is not None:  # back to channel order: channel c sits at where[c]
+                    where = jnp.zeros(n, jnp.int32).at[out_index].set(
+                        jnp.arange(width, dtype=jnp.int32), mode='drop')
+                    new_mean, new_var = new_mean[where], new_var[where]
                 m = self.momentum
-                ra_mean.value = m * ra_mean.value + (1 - m) * mean
-                ra_var.value = m * ra_var.value + (1 - m) * var
+                ra_mean.value = m * ra_mean.value + (1 - m) * new_mean
+                ra_var.value = m * ra_var.value + (1 - m) * new_var
         else:
             mean, var = ra_mean.value, ra_var.value
+            if out_index is not None:
+                mean, var = place(mean, out_index), place(var, out_index, 1)
         mul = scale * jax.lax.rsqrt(var + self.epsilon)
         y = x * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)
         return y.astype(self.dtype)
@@ -158,7 +188,11 @@ class ZPMAdd(nn.Module):
       shortcut goes there, or the branch's channel count (out of range) for "none".
 
     ``out[..., p] = body[..., body_k[p]] + short[..., short_k[p]]`` (missing = 0) is the
-    scatter-add-compact of the release, written as two gathers so XLA fuses it with the add.
+    scatter-add-compact of the release. A branch whose last conv and BN already wrote the
+    stream layout (`placement` passed to them as ``out_index``) is added as it is
+    (``body_placed`` / ``short_placed``). An identity shortcut whose stream does not grow at
+    this junction holds the same channels in the same (ascending) order, so it is added as
+    it is too: the models pass ``short_placed`` when the static stream sizes are equal.
     The default masks (before any pruning) put both branches at the stream's first channels.
     """
 
@@ -183,11 +217,18 @@ class ZPMAdd(nn.Module):
             for k, (c, s) in enumerate(zip(self.short_counts, self.stream_sizes, strict=True))
         ]
 
-    def __call__(self, body: Array, short: Array, subnet: int) -> tuple[Array, Array]:
+    def placement(self, subnet: int) -> tuple[Array, Array]:
+        """``(body_k, short_k)``: where each branch's channels go in the stream."""
+        return self.body[subnet].value, self.short[subnet].value
+
+    def __call__(self, body: Array, short: Array, subnet: int, body_placed: bool = False,
+                 short_placed: bool = False) -> tuple[Array, Array]:
         """Returns the compacted stream and its fused index array (for the consumers)."""
-        gather = lambda x, idx: jnp.take(x, idx, axis=-1, mode='fill', fill_value=0)
-        out = gather(body, self.body[subnet].value) + gather(short, self.short[subnet].value)
-        return out, self.fused[subnet].value
+        if not body_placed:
+            body = place(body, self.body[subnet].value)
+        if not short_placed:
+            short = place(short, self.short[subnet].value)
+        return body + short, self.fused[subnet].value
 
 
 def relu6(x: Array) -> Array:

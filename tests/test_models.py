@@ -129,6 +129,44 @@ def test_zpm_add_equals_explicit_zero_pad_formula():
     np.testing.assert_array_equal(got_fused, fused)
 
 
+@pytest.mark.parametrize('kernel_size', [1, 3])
+def test_placement_folded_into_conv_and_bn_equals_placing_their_output(kernel_size):
+    """A junction's last conv + BN given ``out_index`` write the stream layout directly; that
+    equals running them unplaced and gathering the output (train and eval, and the
+    running statistics each channel accumulates)."""
+    rng = np.random.default_rng(1)
+    full, n, stream = 10, 6, 9  # 6 of 10 channels kept, placed in a 9-wide stream
+    index = np.full(stream, n, np.int32)
+    index[rng.choice(stream, n, replace=False)] = rng.permutation(n)
+    index = jnp.asarray(index)
+    x = jnp.asarray(rng.normal(size=(4, 5, 5, 3)), jnp.float32)
+    conv = layers.SlimConv(in_features=3, features=full, kernel_size=kernel_size)
+    bn = layers.SlimBatchNorm(counts=(n, full))
+    conv_vars = conv.init(jax.random.key(0), x)
+    bn_vars = bn.init(jax.random.key(1), jnp.zeros((1, 1, 1, n)), 0, False)
+    bn_vars = {'params': {'scale': jnp.asarray(rng.uniform(0.5, 1.5, full), jnp.float32),
+                          'bias': jnp.asarray(rng.normal(size=full), jnp.float32)},
+               'batch_stats': {**bn_vars['batch_stats'],
+                               'mean_0': jnp.asarray(rng.normal(size=n), jnp.float32),
+                               'var_0': jnp.asarray(rng.uniform(0.5, 2, n), jnp.float32)}}
+    plain = conv.apply(conv_vars, x, n)
+    placed = conv.apply(conv_vars, x, n, None, index)
+    absent = np.asarray(index) == n
+    want = np.where(absent, 0, np.asarray(plain)[..., np.minimum(np.asarray(index), n - 1)])
+    np.testing.assert_allclose(placed, want, rtol=1e-5, atol=1e-5)
+    for train in (False, True):
+        y, new = bn.apply(bn_vars, plain, 0, train, mutable=['batch_stats'])
+        y_placed, new_placed = bn.apply(bn_vars, placed, 0, train, index,
+                                        mutable=['batch_stats'])
+        want = np.where(absent, 0, np.asarray(y)[..., np.minimum(np.asarray(index), n - 1)])
+        np.testing.assert_allclose(y_placed, want, rtol=1e-5, atol=1e-5)
+        for key in ('mean_0', 'var_0'):
+            np.testing.assert_allclose(new_placed['batch_stats'][key], new['batch_stats'][key],
+                                       rtol=1e-5, atol=1e-6)
+        if train:  # the statistics really moved, so the comparison above means something
+            assert not np.allclose(new['batch_stats']['mean_0'], bn_vars['batch_stats']['mean_0'])
+
+
 @pytest.mark.parametrize('name', ['resnet50', 'resnet18', 'mobilenet_v2'])
 def test_zpm_model_runs_every_subnet(name):
     arch = get_arch(name, num_classes=5, stem='small' if name == 'resnet18' else None,

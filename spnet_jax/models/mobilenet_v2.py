@@ -209,18 +209,25 @@ class InvertedResidual(nn.Module):
         y = conv(S, 'dw_conv', dw_group, 1, 3, b.stride, depthwise=True, dtype=self.dtype)(y)
         y = layers.relu6(bn('dw_bn', dw_group)(y, k, train))
         pg = project_group(S, b)
+        junction, body_at = None, None
+        if b.residual and S.zpm:
+            if self.prev_junction is None:  # the shortcut is the stage entry's sorted prefix
+                short_counts = S.counts_of(self.in_group)
+            else:
+                short_counts = S.stream_sizes_of(self.prev_junction)
+            junction = layers.ZPMAdd(stream_sizes=S.stream_sizes_of(b.name),
+                                     body_counts=S.counts_of(pg), short_counts=short_counts,
+                                     name='zpm')
+            body_at, _ = junction.placement(k)
         y = conv(S, 'project_conv', pg, S.full_of(dw_group), 1, dtype=self.dtype)(
-            y, S.count(pg, k))
-        y = bn('project_bn', pg)(y, k, train)
+            y, S.count(pg, k), None, body_at)
+        y = bn('project_bn', pg)(y, k, train, body_at)
         if not b.residual:
             return y, None, pg, None
         if not S.zpm:
             return x + y, None, pg, None
-        if self.prev_junction is None:  # the shortcut is the stage entry's sorted prefix
-            short_counts = S.counts_of(self.in_group)
-        else:
-            short_counts = S.stream_sizes_of(self.prev_junction)
-        out, fused = layers.ZPMAdd(stream_sizes=S.stream_sizes_of(b.name),
-                                   body_counts=S.counts_of(pg), short_counts=short_counts,
-                                   name='zpm')(y, x, k)
+        # An identity shortcut is already in place where the stream does not grow.
+        short_placed = (self.prev_junction is not None
+                        and short_counts[k] == S.stream_sizes_of(b.name)[k])
+        out, fused = junction(y, x, k, body_placed=True, short_placed=short_placed)
         return out, fused, pg, b.name

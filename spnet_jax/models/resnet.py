@@ -210,30 +210,39 @@ class Block(nn.Module):
             convs = (('conv1', 1, 1), ('conv2', 3, b.stride), ('conv3', 1, 1))
         else:
             convs = (('conv1', 3, b.stride), ('conv2', 3, 1))
+        junction, body_at, short_at = None, None, None
+        if S.zpm:
+            if b.proj:
+                short_counts = S.counts_of(g('proj_conv'))
+            elif in_index is None:  # the stream starts at the stem
+                short_counts = S.counts_of('stem_conv')
+            else:
+                short_counts = S.stream_sizes_of(S.junctions[S.junctions.index(b.name) - 1])
+            junction = layers.ZPMAdd(stream_sizes=S.stream_sizes_of(b.name),
+                                     body_counts=S.counts_of(g(convs[-1][0])),
+                                     short_counts=short_counts, name='zpm')
+            body_at, short_at = junction.placement(k)
         y, y_full, y_index = x, x_full, in_index
         for i, (name, ks, st) in enumerate(convs):
-            y = conv(name, y_full, ks, st)(y, S.count(g(name), k), y_index)
-            y = bn(name.replace('conv', 'bn'), g(name))(y, k, train)
-            if i + 1 < len(convs):
+            last = i + 1 == len(convs)
+            y = conv(name, y_full, ks, st)(y, S.count(g(name), k), y_index,
+                                           body_at if last else None)
+            y = bn(name.replace('conv', 'bn'), g(name))(y, k, train, body_at if last else None)
+            if not last:
                 y = nn.relu(y)
             y_full, y_index = S.full_of(g(name)), None
         if b.proj:
-            short = conv('proj_conv', x_full, 1, b.stride)(x, S.count(g('proj_conv'), k), in_index)
-            short = bn('proj_bn', g('proj_conv'))(short, k, train)
+            short = conv('proj_conv', x_full, 1, b.stride)(x, S.count(g('proj_conv'), k), in_index,
+                                                           short_at)
+            short = bn('proj_bn', g('proj_conv'))(short, k, train, short_at)
         else:
             short = x
         if not S.zpm:
             return nn.relu(y + short), None, y_full
-        if b.proj:
-            short_counts = S.counts_of(g('proj_conv'))
-        elif in_index is None:  # the stream starts at the stem
-            short_counts = S.counts_of('stem_conv')
-        else:
-            short_counts = S.stream_sizes_of(S.junctions[S.junctions.index(b.name) - 1])
-        junction = layers.ZPMAdd(stream_sizes=S.stream_sizes_of(b.name),
-                                 body_counts=S.counts_of(g(convs[-1][0])),
-                                 short_counts=short_counts, name='zpm')
-        out, fused = junction(y, short, k)
+        # An identity shortcut is already in place where the stream does not grow.
+        short_placed = b.proj or (in_index is not None
+                                  and short_counts[k] == S.stream_sizes_of(b.name)[k])
+        out, fused = junction(y, short, k, body_placed=True, short_placed=short_placed)
         # A stream's consumers hold rows for the whole stream of the largest sub-network (the
         # block end's full count after pruning; more in a standalone exported sub-network).
         return nn.relu(out), fused, S.stream_sizes_of(b.name)[-1]
