@@ -81,6 +81,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 512
     config.eval.bn_calibration_batches = 0  # > 0: recompute BN statistics before eval
     config.eval.eval_bases = True  # evaluate each base network when it finishes
+    # Latency in the report: median of latency_runs jitted forward passes (after
+    # latency_warmup) of a batch of latency_batch images on one device; 0 skips it.
+    config.eval.latency_batch = 32
+    config.eval.latency_runs = 10
+    config.eval.latency_warmup = 2
+    # A finished baseline run (e.g. configs/*_snet.py) drawn beside this one in the report.
+    config.eval.baseline_workdir = placeholder(str)
     return config
 
 

@@ -1,17 +1,42 @@
-"""Evaluation of every sub-network (top-1/top-5) and optional BN calibration."""
+"""Evaluation of every sub-network: top-1/top-5, measured latency, optional BN calibration."""
 
 from __future__ import annotations
 
+import os
+import statistics
 import time
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
 from spnet_jax import data as data_lib
+from spnet_jax.errors import ConfigError
 from spnet_jax.train import sharding
 from spnet_jax.train import step as step_lib
+
+# ``config.eval`` options of the report, with the values runs made before they existed get.
+REPORT_OPTIONS = {'latency_batch': 32, 'latency_runs': 10, 'latency_warmup': 2,
+                  'baseline_workdir': None}
+
+
+def report_options(eval_config: Any) -> dict[str, Any]:
+    """``REPORT_OPTIONS`` as ``eval_config`` sets them, checked (`ConfigError` naming the
+    field otherwise)."""
+    options = {k: eval_config.get(k, v) for k, v in REPORT_OPTIONS.items()}
+    for name, least in (('latency_batch', 0), ('latency_runs', 1), ('latency_warmup', 0)):
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f'eval.{name}={value!r} must be an int >= {least}'
+                              + (' (0: no latency measurement).' if least == 0 and
+                                 name == 'latency_batch' else '.'))
+    baseline = options['baseline_workdir']
+    if baseline is not None and not os.path.isdir(baseline):
+        raise ConfigError(f'eval.baseline_workdir={baseline!r} is not a directory; give the '
+                          'workdir of a finished baseline run (e.g. configs/*_snet.py).')
+    return options
 
 
 def evaluate(model, variables: dict[str, Any], num_subnets: int, config: Any, mesh: Mesh,
@@ -74,3 +99,36 @@ def calibrate_batch_stats(model, variables: dict[str, Any], num_subnets: int, co
         logging.info('[calibrate] sub-network %d: BN statistics from %d batches', k,
                      num_batches)
     return {**variables, 'batch_stats': batch_stats}
+
+
+def measure_latency(model, variables: dict[str, Any], num_subnets: int,
+                    input_shape: tuple[int, int, int], batch_size: int, *, runs: int = 10,
+                    warmup: int = 2, device: jax.Device | None = None) -> list[dict[str, Any]]:
+    """Wall time of one forward pass (eval mode, logits) of each sub-network on one device.
+
+    Each sub-network's forward pass is jitted and compiled first, run ``warmup`` times, then
+    timed ``runs`` times to ``block_until_ready``; the median is reported, in milliseconds,
+    for a batch of ``batch_size`` images on ``device`` (default: the first local device), as
+    a deployed sub-network serves requests. Returns, smallest first: ``subnet``,
+    ``latency_ms``, ``latency_batch``, ``latency_device``.
+    """
+    device = jax.local_devices()[0] if device is None else device
+    on_device = jax.device_put(sharding.to_host(variables), device)
+    images = jax.device_put(np.random.default_rng(0).normal(
+        size=(batch_size, *input_shape)).astype(np.float32), device)
+    results = []
+    for k in range(num_subnets):
+        forward = jax.jit(lambda v, x, k=k: model.apply(v, x, subnet=k, train=False))
+        forward = forward.lower(on_device, images).compile()
+        for _ in range(warmup):
+            forward(on_device, images).block_until_ready()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            forward(on_device, images).block_until_ready()
+            times.append(time.perf_counter() - start)
+        results.append({'subnet': k, 'latency_ms': 1e3 * statistics.median(times),
+                        'latency_batch': batch_size, 'latency_device': device.device_kind})
+        logging.info('[latency] sub-network %d: %.3f ms per batch of %d on %s', k,
+                     results[-1]['latency_ms'], batch_size, device.device_kind)
+    return results

@@ -13,8 +13,9 @@ interrupted one resumes.
 * ``slim``: every sub-network trained together (SPEC section 8): fine-tuning the pruned
   network (or re-training it from fresh weights, ``prune.start='reinit'``); with
   ``method='snet'`` the S-Net of ``slim.widths`` from scratch.
-* ``eval``: top-1/top-5 of every sub-network (optionally after BN calibration), MACs and
-  params, written to ``<workdir>/report.json`` (+ ``report.md``, ``report.png``).
+* ``eval``: top-1/top-5 of every sub-network (optionally after BN calibration), MACs,
+  params and latency, written to ``<workdir>/report.json`` (+ ``report.md``,
+  ``accuracy_vs_flops.png``; with ``eval.baseline_workdir``, the baseline beside it).
 """
 
 from __future__ import annotations
@@ -99,10 +100,13 @@ def slim_job(config: Any, workdir: str, arch, shape) -> TrainJob:
                     section=config.slim, input_shape=shape, initial_variables=initial)
 
 
-def run_eval(config: Any, workdir: str, arch, shape, mesh) -> list[dict[str, Any]]:
+def run_eval(config: Any, workdir: str, arch, shape, mesh, *,
+             force: bool = False) -> list[dict[str, Any]]:
+    """The eval stage; skipped when finished earlier unless ``force`` (`spnet_jax.evaluate`)."""
     directory = checkpoint.stage_dir(workdir, 'eval')
     report_path = os.path.join(workdir, 'report.json')
-    if checkpoint.is_done(directory) and os.path.exists(report_path):
+    options = evaluate_lib.report_options(config.eval)
+    if not force and checkpoint.is_done(directory) and os.path.exists(report_path):
         logging.info('[eval] finished earlier; skipping (report in %s).', report_path)
         return checkpoint.read_json(report_path)
     slim_dir = checkpoint.stage_dir(workdir, 'slim')
@@ -116,10 +120,16 @@ def run_eval(config: Any, workdir: str, arch, shape, mesh) -> list[dict[str, Any
         variables = evaluate_lib.calibrate_batch_stats(model, variables, structure.num_subnets,
                                                        config, mesh, calibration)
     results = evaluate_lib.evaluate(model, variables, structure.num_subnets, config, mesh)
+    latency = None
+    if options['latency_batch']:
+        latency = evaluate_lib.measure_latency(
+            model, variables, structure.num_subnets, shape, options['latency_batch'],
+            runs=options['latency_runs'], warmup=options['latency_warmup'])
     rows = report_lib.report_rows(arch, structure, results, shape,
-                                  bn_calibration_batches=calibration)
-    title = f'{config.method.upper()} {arch.name} on {config.data.name}'
-    report_lib.write_report(workdir, rows, title)
+                                  bn_calibration_batches=calibration, latency=latency)
+    title = f'{report_lib.METHOD_NAMES[config.method]} {arch.name} on {config.data.name}'
+    report_lib.write_report(workdir, rows, title, method=config.method,
+                            baseline_workdir=options['baseline_workdir'])
     step = (checkpoint.done_info(slim_dir) or {}).get('step', 0)
     writer = TrainMetrics('eval', directory, num_steps=max(step, 1), first_step=step,
                           log_every_steps=1)
@@ -139,6 +149,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """
     stages = validate.check_config(config)
     validate.check_workdir(config, workdir, stages)
+    if 'eval' in stages:
+        evaluate_lib.report_options(config.eval)
     arch = build_arch(config)
     shape = input_shape(config)
     mesh = sharding.make_mesh()
