@@ -1,0 +1,71 @@
+"""Issue 6's reproduction on Fashion-MNIST: SP-Net vs S-Net vs individually trained networks.
+
+One config file, three methods, chosen by the config string (`benchmarks/reproduce.py` runs
+all of them over three seeds and writes `benchmarks/RESULTS.md`):
+
+    python main.py --config=configs/fashion_mnist_repro.py:snet --workdir=W
+    python main.py --config=configs/fashion_mnist_repro.py:spnet --workdir=W
+    python main.py --config=configs/fashion_mnist_repro.py:individual_0.25 --workdir=W
+
+* ``snet``: slimmable ResNet-20 x0.25 / 0.5 / 0.75 / 1.0 from scratch (switchable BN,
+  in-place distillation), ``EPOCHS`` epochs.
+* ``spnet``: bases x0.5 / 0.75 / 1.0 with the BN sparsity penalty, ``EPOCHS / 2`` epochs each;
+  multi-base pruning with ZPM and SCS to MACs targets equal to the S-Net's x0.25 / 0.5 / 0.75
+  sub-networks (computed here with `spnet_jax.cost`), plus the unpruned x1.0 base as the
+  fourth sub-network; slimmable fine-tuning with in-place distillation, ``EPOCHS / 2``
+  epochs.
+* ``individual_<w>``: one plain ResNet-20 x<w> (an S-Net of the single width w, so no
+  distillation), ``EPOCHS`` epochs, with the S-Net's recipe.
+
+Budget rule: every final sub-network gets ``EPOCHS`` epochs of training (S-Net: EPOCHS of
+joint training; SP-Net: EPOCHS/2 of base training + EPOCHS/2 of slimmable training;
+individual networks: EPOCHS each). With these widths the three methods then cost about the
+same number of training MACs (see benchmarks/RESULTS.md).
+"""
+
+from configs import default, fashion_mnist
+
+SNET_WIDTHS = (0.25, 0.5, 0.75, 1.0)
+SPNET_BASES = (0.5, 0.75, 1.0)
+NUM_TRAIN_EXAMPLES = 6_000
+EPOCHS = 2.0
+
+
+def snet_macs(widths=SNET_WIDTHS) -> list[int]:
+    """MACs of the S-Net's sub-networks (smallest first), by `spnet_jax.cost`."""
+    from spnet_jax.profile import profile_config
+
+    _, rows = profile_config(_snet(widths))
+    return [int(r['macs']) for r in rows]
+
+
+def _common():
+    config = fashion_mnist.get_config()
+    config.data.num_train_examples = NUM_TRAIN_EXAMPLES
+    return config
+
+
+def _snet(widths):
+    config = default.to_snet(_common(), widths)
+    config.slim.epochs = EPOCHS
+    return config
+
+
+def _spnet():
+    config = _common()
+    config.base.widths = SPNET_BASES
+    config.base.epochs = EPOCHS / 2
+    config.slim.epochs = EPOCHS / 2
+    # The pruned sub-networks aim at the S-Net's x0.25 / 0.5 / 0.75 MACs (bisection, 1%).
+    config.prune.macs_targets = tuple(float(m) for m in snet_macs()[:-1])
+    return config
+
+
+def get_config(method: str = 'spnet'):
+    if method == 'spnet':
+        return _spnet()
+    if method == 'snet':
+        return _snet(SNET_WIDTHS)
+    if method.startswith('individual_'):
+        return _snet((float(method[len('individual_'):]),))
+    raise ValueError(f'unknown method {method!r}: spnet, snet or individual_<width>')

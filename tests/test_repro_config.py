@@ -1,0 +1,34 @@
+"""The reproduction config (`configs/fashion_mnist_repro.py`): SP-Net's MACs targets are the
+S-Net's, every method's config validates, and the budget rule holds."""
+
+import os
+import sys
+
+import pytest
+
+from spnet_jax.train import validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from configs import fashion_mnist_repro as repro  # noqa: E402
+
+
+def test_spnet_targets_are_the_snet_macs():
+    macs = repro.snet_macs()
+    assert len(macs) == 4 and macs == sorted(macs)
+    config = repro.get_config('spnet')
+    assert config.prune.macs_targets == tuple(float(m) for m in macs[:-1])
+    assert tuple(config.base.widths) == repro.SPNET_BASES
+    assert config.base.epochs + config.slim.epochs == repro.EPOCHS
+
+
+@pytest.mark.parametrize('method', ['spnet', 'snet', 'individual_0.25', 'individual_1'])
+def test_every_method_validates(method):
+    config = repro.get_config(method)
+    validate.check_config(config)
+    assert config.data.num_train_examples == repro.NUM_TRAIN_EXAMPLES
+    if method != 'spnet':
+        assert config.method == 'snet' and config.slim.epochs == repro.EPOCHS
+    if method.startswith('individual_'):
+        assert tuple(config.slim.widths) == (float(method.split('_')[1]),)
