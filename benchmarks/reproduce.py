@@ -40,35 +40,81 @@ def runs_of(method: str) -> list[str]:
     return [method]
 
 
+def _cpu_seconds_of(pid: int) -> float | None:
+    """user + system CPU seconds of a live process (Linux), None when it is gone."""
+    try:
+        with open(f'/proc/{pid}/stat') as fh:
+            fields = fh.read().rsplit(')', 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _wait_for_other(lock: str) -> dict | None:
+    """If another orchestrator's run holds ``lock`` (a live pid), waits for it to end and
+    returns its wall and CPU seconds; None when no live run holds it."""
+    try:
+        with open(lock) as fh:
+            info = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    pid, cpu = info['pid'], None
+    while (now := _cpu_seconds_of(pid)) is not None:
+        cpu = now
+        time.sleep(5)
+    return {'seconds': time.time() - info['start'], 'cpu_seconds': cpu}
+
+
 def run_one(out: str, seed: int, name: str, extra: list[str]) -> dict:
-    """Runs (or skips) one pipeline run; returns its report rows and wall seconds."""
+    """Runs (or skips) one pipeline run; returns its report rows, wall and CPU seconds.
+
+    CPU seconds (user + system of the run's process) are the fairer cost on a shared machine:
+    wall time depends on what else is running.
+    """
     workdir = os.path.join(out, f'seed{seed}', name)
     report = os.path.join(workdir, 'report.json')
     timing = os.path.join(workdir, 'timing.json')
+    lock = os.path.join(workdir, 'running.json')
     if not os.path.exists(report):
         os.makedirs(workdir, exist_ok=True)
+        other = _wait_for_other(lock)
+        if other is not None and os.path.exists(report):
+            with open(timing, 'w') as fh:
+                json.dump(other, fh)
+    if not os.path.exists(report):
         cmd = [sys.executable, 'main.py', f'--config={CONFIG}:{name}', f'--workdir={workdir}',
                f'--config.seed={seed}', *extra]
         print(f'[{time.strftime("%H:%M:%S")}] seed {seed} {name}: {" ".join(cmd[1:])}',
               flush=True)
-        previous = json.load(open(timing))['seconds'] if os.path.exists(timing) else 0.0
+        previous = {'seconds': 0.0, 'cpu_seconds': 0.0}
+        if os.path.exists(timing):  # a resumed run adds to the earlier part
+            previous.update(json.load(open(timing)))
         start = time.time()
         # The persistent compilation cache only saves time (seeds share S-Net and individual
         # programs); it does not change what is computed.
         env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': os.path.join(out, 'jax_cache')}
         with open(os.path.join(workdir, 'run.log'), 'a') as log:
-            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        seconds = previous + time.time() - start  # a resumed run adds to the earlier part
+            child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     env=env)
+            with open(lock, 'w') as fh:
+                json.dump({'pid': child.pid, 'start': start}, fh)
+            _, status, usage = os.wait4(child.pid, 0)
+            child.returncode = rc = os.waitstatus_to_exitcode(status)
+        os.remove(lock)
+        seconds = {'seconds': previous['seconds'] + time.time() - start,
+                   'cpu_seconds': (previous['cpu_seconds'] or 0.0) + usage.ru_utime
+                   + usage.ru_stime}
         with open(timing, 'w') as fh:
-            json.dump({'seconds': seconds}, fh)
+            json.dump(seconds, fh)
         if rc != 0:
             raise SystemExit(f'seed {seed} {name} failed (exit {rc}); see {workdir}/run.log')
-        print(f'[{time.strftime("%H:%M:%S")}] seed {seed} {name}: done in {seconds:.0f} s',
-              flush=True)
+        print(f'[{time.strftime("%H:%M:%S")}] seed {seed} {name}: done in '
+              f'{seconds["seconds"]:.0f} s wall, {seconds["cpu_seconds"]:.0f} s CPU', flush=True)
     with open(report) as fh:
         rows = json.load(fh)
-    seconds = json.load(open(timing))['seconds'] if os.path.exists(timing) else None
-    return {'rows': rows, 'seconds': seconds}
+    timing_info = json.load(open(timing)) if os.path.exists(timing) else {}
+    return {'rows': rows, 'seconds': timing_info.get('seconds'),
+            'cpu_seconds': timing_info.get('cpu_seconds')}
 
 
 def collect(out: str, seeds: list[int], extra: list[str], run: bool, jobs: int = 1) -> dict:
@@ -100,7 +146,9 @@ def collect(out: str, seeds: list[int], extra: list[str], run: bool, jobs: int =
             if all((seed, name) in done for name in names):
                 results[method][seed] = {
                     'rows': [row for name in names for row in done[(seed, name)]['rows']],
-                    'seconds': sum(done[(seed, name)]['seconds'] or 0.0 for name in names)}
+                    'seconds': sum(done[(seed, name)]['seconds'] or 0.0 for name in names),
+                    'cpu_seconds': sum(done[(seed, name)]['cpu_seconds'] or 0.0
+                                       for name in names)}
     return results
 
 
@@ -132,8 +180,10 @@ def summarise(results: dict) -> dict:
                 'params_mean': _mean(params), 'top1': top1, 'top1_mean': _mean(top1),
                 'top1_std': _std(top1), 'top1_min': min(top1), 'top1_max': max(top1)})
         seconds = [per_seed[s]['seconds'] for s in seeds]
+        cpu = [per_seed[s].get('cpu_seconds') or 0.0 for s in seeds]
         summary['methods'][method] = {'seeds': seeds, 'subnets': subnets,
-                                      'seconds': seconds, 'seconds_mean': _mean(seconds)}
+                                      'seconds': seconds, 'seconds_mean': _mean(seconds),
+                                      'cpu_seconds': cpu, 'cpu_seconds_mean': _mean(cpu)}
     m = summary['methods']
     if 'spnet' in m and 'snet' in m:
         seeds = sorted(set(m['spnet']['seeds']) & set(m['snet']['seeds']))
@@ -252,13 +302,18 @@ def markdown(summary: dict, budget: dict, command: str, smoke: bool, png: str) -
                 f'[{s["top1_min"]:.2f}, {s["top1_max"]:.2f}] |')
     lines += ['', '(SP-Net\'s pruned structures, hence MACs and params, differ slightly by '
               'seed; the range is shown where they do.)', '',
-              '| method | seeds | wall time per seed (s, mean) | wall time per seed, each |',
-              '|---|---:|---:|---|']
+              '| method | seeds | CPU time per seed (s, mean) | each | wall time per seed (s, '
+              'mean) | each |', '|---|---:|---:|---|---:|---|']
     for method, info in methods.items():
-        lines.append(f'| {LABELS[method]} | {len(info["seeds"])} | {info["seconds_mean"]:.0f} '
-                     f'| {", ".join(f"{x:.0f}" for x in info["seconds"])} |')
-    lines += ['', 'Wall time of the whole `main.py` run (start-up, compilation, training, '
-              'evaluation) on a shared 2-core CPU; individual = the four networks together.',
+        lines.append(f'| {LABELS[method]} | {len(info["seeds"])} | '
+                     f'{info["cpu_seconds_mean"]:.0f} | '
+                     f'{", ".join(f"{x:.0f}" for x in info["cpu_seconds"])} | '
+                     f'{info["seconds_mean"]:.0f} | '
+                     f'{", ".join(f"{x:.0f}" for x in info["seconds"])} |')
+    lines += ['', 'Whole `main.py` runs (start-up, XLA compilation, training, evaluation); '
+              'individual = the four networks together. CPU time is user + system of the run\'s '
+              'process; wall time depends on what else ran: several runs went at once on a '
+              '2-core machine shared with other jobs, so compare CPU times.',
               '', f'![top-1 vs MACs]({png})', '', '## Verdict', '']
     comps = summary['comparisons']
     if comps:
