@@ -168,6 +168,12 @@ BAD = [
     ('resnet50', 'prune.keep_ratios', (), 'set prune.keep_ratios'),
     ('resnet50', 'prune.macs_targets', (2e9, 1e9), 'ascending'),
     ('resnet50', 'prune.macs_targets', (1e9, 2e9, 3e9), 'one MACs target per base'),
+    # VGG-19 at 32 px: the x0.5 base costs 100M MACs, x0.75 225M; 500M is out of reach.
+    ('vgg19_cifar10', 'prune.macs_targets', (5e7, 5e8), '[1]=5e+08 is not below the'),
+    ('resnet50', 'prune.keep_ratios', (-0.5, 0.5), '(0, 1]'),
+    ('resnet50', 'slim.batch_size', -8, 'slim.batch_size'),
+    ('resnet50', 'eval.batch_size', 0, 'eval.batch_size'),
+    ('resnet50', 'keep_checkpoints', 0, 'keep_checkpoints'),
     ('resnet50', 'prune.start', 'scratch', 'prune.start'),
     ('resnet50', 'prune.min_channels_ratio', 1.0, 'prune.min_channels_ratio'),
     ('vgg19', 'base.widths', (0.5, 1.25), 'model.full_width'),
@@ -214,3 +220,90 @@ def test_bases_can_be_trained_one_width_per_job(imagenet_manual_dir):
     config.stages = 'base,prune'
     with pytest.raises(ConfigError, match="prune.start='finetune' starts from the largest"):
         validate.check_config(config)
+
+
+def test_keep_ratios_need_not_ascend(imagenet_manual_dir):
+    config = load('resnet50')
+    config.data.manual_dir = imagenet_manual_dir
+    config.prune.keep_ratios = (0.8, 0.3)  # a small cut of the small base, a big of the big
+    assert validate.check_config(config) == ('base', 'prune', 'slim', 'eval')
+
+
+def _one_sentence(error):
+    message = str(error.value)
+    assert '\n' not in message and message.endswith('.'), message
+    return message
+
+
+def test_batch_size_not_divisible_by_the_devices_is_refused(monkeypatch, imagenet_manual_dir):
+    config = load('resnet50')
+    config.data.manual_dir = imagenet_manual_dir
+    config.base.batch_size = 250
+    monkeypatch.setattr(validate.jax, 'device_count', lambda: 8)
+    with pytest.raises(ConfigError) as error:
+        validate.check_config(config)
+    message = _one_sentence(error)
+    assert 'base.batch_size=250' in message and 'multiple of the 8 devices' in message
+    assert 'e.g. 248' in message
+
+
+def test_data_dir_without_the_files_is_refused(tmp_path):
+    config = load('fashion_mnist')
+    config.data.data_dir = str(tmp_path)  # exists, but holds no IDX files
+    with pytest.raises(ConfigError) as error:
+        train_and_evaluate(config, str(tmp_path / 'run'))
+    message = _one_sentence(error)
+    assert 'data_dir' in message and str(tmp_path) in message
+    assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason='needs the Debian dataset-fashion-mnist')
+def test_unwritable_workdir_is_refused(tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    with pytest.raises(ConfigError) as error:
+        train_and_evaluate(load('tiny'), str(blocker / 'run'))
+    message = _one_sentence(error)
+    assert f'--workdir={blocker / "run"} is not writable' in message
+
+
+@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason='needs the Debian dataset-fashion-mnist')
+def test_base_widths_that_do_not_match_the_base_checkpoints_are_refused(tmp_path):
+    """A finished base folder holding another width (or another model) than base.widths."""
+    from spnet_jax.train import checkpoint
+
+    config = load('tiny')
+    config.stages = 'prune,slim,eval'
+    arch = pipeline.build_arch(config)
+    for width in config.base.widths:  # base_0.25 holds a x0.5 network
+        os.makedirs(checkpoint.base_dir(str(tmp_path), width))
+        arch.plain_structure(0.5).save(os.path.join(checkpoint.base_dir(str(tmp_path), width),
+                                                    checkpoint.STRUCTURE))
+        checkpoint.mark_done(checkpoint.base_dir(str(tmp_path), width), {'step': 4})
+    with pytest.raises(ConfigError) as error:
+        train_and_evaluate(config, str(tmp_path))
+    message = _one_sentence(error)
+    assert message.startswith('base.widths has 0.25, but ') and 'base_0.25' in message
+    assert 'not resnet20 at x0.25' in message
+    vgg = pipeline.build_arch(load('vgg19_cifar10'))
+    vgg.plain_structure(0.25).save(os.path.join(checkpoint.base_dir(str(tmp_path), 0.25),
+                                                checkpoint.STRUCTURE))
+    with pytest.raises(ConfigError, match='holds a vgg19, not resnet20 at x0.25'):
+        train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(checkpoint.stage_dir(str(tmp_path), 'pruned'))
+
+
+@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason='needs the Debian dataset-fashion-mnist')
+def test_pruned_network_of_another_model_is_refused(tmp_path):
+    from spnet_jax.train import checkpoint
+
+    config = load('tiny')
+    config.stages = 'slim,eval'
+    pruned = checkpoint.stage_dir(str(tmp_path), 'pruned')
+    os.makedirs(pruned)
+    pipeline.build_arch(load('vgg19_cifar10')).plain_structure(0.25).save(
+        os.path.join(pruned, checkpoint.STRUCTURE))
+    checkpoint.mark_done(pruned, {'step': 0})
+    with pytest.raises(ConfigError) as error:
+        train_and_evaluate(config, str(tmp_path))
+    assert "holds a vgg19 network that is not model.name='resnet20'" in _one_sentence(error)

@@ -16,6 +16,7 @@ import jax
 from spnet_jax import data as data_lib
 from spnet_jax.errors import ConfigError
 from spnet_jax.models import get_arch
+from spnet_jax.structure import Structure
 from spnet_jax.train import checkpoint
 from spnet_jax.train.optim import SCHEDULES
 
@@ -168,6 +169,7 @@ def check_prune(config: Any, arch) -> None:
         _check(all(_number(t) and t > 0 for t in targets)
                and all(b > a for a, b in zip(targets, targets[1:], strict=False)),
                f'prune.macs_targets={targets} must be positive and ascending.')
+        check_macs_targets(config, targets, widths)
     _check(isinstance(p.zpm, bool), f'prune.zpm={p.zpm!r} must be True or False.')
     if p.zpm:
         _check(arch.table(zpm=True).zpm,
@@ -185,6 +187,53 @@ def check_prune(config: Any, arch) -> None:
                "or use prune.start='reinit'.")
 
 
+def check_macs_targets(config: Any, targets: Sequence[float], widths: Sequence[float]) -> None:
+    """Each MACs target must lie below the MACs of the base it is pruned from."""
+    from spnet_jax.cost import subnet_costs
+
+    m, data = config.model, data_lib.validate_config(config.data)
+    which = range(len(widths)) if len(widths) > 1 else [0] * len(targets)
+    for k, (target, b) in enumerate(zip(targets, which, strict=False)):
+        arch = get_arch(m.name, num_classes=m.num_classes, full_width=widths[b], stem=m.stem)
+        base_macs = subnet_costs(arch, arch.plain_structure(), data.image_size,
+                                 data.spec.channels)[0].macs
+        _check(target < base_macs,
+               f'prune.macs_targets[{k}]={target:.4g} is not below the {base_macs:.4g} MACs of '
+               f'the x{widths[b]} base it is pruned from; lower it (a pruned sub-network costs '
+               'less than its base).')
+
+
+def _check_existing_structures(config: Any, workdir: str) -> None:
+    """Stage folders already in the workdir must hold the networks this config describes."""
+    m = config.model
+    arch = get_arch(m.name, num_classes=m.num_classes, full_width=m.full_width, stem=m.stem)
+    for width in config.base.widths:
+        directory = checkpoint.base_dir(workdir, width)
+        path = os.path.join(directory, checkpoint.STRUCTURE)
+        if config.method != 'spnet' or not os.path.exists(path):
+            continue
+        saved = Structure.load(path)
+        want = arch.plain_structure(width)
+        if saved != want:
+            what = (f'a {saved.arch}' if saved.arch != want.arch else
+                    f'{saved.arch} with other channel counts (e.g. another width)')
+            raise ConfigError(
+                f'base.widths has {width}, but {directory} holds {what}, not {want.arch} at '
+                f'x{width}; make base.widths and model.* match the base checkpoints, or use a '
+                'fresh --workdir.')
+    for stage in ('pruned', 'slim'):
+        path = os.path.join(checkpoint.stage_dir(workdir, stage), checkpoint.STRUCTURE)
+        if not os.path.exists(path):
+            continue
+        saved = Structure.load(path)
+        table = arch.table(zpm=saved.zpm)
+        _check(saved.arch == arch.name and saved.groups == table.group_names
+               and saved.full == tuple(g.size for g in table.groups),
+               f'{os.path.dirname(path)} holds a {saved.arch} network that is not '
+               f'model.name={m.name!r} at model.full_width={m.full_width}; set model.* to the '
+               'run that made it, or use a fresh --workdir.')
+
+
 def check_workdir(config: Any, workdir: str, stages: Sequence[str]) -> None:
     """The workdir is writable and holds what the first requested stage needs."""
     try:
@@ -196,6 +245,7 @@ def check_workdir(config: Any, workdir: str, stages: Sequence[str]) -> None:
     except OSError as e:
         raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror}); pick a folder '
                           'you can write to.') from None
+    _check_existing_structures(config, workdir)
     needs = {
         'prune': [checkpoint.base_dir(workdir, w) for w in config.base.widths],
         'slim': [checkpoint.stage_dir(workdir, 'pruned')] if config.method == 'spnet' else [],
