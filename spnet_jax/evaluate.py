@@ -15,6 +15,7 @@ config file, but skips an eval stage that has finished.)
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 from typing import Any
@@ -33,6 +34,8 @@ def _define_flags() -> None:
                         'A finished baseline run (e.g. the S-Net) to draw beside this one.')
     flags.DEFINE_integer('latency_batch', None, 'Images per timed forward pass (0: no '
                          'latency); default: the config\'s eval.latency_batch.')
+    flags.DEFINE_integer('latency_runs', None, 'Timed forward passes per sub-network (the '
+                         'median is reported); default: eval.latency_runs.')
     flags.DEFINE_integer('batch_size', None, 'Evaluation batch (default: eval.batch_size).')
     flags.DEFINE_integer('bn_calibration_batches', None,
                          'Recompute BN statistics on this many training batches first.')
@@ -80,15 +83,26 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> list[dict[str, Any]]:
                              pipeline.input_shape(config), sharding.make_mesh(), force=True)
 
 
+class _Quiet(std_logging.Filter):
+    """Keeps the terminal to this tool's lines: drops the libraries' INFO chatter (Orbax's
+    checkpoint reads and friends); their warnings stay."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or '/spnet_jax/' in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
     from spnet_jax.train import report
 
+    logging.get_absl_logger().addFilter(_Quiet())
+
     try:
         rows = evaluate_workdir(
             FLAGS.workdir, baseline_workdir=FLAGS.baseline_workdir,
-            latency_batch=FLAGS.latency_batch, batch_size=FLAGS.batch_size,
+            latency_batch=FLAGS.latency_batch, latency_runs=FLAGS.latency_runs,
+            batch_size=FLAGS.batch_size,
             bn_calibration_batches=FLAGS.bn_calibration_batches, data_dir=FLAGS.data_dir)
     except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
