@@ -177,14 +177,18 @@ def write_report(workdir: str, rows: list[dict[str, Any]], title: str, *,
                                               'label': baseline[0], 'rows': baseline[1]})
     elif os.path.exists(baseline_path):  # from an earlier evaluation with a baseline
         os.remove(baseline_path)
-    with open(os.path.join(workdir, TABLE), 'w') as fh:
+    table = os.path.join(workdir, TABLE)
+    with open(f'{table}.tmp{os.getpid()}', 'w') as fh:
         fh.write(f'# {title}\n\n{markdown_table(rows, baseline, label)}')
+    os.replace(f'{table}.tmp{os.getpid()}', table)  # atomic, as the JSON
     curves = [(label or 'this run', rows)] + ([baseline] if baseline else [])
     try:
         from matplotlib import pyplot as plt
 
         fig = accuracy_vs_flops(curves, title)
-        fig.savefig(os.path.join(workdir, PLOT), dpi=120)
+        plot = os.path.join(workdir, PLOT)
+        fig.savefig(f'{plot}.tmp{os.getpid()}', dpi=120, format='png')
         plt.close(fig)
+        os.replace(f'{plot}.tmp{os.getpid()}', plot)
     except Exception as e:  # the plot is a convenience; the JSON is the report
         logging.warning('Could not draw %s: %s', PLOT, e)
