@@ -106,28 +106,32 @@ def measure_latency(model, variables: dict[str, Any], num_subnets: int,
                     warmup: int = 2, device: jax.Device | None = None) -> list[dict[str, Any]]:
     """Wall time of one forward pass (eval mode, logits) of each sub-network on one device.
 
-    Each sub-network's forward pass is jitted and compiled first, run ``warmup`` times, then
-    timed ``runs`` times to ``block_until_ready``; the median is reported, in milliseconds,
-    for a batch of ``batch_size`` images on ``device`` (default: the first local device), as
-    a deployed sub-network serves requests. Returns, smallest first: ``subnet``,
-    ``latency_ms``, ``latency_batch``, ``latency_device``.
+    Each sub-network's forward pass is jitted and compiled first and run ``warmup`` times;
+    then the sub-networks are timed in turn, ``runs`` rounds (so a machine whose load changes
+    slows them alike), each pass to ``block_until_ready``. The median is reported, in
+    milliseconds, for a batch of ``batch_size`` images on ``device`` (default: the first
+    local device), as a deployed sub-network serves requests. Returns, smallest first:
+    ``subnet``, ``latency_ms``, ``latency_batch``, ``latency_device``.
     """
     device = jax.local_devices()[0] if device is None else device
     on_device = jax.device_put(sharding.to_host(variables), device)
     images = jax.device_put(np.random.default_rng(0).normal(
         size=(batch_size, *input_shape)).astype(np.float32), device)
-    results = []
+    forwards = []
     for k in range(num_subnets):
         forward = jax.jit(lambda v, x, k=k: model.apply(v, x, subnet=k, train=False))
-        forward = forward.lower(on_device, images).compile()
+        forwards.append(forward.lower(on_device, images).compile())
         for _ in range(warmup):
-            forward(on_device, images).block_until_ready()
-        times = []
-        for _ in range(runs):
+            forwards[k](on_device, images).block_until_ready()
+    times = [[] for _ in forwards]
+    for _ in range(runs):
+        for k, forward in enumerate(forwards):
             start = time.perf_counter()
             forward(on_device, images).block_until_ready()
-            times.append(time.perf_counter() - start)
-        results.append({'subnet': k, 'latency_ms': 1e3 * statistics.median(times),
+            times[k].append(time.perf_counter() - start)
+    results = []
+    for k in range(num_subnets):
+        results.append({'subnet': k, 'latency_ms': 1e3 * statistics.median(times[k]),
                         'latency_batch': batch_size, 'latency_device': device.device_kind})
         logging.info('[latency] sub-network %d: %.3f ms per batch of %d on %s', k,
                      results[-1]['latency_ms'], batch_size, device.device_kind)
