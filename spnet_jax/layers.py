@@ -217,8 +217,9 @@ class ZPMAdd(nn.Module):
             for k, (c, s) in enumerate(zip(self.short_counts, self.stream_sizes, strict=True))
         ]
 
-    def placement(self, subnet: int) -> tuple[Array, Array]:
-        """``(body_k, short_k)``: where each branch's channels go in the stream."""
+    def placement(self, subnet: int) -> tuple[Array | None, Array | None]:
+        """``(body_k, short_k)``: where each branch's channels go in the stream, for the
+        branches' last conv and BN to write it directly (None: leave it to the add)."""
         return self.body[subnet].value, self.short[subnet].value
 
     def __call__(self, body: Array, short: Array, subnet: int, body_placed: bool = False,

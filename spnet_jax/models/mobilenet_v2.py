@@ -229,5 +229,6 @@ class InvertedResidual(nn.Module):
         # An identity shortcut is already in place where the stream does not grow.
         short_placed = (self.prev_junction is not None
                         and short_counts[k] == S.stream_sizes_of(b.name)[k])
-        out, fused = junction(y, x, k, body_placed=True, short_placed=short_placed)
+        out, fused = junction(y, x, k, body_placed=body_at is not None,
+                              short_placed=short_placed)
         return out, fused, pg, b.name

@@ -240,9 +240,12 @@ class Block(nn.Module):
         if not S.zpm:
             return nn.relu(y + short), None, y_full
         # An identity shortcut is already in place where the stream does not grow.
-        short_placed = b.proj or (in_index is not None
-                                  and short_counts[k] == S.stream_sizes_of(b.name)[k])
-        out, fused = junction(y, short, k, body_placed=True, short_placed=short_placed)
+        if b.proj:
+            short_placed = short_at is not None
+        else:
+            short_placed = in_index is not None and short_counts[k] == S.stream_sizes_of(b.name)[k]
+        out, fused = junction(y, short, k, body_placed=body_at is not None,
+                              short_placed=short_placed)
         # A stream's consumers hold rows for the whole stream of the largest sub-network (the
         # block end's full count after pruning; more in a standalone exported sub-network).
         return nn.relu(out), fused, S.stream_sizes_of(b.name)[-1]
