@@ -110,7 +110,7 @@ def test_baseline_joins_the_table_the_json_and_the_plot(evaluated, baseline):
     saved = json.loads((workdir / 'report_baseline.json').read_text())
     assert saved == {'workdir': str(baseline), 'label': 'S-Net', 'rows': BASELINE_ROWS}
     table = (workdir / 'report.md').read_text().splitlines()
-    assert table[0] == '# SP-Net resnet20 on fashion_mnist'
+    assert table[0] == '# SP-Net resnet20 on fashion_mnist (vs S-Net)'
     header = table[2].split(' | ')
     assert header[1] == 'SP-Net MACs' and 'S-Net top-1' in header and 'S-Net width' in header
     assert table[4].endswith('| 0 | 0.25 | 1.96M | 17.46K | 62.50% | 90.00% | 1.50 |')

@@ -170,6 +170,8 @@ def write_report(workdir: str, rows: list[dict[str, Any]], title: str, *,
         label = f'{label} ({os.path.basename(os.path.normpath(workdir))})'
         baseline = (f'{baseline[0]} ({os.path.basename(os.path.normpath(baseline_workdir))})',
                     baseline[1])
+    if baseline:
+        title = f'{title} (vs {baseline[0]})'
     checkpoint.write_json(os.path.join(workdir, REPORT), rows)
     baseline_path = os.path.join(workdir, BASELINE)
     if baseline:
