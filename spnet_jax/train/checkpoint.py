@@ -5,6 +5,8 @@ Every stage writes one folder under the workdir (``base_0.75/``, ``base_1.0/``, 
 
     <stage>/checkpoints/<step>/variables   the network: {'params', 'batch_stats', 'masks'}
     <stage>/checkpoints/<step>/train       the optimizer: {'step', 'opt_state'} (training only)
+    <stage>/checkpoints/<step>/integrity   a fingerprint of every saved array (JSON)
+    <stage>/damaged/<step>                 checkpoints found damaged, moved out of the way
     <stage>/structure.json                 the network's `Structure`
     <stage>/config.json                    the config that made it
     <stage>/done.json                      written last: the stage is finished
@@ -12,22 +14,38 @@ Every stage writes one folder under the workdir (``base_0.75/``, ``base_1.0/``, 
 Orbax writes each step atomically, so a crash never leaves a half checkpoint that is later
 read as good; ``done.json`` is written (atomically) only after the final checkpoint is
 complete, so a stage is either finished or resumable from its latest checkpoint.
+
+Atomic writes do not protect against what happens to the files later (a disk that truncates
+or flips bytes, a half-copied workdir). Every checkpoint therefore carries a fingerprint of
+each array (a position-weighted sum of its bits, computed on device), saved atomically with
+it. `restore_latest` restores the newest checkpoint that reads back with the same
+fingerprints, moving damaged ones to ``<stage>/damaged/`` with a warning naming them; a
+checkpoint whose arrays have other shapes than the configured model's is refused with a
+`ConfigError` instead (that is the wrong run, not damage).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 
 from spnet_jax.errors import ConfigError
 from spnet_jax.structure import Structure
+from spnet_jax.train import sharding
 
 CHECKPOINTS = 'checkpoints'
+INTEGRITY = 'integrity'
+DAMAGED = 'damaged'
 STRUCTURE = 'structure.json'
 CONFIG = 'config.json'
 DONE = 'done.json'
@@ -78,17 +96,28 @@ def config_to_json(config: Any) -> Any:
     return json.loads(json.dumps(config, default=str))
 
 
+def check_stage_structure(directory: str, structure: Structure | None) -> None:
+    """Refuses a stage folder whose structure.json is not ``structure`` (finished or not)."""
+    path = os.path.join(directory, STRUCTURE)
+    if structure is None or not os.path.exists(path):
+        return
+    existing = Structure.load(path)
+    if existing != structure:
+        differs = next((f'{g}: {a} vs {b} channels' for g, a, b in zip(
+            existing.groups, existing.full, structure.full, strict=False) if a != b), None)
+        differs = differs or ('other channel counts per sub-network' if existing.arch ==
+                              structure.arch else f'{existing.arch} vs {structure.arch}')
+        raise ConfigError(
+            f'{directory} holds a checkpoint of a different network structure '
+            f'({existing.arch}, {existing.num_subnets} sub-networks) than this config makes '
+            f'({structure.arch}, {structure.num_subnets}; {differs}); use a fresh --workdir '
+            'or the config that made it.')
+
+
 def write_stage_files(directory: str, structure: Structure | None, config: Any = None) -> None:
     """Writes structure.json and config.json; refuses a folder made for another structure."""
     path = os.path.join(directory, STRUCTURE)
-    if structure is not None and os.path.exists(path):
-        existing = Structure.load(path)
-        if existing != structure:
-            raise ConfigError(
-                f'{directory} holds a checkpoint of a different network structure '
-                f'({existing.arch}, {existing.num_subnets} sub-networks) than this config makes '
-                f'({structure.arch}, {structure.num_subnets}); use a fresh --workdir or the '
-                'config that made it.')
+    check_stage_structure(directory, structure)
     os.makedirs(directory, exist_ok=True)
     if jax.process_index() == 0:
         if structure is not None:
@@ -102,14 +131,42 @@ def write_stage_files(directory: str, structure: Structure | None, config: Any =
 def manager(directory: str, *, save_every_steps: int = 1, max_to_keep: int | None = 2,
             create: bool = True) -> ocp.CheckpointManager:
     """The stage's Orbax `CheckpointManager` (``<directory>/checkpoints``)."""
+    # A save that a crash interrupted leaves only a temporary folder, never a step folder;
+    # it is removed on the next start.
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_every_steps, max_to_keep=max_to_keep, create=create)
+        save_interval_steps=save_every_steps, max_to_keep=max_to_keep, create=create,
+        cleanup_tmp_directories=True)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(directory, CHECKPOINTS)),
                                  options=options)
 
 
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+    """A uint32 of all of ``x``'s bits: a sum of each element's bits times an odd weight that
+    depends on its position, so any flipped bit (or moved element) changes it."""
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).ravel()
+    weights = (jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761)) | jnp.uint32(1)
+    return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+_fingerprints_jit = jax.jit(lambda tree: jax.tree.map(_leaf_fingerprint, tree))
+
+
+def fingerprints(items: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """``{item: {leaf path: uint32}}`` of a checkpoint's items (computed where they live)."""
+    values = sharding.to_host(_fingerprints_jit(items))
+    return {name: {jax.tree_util.keystr(p): int(v)
+                   for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+            for name, tree in values.items()}
+
+
 def save_args(items: dict[str, Any]) -> ocp.args.Composite:
-    return ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()})
+    """The items, plus their fingerprints (written atomically with them)."""
+    args = {k: ocp.args.StandardSave(v) for k, v in items.items()}
+    args[INTEGRITY] = ocp.args.JsonSave({'fingerprints': fingerprints(items)})
+    return ocp.args.Composite(**args)
 
 
 def restore_args(abstract_items: dict[str, Any] | None = None,
@@ -129,6 +186,8 @@ def save_network(directory: str, structure: Structure, variables: dict[str, Any]
     """
     write_stage_files(directory, structure, config)
     variables = {k: v for k, v in variables.items() if k == 'params' or v}
+    if jax.process_count() > 1:  # every process holds the same values: save them as one
+        variables = sharding.replicate(sharding.to_host(variables), sharding.make_mesh())
     mngr = manager(directory, max_to_keep=None)
     try:
         if step in mngr.all_steps():  # an earlier attempt crashed before done.json
@@ -140,12 +199,125 @@ def save_network(directory: str, structure: Structure, variables: dict[str, Any]
     mark_done(directory, {'step': step, 'kind': 'network'})
 
 
+def step_dir(directory: str, step: int) -> str:
+    return os.path.join(directory, CHECKPOINTS, str(step))
+
+
+def _saved_arrays(directory: str, step: int, item: str) -> dict[str, Any]:
+    """``{leaf path: ArrayMetadata}`` of a saved item, read from its metadata alone."""
+    path = epath.Path(os.path.abspath(os.path.join(step_dir(directory, step), item)))
+    tree = ocp.StandardCheckpointHandler().metadata(path).tree
+    return {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+class Damaged(Exception):
+    """A checkpoint that cannot be read back as it was written (message: what is wrong)."""
+
+
+def _verify(directory: str, step: int, restored: dict[str, Any], saved: Any) -> None:
+    """Raises `Damaged` naming the first array whose fingerprint differs from the saved one."""
+    if saved is None:
+        return  # written before checkpoints carried fingerprints
+    want = saved['fingerprints']
+    got = fingerprints({k: restored[k] for k in want if k in restored})
+    for item, leaves in got.items():
+        for path, value in leaves.items():
+            if want[item].get(path) != value:
+                raise Damaged(f'{item}{path} does not read back as it was written')
+
+
+def _restore_checked(mngr: ocp.CheckpointManager, directory: str, step: int,
+                     abstract_items: dict[str, Any]) -> dict[str, Any]:
+    """Restores ``step`` into ``abstract_items`` and verifies it; `Damaged` if it cannot."""
+    has_integrity = os.path.isdir(os.path.join(step_dir(directory, step), INTEGRITY))
+    args = {k: ocp.args.StandardRestore(v) for k, v in abstract_items.items()}
+    if has_integrity:
+        args[INTEGRITY] = ocp.args.JsonRestore()
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # noqa: BLE001 - TensorStore raises bare Exceptions on bad bytes
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise Damaged(f'it does not read back ({first})') from None
+    restored = {k: restored[k] for k in args}
+    _verify(directory, step, restored, restored.pop(INTEGRITY, None))
+    return restored
+
+
+def _quarantine(directory: str, step: int) -> str:
+    """Moves a damaged step folder to ``<stage>/damaged/`` (process 0); returns where."""
+    target = os.path.join(directory, DAMAGED, str(step))
+    if os.path.exists(target):
+        target = f'{target}-{int(time.time())}'
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(step_dir(directory, step), target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f'quarantine {directory} {step}')
+    return target
+
+
+def check_saved_shapes(directory: str, step: int, abstract_items: dict[str, Any],
+                       where: str) -> None:
+    """Refuses (`ConfigError`) a checkpoint whose arrays are not those of ``abstract_items``;
+    `Damaged` if its metadata cannot be read."""
+    for item, tree in abstract_items.items():
+        try:
+            saved = _saved_arrays(directory, step, item)
+        except Exception as e:  # noqa: BLE001
+            raise Damaged(f'its {item} metadata does not read ({type(e).__name__})') from None
+        want = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(
+            tree)[0]}
+        if item == 'variables':
+            detail = _shape_difference(
+                'variables', {k: tuple(m.shape) for k, m in saved.items()},
+                {k: tuple(x.shape) for k, x in want.items()})
+        else:  # optimizer state: its containers are saved as plain lists and dicts
+            got = sorted((tuple(m.shape), str(m.dtype)) for m in saved.values())
+            expected = sorted((tuple(x.shape), str(x.dtype)) for x in want.values())
+            detail = None if got == expected else (
+                f'its optimizer state has {len(got)} arrays where the configured optimizer '
+                f'has {len(expected)}' if len(got) != len(expected) else
+                'its optimizer state has other shapes than the configured optimizer\'s')
+        if detail:
+            raise ConfigError(
+                f'{where}: the checkpoint at step {step} does not fit the configured model '
+                f'({detail}); use the config that wrote it, or a fresh --workdir.')
+
+
+def restore_latest(mngr: ocp.CheckpointManager, directory: str,
+                   abstract_items: dict[str, Any], name: str
+                   ) -> tuple[int | None, dict[str, Any] | None]:
+    """``(step, items)`` of the newest intact checkpoint of a stage, or ``(None, None)``.
+
+    Checkpoints newer than it that do not read back as written are moved to
+    ``<stage>/damaged/`` with a warning naming each; a checkpoint whose arrays do not fit
+    ``abstract_items`` is refused with a `ConfigError` (never loaded into other shapes).
+    """
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            check_saved_shapes(directory, step, abstract_items, f'[{name}] {directory}')
+            return step, _restore_checked(mngr, directory, step, abstract_items)
+        except Damaged as e:
+            moved = _quarantine(directory, step)
+            mngr.reload()
+            older = [s for s in mngr.all_steps() if s < step]
+            logging.warning('[%s] skipped the damaged checkpoint at step %d (%s); moved it to '
+                            '%s and %s.', name, step, e, moved,
+                            f'resuming from step {max(older)}' if older else
+                            'no older checkpoint is left, starting the stage afresh')
+    return None, None
+
+
 def load_network(directory: str, step: int | None = None
                  ) -> tuple[Structure, dict[str, Any], ml_collections.ConfigDict | None]:
     """``(structure, variables, config or None)`` of the network saved in a stage folder.
 
-    Reads the latest checkpoint (or ``step``) of a finished or interrupted stage; variables
-    are ``{'params', 'batch_stats', 'masks'?}`` as jax arrays on the default device.
+    Reads the latest checkpoint (or ``step``) of a finished or interrupted stage, whatever
+    the device topology that wrote it; variables are ``{'params', 'batch_stats', 'masks'?}``
+    as jax arrays on the default device. A checkpoint that does not read back as written is
+    refused with a `ConfigError`.
     """
     structure = Structure.load(os.path.join(directory, STRUCTURE))
     if not os.path.isdir(os.path.join(directory, CHECKPOINTS)):
@@ -155,10 +327,25 @@ def load_network(directory: str, step: int | None = None
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise ConfigError(f'{directory} has no checkpoint; run the stage that makes it first.')
-        restored = mngr.restore(step, args=restore_args(names=('variables',)))
+        # Restore onto this process's devices, not the saved topology's.
+        if jax.process_count() > 1:
+            target = sharding.replicated(sharding.make_mesh())
+        else:
+            target = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        try:
+            abstract = {'variables': _abstract_from_metadata(
+                _saved_arrays(directory, step, 'variables'), target)}
+            restored = _restore_checked(mngr, directory, step, abstract)
+        except Damaged as e:
+            raise ConfigError(
+                f'the checkpoint at step {step} in {directory} is damaged ({e}); restore the '
+                'folder from a copy, or delete it and its done.json to train that stage again.'
+            ) from None
     finally:
         mngr.close()
     variables = dict(restored['variables'])
+    if jax.process_count() > 1:  # this process's copy, as on one process
+        variables = jax.tree.map(jnp.asarray, sharding.to_host(variables))
     config_path = os.path.join(directory, CONFIG)
     config = None
     if os.path.exists(config_path):
@@ -166,22 +353,41 @@ def load_network(directory: str, step: int | None = None
     return structure, variables, config
 
 
+def _abstract_from_metadata(saved: dict[str, Any], target) -> dict[str, Any]:
+    """The nested dict of ShapeDtypeStructs that the flat ``{"['a']['b']": metadata}`` names."""
+    out: dict[str, Any] = {}
+    for path, m in saved.items():
+        keys = [k.strip("'\"") for k in path[1:-1].split('][')]
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=target)
+    return out
+
+
+def _shape_difference(collection: str, got_shapes: dict[str, tuple],
+                      want_shapes: dict[str, tuple]) -> str | None:
+    """The first difference between two ``{path: shape}`` maps, as words (None if equal)."""
+    if got_shapes == want_shapes:
+        return None
+    missing = sorted(set(want_shapes) - set(got_shapes))
+    extra = sorted(set(got_shapes) - set(want_shapes))
+    wrong = sorted(k for k in set(got_shapes) & set(want_shapes)
+                   if got_shapes[k] != want_shapes[k])
+    return (f'{collection}{missing[0]} is missing' if missing else
+            f'{collection}{extra[0]} is unexpected' if extra else
+            f'{collection}{wrong[0]} has shape {got_shapes[wrong[0]]}, the model '
+            f'wants {want_shapes[wrong[0]]}')
+
+
 def check_variables(variables: dict[str, Any], expected: dict[str, Any], where: str) -> None:
     """Refuses variables whose tree or shapes differ from the model's (``expected``: shapes)."""
     for collection in ('params', 'batch_stats', 'masks'):
         got = jax.tree_util.tree_flatten_with_path(variables.get(collection, {}))[0]
         want = jax.tree_util.tree_flatten_with_path(expected.get(collection, {}))[0]
-        got_shapes = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in got}
-        want_shapes = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in want}
-        if got_shapes == want_shapes:
-            continue
-        missing = sorted(set(want_shapes) - set(got_shapes))
-        extra = sorted(set(got_shapes) - set(want_shapes))
-        wrong = sorted(k for k in set(got_shapes) & set(want_shapes)
-                       if got_shapes[k] != want_shapes[k])
-        detail = (f'{collection}{missing[0]} is missing' if missing else
-                  f'{collection}{extra[0]} is unexpected' if extra else
-                  f'{collection}{wrong[0]} has shape {got_shapes[wrong[0]]}, the model '
-                  f'wants {want_shapes[wrong[0]]}')
-        raise ConfigError(f'{where} does not fit the configured model ({detail}); check '
-                          'model.* and the widths against the run that wrote it.')
+        detail = _shape_difference(
+            collection, {jax.tree_util.keystr(p): tuple(x.shape) for p, x in got},
+            {jax.tree_util.keystr(p): tuple(x.shape) for p, x in want})
+        if detail:
+            raise ConfigError(f'{where} does not fit the configured model ({detail}); check '
+                              'model.* and the widths against the run that wrote it.')

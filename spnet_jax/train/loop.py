@@ -4,8 +4,9 @@
 sub-network) and the slimmable stage (every sub-network in one step). It
 
 1. skips the stage if ``done.json`` is there;
-2. resumes from the latest checkpoint if there is one (the data restarts at that step, so
-   the run continues exactly as an uninterrupted one), else starts from the job's initial
+2. resumes from the latest intact checkpoint if there is one (the data restarts at that
+   step, so the run continues exactly as an uninterrupted one; damaged checkpoints are moved
+   aside with a warning, ones of other shapes refused), else starts from the job's initial
    variables (checked against the model's shapes);
 3. runs one jitted, sharded step per batch (state donated), fetches metrics every
    ``log_every_steps`` and before every checkpoint, and stops on a non-finite loss;
@@ -111,6 +112,7 @@ def jit_train_step(model, num_subnets: int, section: Any, tx, schedule, mesh: Me
 
 def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
     """Trains (or resumes, or skips) ``job``; returns its ``done.json`` info."""
+    checkpoint.check_stage_structure(job.directory, job.structure)
     if checkpoint.is_done(job.directory):
         logging.info('[%s] finished earlier; skipping.', job.name)
         return {**checkpoint.done_info(job.directory), 'skipped': True}
@@ -125,8 +127,13 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
     mngr = checkpoint.manager(job.directory, save_every_steps=config.checkpoint_every_steps,
                               max_to_keep=config.keep_checkpoints)
     writer = batches = None
+    # SIGTERM is noted from here on (restoring, compiling, prefetching), acted on after the
+    # next step.
+    stack = contextlib.ExitStack()
+    sigterm = stack.enter_context(_sigterm_flag())
     try:
-        start = mngr.latest_step()
+        start, restored = checkpoint.restore_latest(mngr, job.directory,
+                                                    abstract.to_checkpoint(), job.name)
         if start is None:
             variables = job.initial_variables()
             checkpoint.check_variables(variables, abstract.variables,
@@ -138,8 +145,6 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
                          job.name, num_steps, steps_per_epoch, section.batch_size,
                          mesh.devices.size)
         else:
-            restored = mngr.restore(start, args=checkpoint.restore_args(
-                abstract.to_checkpoint()))
             state = state_lib.TrainState.from_checkpoint(restored)
             logging.info('[%s] resuming from the checkpoint at step %d of %d.', job.name,
                          start, num_steps)
@@ -152,33 +157,32 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
         batches = data_lib.train_batches(config.data, global_batch_size=section.batch_size,
                                          seed=config.seed, start_step=start)
         batches = data_lib.prefetch(batches, config.prefetch)
-        with _sigterm_flag() as sigterm:
-            for step in range(start, num_steps):
-                state, step_metrics = train_step(state, sharding.global_batch(next(batches),
-                                                                               mesh))
-                done = step + 1
-                writer.add(done, step_metrics)
-                preempted = sigterm() or mngr.reached_preemption(done)
-                final = done == num_steps
-                saving = final or preempted or mngr.should_save(done)
-                if saving or done % config.log_every_steps == 0:
-                    try:
-                        writer.flush()
-                    except metrics_lib.NonFiniteLossError as e:
-                        last = mngr.latest_step()
-                        kept = ('no checkpoint was written yet' if last is None else
-                                f'the last good checkpoint is step {last} in {job.directory}')
-                        raise metrics_lib.NonFiniteLossError(
-                            f'{e}; training stopped and {kept}. Lower the learning rate '
-                            f'({section.lr}) or check the data, then rerun to resume.',
-                            e.step, e.subnet) from None
-                if saving:
-                    mngr.save(done, args=checkpoint.save_args(state.to_checkpoint()),
-                              force=final or preempted)
-                if preempted and not final:
-                    mngr.wait_until_finished()
-                    raise Preempted(f'[{job.name}] stopped at step {done} on request; the state '
-                                    'is checkpointed, rerun the same command to resume.')
+        for step in range(start, num_steps):
+            state, step_metrics = train_step(state, sharding.global_batch(next(batches),
+                                                                           mesh))
+            done = step + 1
+            writer.add(done, step_metrics)
+            preempted = sigterm() or mngr.reached_preemption(done)
+            final = done == num_steps
+            saving = final or preempted or mngr.should_save(done)
+            if saving or done % config.log_every_steps == 0:
+                try:
+                    writer.flush()
+                except metrics_lib.NonFiniteLossError as e:
+                    last = mngr.latest_step()
+                    kept = ('no checkpoint was written yet' if last is None else
+                            f'the last good checkpoint is step {last} in {job.directory}')
+                    raise metrics_lib.NonFiniteLossError(
+                        f'{e}; training stopped and {kept}. Lower the learning rate '
+                        f'({section.lr}) or check the data, then rerun to resume.',
+                        e.step, e.subnet) from None
+            if saving:
+                mngr.save(done, args=checkpoint.save_args(state.to_checkpoint()),
+                          force=final or preempted)
+            if preempted and not final:
+                mngr.wait_until_finished()
+                raise Preempted(f'[{job.name}] stopped at step {done} on request; the state '
+                                'is checkpointed, rerun the same command to resume.')
         mngr.wait_until_finished()
         result = {'step': num_steps, 'kind': 'training'}
         if job.evaluate_at_end:
@@ -188,6 +192,7 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
         checkpoint.mark_done(job.directory, result)
         return result
     finally:
+        stack.close()
         if batches is not None:
             batches.close()
         mngr.wait_until_finished()
