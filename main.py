@@ -21,6 +21,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and the report.')
 config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file (configs/*.py).', lock_config=True)
+# Multi-process runs outside a cluster that JAX detects by itself (SLURM, GKE, Cloud TPU):
+# all three given (or JAX_COORDINATOR_ADDRESS set) start `jax.distributed` explicitly.
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0 for a multi-process run (implies distributed).')
+flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+flags.DEFINE_integer('process_id', None, "This process's index in [0, num_processes).")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -39,8 +45,12 @@ def main(argv):
         raise app.UsageError('Too many command-line arguments.')
     config = FLAGS.config
     logging.get_absl_logger().addFilter(_QuietLibraries())
-    if config.distributed:
-        jax.distributed.initialize()  # coordinator, process count and id from the cluster env
+    explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    if config.distributed or any(v is not None for v in explicit):
+        # Cross-process collectives of the CPU backend (ignored by TPU/GPU devices).
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+        # Unset values come from the cluster's environment.
+        jax.distributed.initialize(*explicit)
 
     # Keep TensorFlow (used by the TFDS input pipeline only) off the accelerators.
     try:

@@ -18,6 +18,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
+from spnet_jax.train.sharding import to_host
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a non-finite loss (or parameters); ``step`` and ``subnet`` say where
@@ -66,7 +68,7 @@ class TrainMetrics:
         """Fetches pending metrics, raises on a non-finite loss, writes their means."""
         if not self.pending:
             return {}
-        fetched = jax.device_get([m for _, m in self.pending])
+        fetched = to_host([m for _, m in self.pending])  # replicated: any process count
         steps = [s for s, _ in self.pending]
         self.pending = []
         for step, metrics in zip(steps, fetched, strict=True):
