@@ -188,6 +188,8 @@ BAD = [
     ('resnet50', 'slim.schedule', 'step', 'slim.schedule'),
     ('resnet50_snet', 'slim.widths', (0.75, 0.5, 1.0), 'ascending'),
     ('resnet50_snet', 'stages', 'base,slim', "method='snet'"),
+    ('resnet50_snet', 'slim.widths', (0.5, 0.75), 'make them equal'),
+    ('resnet50', 'model.stem', 'huge', 'model.stem'),
     ('fashion_mnist', 'data.data_dir', '/nonexistent/fashion', 'data_dir'),
     ('resnet50', 'data.manual_dir', '/nonexistent/tars', 'manual_dir'),
 ]
