@@ -189,6 +189,66 @@ def test_zpm_model_runs_every_subnet(name):
     assert not np.allclose(outs[0], outs[1])
 
 
+def _activation_gathers(fn, *args, batch: int) -> int:
+    """Gathers in ``fn``'s jaxpr (forward and backward) whose operand is a batch of
+    activations (NHWC with the batch dimension), not a weight."""
+    count = 0
+
+    def walk(jaxpr):
+        nonlocal count
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == 'gather':
+                shape = eqn.invars[0].aval.shape
+                count += len(shape) == 4 and shape[0] == batch
+            for value in eqn.params.values():
+                for v in value if isinstance(value, (tuple, list)) else (value,):
+                    if hasattr(v, 'eqns'):
+                        walk(v)
+                    elif hasattr(getattr(v, 'jaxpr', None), 'eqns'):
+                        walk(v.jaxpr)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return count
+
+
+def test_zpm_junctions_move_activations_only_at_stream_entries_and_growth():
+    """The junction is cheap: a branch's placement lives in its conv's weights, so the
+    only activation gathers left are a stream's entry (the stem feeding an identity block)
+    and identity shortcuts where the stream grows; the full network has just the entry."""
+    arch = get_arch('resnet20', num_classes=5, stem='small', full_width=1.0)
+    table = arch.table(zpm=True)
+    rng = np.random.default_rng(3)
+    counts = [{g.name: max(1, g.size // 2) for g in table.groups},
+              {g.name: g.size for g in table.groups}]
+    orders = {g.name: rng.permutation(g.size) for g in table.groups}  # unions grow
+    sizes, masks, _ = zpm.zpm_masks(table, counts, orders)
+    structure = Structure(arch.name, 'spnet', table.group_names,
+                          tuple(counts[1].values()), tuple(tuple(c.values()) for c in counts),
+                          tuple(j.name for j in table.junctions),
+                          tuple(map(tuple, sizes))).validate(table)
+    model = arch.module(structure)
+    batch = 7
+    x = jnp.ones((batch, 16, 16, 3))
+    variables = random_variables(model, x, masks=masks)
+    identity = [j.shortcut is None for j in table.junctions]
+    for k in (0, 1):
+        grows = sum(ident and sizes[k][j] > sizes[k][j - 1]
+                    for j, ident in enumerate(identity) if j > 0)
+        assert (k == 0) == (grows > 0)  # the pruned sub-network's streams really grow
+
+        def loss(params, k=k):
+            out, _ = model.apply({**variables, 'params': params}, x, subnet=k, train=True,
+                                 mutable=['batch_stats'])
+            return jnp.sum(out)
+
+        # 1 entry per stream that starts at an identity block: the stem (stage 1).
+        want = 1 + grows
+        assert _activation_gathers(lambda v, k=k: model.apply(v, x, subnet=k), variables,
+                                   batch=batch) == want
+        # The backward pass adds no gathers (a gather's transpose is a scatter-add).
+        assert _activation_gathers(jax.grad(loss), variables['params'], batch=batch) == want
+
+
 def test_registry_has_the_issue_architectures():
     for name in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnet20',
                  'resnet56', 'vgg19', 'mobilenet_v1', 'mobilenet_v2'):

@@ -1,0 +1,181 @@
+"""The slimmable fine-tuning step: throughput, compile time, and what ZPM junctions cost.
+
+    python benchmarks/train_step.py --config=configs/resnet50.py --batch=16 --steps=4
+    python benchmarks/train_step.py --config=configs/fashion_mnist.py --batch=32 --steps=20
+
+One jitted step of the config's ``slim`` stage: every sub-network forward and backward
+(largest first, in-place distillation for the others), SGD update, state donated, on all
+local devices (the batch sharded over them), exactly as `main.py` runs it. The slimmable
+network comes from the config's pruning recipe applied to random bases (step time does not
+depend on the values).
+
+Two networks are timed side by side in this one process:
+
+* ``zpm``: the recipe as configured (ZPM on);
+* ``zpm_gather``: the same network with the junctions computed as before 2026-11-29: each
+  branch moved into the stream by an activation gather (`ZPMAdd.placement` returning None),
+  instead of being written in place by its last conv and BN;
+* ``no_zpm``: ZPM off, each pruned sub-network aimed (MACs targets, within 1%) at the MACs
+  of the ``zpm`` network's, so the two do the same convolution work and the difference is
+  the junctions. The ZPM share of the step is ``1 - t(no_zpm) / t(zpm)`` (likewise for
+  ``zpm_gather``).
+
+Prints a table and writes JSON (``--out``): per network the sub-networks' MACs, median step
+seconds over ``--steps`` (after a warm-up step; the two networks' steps interleaved, so load
+changes on a shared machine hit both), images/s, compile seconds, and the peak resident
+memory of the process.
+"""
+
+import argparse
+import importlib.util
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spnet_jax import layers
+from spnet_jax.cost import subnet_costs
+from spnet_jax.data.specs import DATASETS
+from spnet_jax.models import get_arch
+from spnet_jax.pruning import prune
+from spnet_jax.train import sharding
+from spnet_jax.train import step as step_lib
+from spnet_jax.train.optim import make_optimizer
+from spnet_jax.train.state import create_state, init_variables
+
+
+def load_config(path: str):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs import configs
+    spec = importlib.util.spec_from_file_location('bench_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def random_base(config, width: float, in_channels: int, seed: int) -> dict:
+    """A plain network at ``width`` with random weights and distinct random BN scales."""
+    arch = get_arch(config.model.name, num_classes=config.model.num_classes,
+                    full_width=width, stem=config.model.stem)
+    variables = init_variables(arch.module(arch.plain_structure()), jax.random.key(seed),
+                               (32, 32, in_channels))
+    rng = np.random.default_rng(seed)
+
+    def value(path, leaf):
+        if jax.tree_util.keystr(path).endswith("['scale']"):
+            return jnp.asarray(rng.uniform(0.05, 1.0, leaf.shape), jnp.float32)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(value, variables)
+
+
+def compiled_step(arch, structure, variables, config, batch_size, image_size, in_channels):
+    """``(run, compile_s)``: ``run()`` does one step on a fixed batch and returns seconds."""
+    model = arch.module(structure, bn_scale_init=config.slim.bn_scale_init)
+    tx, schedule = make_optimizer(config.slim, steps_per_epoch=100, num_steps=1000)
+    mesh = sharding.make_mesh()
+    fn = step_lib.bind(step_lib.train_step, model=model, num_subnets=structure.num_subnets,
+                       tx=tx, schedule=schedule, kd_alpha=float(config.slim.kd_alpha),
+                       kd_temperature=float(config.slim.kd_temperature))
+    step = jax.jit(fn, donate_argnums=0)
+    # A copy: the step donates its state, and pruned trees may share untouched leaves.
+    state = sharding.replicate(create_state(jax.tree.map(jnp.array, variables), tx), mesh)
+    rng = np.random.default_rng(0)
+    batch = sharding.global_batch({
+        'image': rng.normal(size=(batch_size, image_size, image_size, in_channels)).astype(
+            np.float32),
+        'label': rng.integers(0, config.model.num_classes, batch_size).astype(np.int32)}, mesh)
+    t = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t
+    holder = {'state': state}
+
+    def run() -> float:
+        t = time.perf_counter()
+        holder['state'], metrics = compiled(holder['state'], batch)
+        jax.block_until_ready(metrics)
+        if not np.isfinite(float(metrics['loss'])):
+            raise RuntimeError('non-finite loss in the benchmark step')
+        return time.perf_counter() - t
+
+    run()  # warm-up
+    return run, compile_s
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--config', default='configs/resnet50.py')
+    parser.add_argument('--batch', type=int, default=16)
+    parser.add_argument('--steps', type=int, default=4)
+    parser.add_argument('--out', default=None)
+    args = parser.parse_args()
+    config = load_config(args.config)
+    image_size = int(config.data.image_size)
+    in_channels = DATASETS[config.data.name].channels
+    widths = list(config.base.widths)
+    arch = get_arch(config.model.name, num_classes=config.model.num_classes,
+                    full_width=widths[-1], stem=config.model.stem)
+    bases = [random_base(config, w, in_channels, i) for i, w in enumerate(widths)]
+    recipe = dict(image_size=image_size, in_channels=in_channels,
+                  min_channels_ratio=config.prune.min_channels_ratio)
+    if config.prune.macs_targets:
+        recipe['macs_targets'] = list(config.prune.macs_targets)
+    else:
+        recipe['keep_ratios'] = list(config.prune.keep_ratios)
+    structure, variables, _ = prune(arch, bases, widths, zpm=True, **recipe)
+    costs = subnet_costs(arch, structure, image_size, in_channels)
+    targets = [c.macs for c in costs[:-1]]
+    recipe.pop('keep_ratios', None)
+    recipe['macs_targets'] = targets
+    plain_structure, plain_variables, _ = prune(arch, bases, widths, zpm=False, **recipe)
+    plain_costs = subnet_costs(arch, plain_structure, image_size, in_channels)
+
+    networks = (('zpm', structure, variables, costs),
+                ('zpm_gather', structure, variables, costs),
+                ('no_zpm', plain_structure, plain_variables, plain_costs))
+    runs = []
+    folded = layers.ZPMAdd.placement
+    for name, s, v, _ in networks:
+        if name == 'zpm_gather':  # traced (and compiled) with the placement left to the add
+            layers.ZPMAdd.placement = lambda self, subnet: (None, None)
+        runs.append(compiled_step(arch, s, v, config, args.batch, image_size, in_channels))
+        layers.ZPMAdd.placement = folded
+    times = [[] for _ in networks]
+    for _ in range(args.steps):  # interleaved, so load changes on a shared machine hit both
+        for i, (run, _) in enumerate(runs):
+            times[i].append(run())
+    rows = []
+    for (name, _, _, c), (_, compile_s), t in zip(networks, runs, times, strict=True):
+        step_s = statistics.median(t)
+        rows.append({'network': name, 'subnet_macs': [x.macs for x in c], 'step_s': step_s,
+                     'images_per_s': args.batch / step_s, 'compile_s': compile_s})
+    zpm_share = 1 - rows[2]['step_s'] / rows[0]['step_s']
+    gather_share = 1 - rows[2]['step_s'] / rows[1]['step_s']
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f'{config.model.name} at {image_size} px, batch {args.batch}, '
+          f'{structure.num_subnets} sub-networks, {jax.device_count()} x {jax.default_backend()}')
+    print(f'{"network":>10} {"sub-network MACs":>28} {"step ms":>9} {"img/s":>7} {"compile s":>9}')
+    for r in rows:
+        macs = ' / '.join(f'{m / 1e6:.1f}M' for m in r['subnet_macs'])
+        print(f'{r["network"]:>10} {macs:>28} {r["step_s"] * 1e3:>9.1f} '
+              f'{r["images_per_s"]:>7.1f} {r["compile_s"]:>9.1f}')
+    print(f'ZPM share of the step: {zpm_share:.1%} (junctions as gathers: {gather_share:.1%}); '
+          f'peak RSS {peak:.0f} MiB')
+    out = args.out or f'benchmarks/train_step_{config.model.name}.json'
+    with open(out, 'w') as f:
+        json.dump({'config': args.config, 'batch': args.batch, 'steps': args.steps,
+                   'image_size': image_size, 'rows': rows, 'zpm_share': zpm_share,
+                   'zpm_gather_share': gather_share,
+                   'peak_rss_mib': round(peak), 'backend': jax.default_backend(),
+                   'devices': str(jax.devices()), 'machine': platform.machine(),
+                   'date': time.strftime('%Y-%m-%d'), 'jax': jax.__version__}, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
