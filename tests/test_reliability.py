@@ -118,7 +118,8 @@ def truncate(step_dir):
 def flip_bytes(step_dir):
     """Silent corruption: a few bytes in the middle of the largest array file flipped."""
     path = _largest_data_file(step_dir)
-    data = bytearray(open(path, 'rb').read())
+    with open(path, 'rb') as fh:
+        data = bytearray(fh.read())
     for i in range(len(data) // 2, len(data) // 2 + 64, 8):
         data[i] ^= 0x5A
     with open(path, 'wb') as fh:
