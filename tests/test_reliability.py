@@ -248,6 +248,18 @@ def _env(cache_dir):
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
 
 
+def test_main_exits_2_with_one_sentence_before_any_work(tmp_path):
+    done = subprocess.run(
+        [sys.executable, 'main.py', '--config=configs/tiny.py', f'--workdir={tmp_path / "w"}',
+         '--config.prune.keep_ratios=0.5,1.5'], cwd=ROOT, env=_env(tmp_path / 'cache'),
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if not line.startswith(('I', 'W'))]
+    assert errors == ['Config error: prune.keep_ratios=(0.5, 1.5) must each lie in (0, 1] (a '
+                      'fraction of BN channels kept).'], done.stderr[-2000:]
+    assert not (tmp_path / 'w').exists()
+
+
 @pytest.mark.slow
 def test_sigkill_mid_stage_then_the_same_command_ends_with_the_same_parameters(tmp_path):
     env = _env(tmp_path / 'cache')
