@@ -3,3 +3,22 @@ import os
 # Tests run on the host CPU; keep XLA from grabbing every thread of a shared 2-core machine.
 os.environ.setdefault('XLA_FLAGS', '--xla_cpu_multi_thread_eigen=true')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def compilation_cache(tmp_path_factory):
+    """For modules whose runs compile the same programs again and again: a disk cache for
+    the module's duration (``pytestmark = pytest.mark.usefixtures('compilation_cache')``)."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jit_cache')))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    yield
+    jax.config.update('jax_compilation_cache_dir', None)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', min_time)
+    cc.reset_cache()

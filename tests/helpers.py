@@ -1,8 +1,18 @@
-"""Shared test helpers: random variables without running (and compiling) a model's init."""
+"""Shared test helpers: random variables without running (and compiling) a model's init;
+the Fashion-MNIST files' marker."""
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+needs_fashion_mnist = pytest.mark.skipif(
+    not all(os.path.exists(os.path.join(FASHION_MNIST, f'{split}-images-idx3-ubyte.gz'))
+            for split in ('train', 't10k')),
+    reason='needs the Debian dataset-fashion-mnist package')
 
 
 def random_variables(model, x, seed=0, masks=None, **init_kwargs):

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import needs_fashion_mnist
 
 from spnet_jax import data as data_lib
 from spnet_jax.errors import ConfigError
@@ -22,8 +23,6 @@ sys.path.insert(0, ROOT)
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
                if not p.endswith('__init__.py'))
 TFDS_NAMES = [n for n in NAMES if not n.startswith(('fashion_mnist', 'tiny'))]
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
-HAVE_FASHION_MNIST = os.path.exists(os.path.join(FASHION_MNIST, 'train-images-idx3-ubyte.gz'))
 # One step of this compiles in ~15 s on 2 CPU cores; the others (20-50 s each) are `slow`.
 FAST_STEP = ('vgg19_cifar10',)
 
@@ -259,7 +258,7 @@ def test_data_dir_without_the_files_is_refused(tmp_path):
     assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason='needs the Debian dataset-fashion-mnist')
+@needs_fashion_mnist
 def test_unwritable_workdir_is_refused(tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('not a folder')
@@ -269,7 +268,7 @@ def test_unwritable_workdir_is_refused(tmp_path):
     assert f'--workdir={blocker / "run"} is not writable' in message
 
 
-@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason='needs the Debian dataset-fashion-mnist')
+@needs_fashion_mnist
 def test_base_widths_that_do_not_match_the_base_checkpoints_are_refused(tmp_path):
     """A finished base folder holding another width (or another model) than base.widths."""
     from spnet_jax.train import checkpoint
@@ -295,7 +294,7 @@ def test_base_widths_that_do_not_match_the_base_checkpoints_are_refused(tmp_path
     assert not os.path.exists(checkpoint.stage_dir(str(tmp_path), 'pruned'))
 
 
-@pytest.mark.skipif(not HAVE_FASHION_MNIST, reason='needs the Debian dataset-fashion-mnist')
+@needs_fashion_mnist
 def test_pruned_network_of_another_model_is_refused(tmp_path):
     from spnet_jax.train import checkpoint
 

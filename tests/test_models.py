@@ -167,6 +167,17 @@ def test_placement_folded_into_conv_and_bn_equals_placing_their_output(kernel_si
             assert not np.allclose(new['batch_stats']['mean_0'], bn_vars['batch_stats']['mean_0'])
 
 
+def _zpm_structure(arch, table, counts, orders):
+    """A ZPM structure of two sub-networks (``counts[1]`` full) with the given SCS orders:
+    ``(structure, stream sizes, masks)``."""
+    sizes, masks, _ = zpm.zpm_masks(table, counts, orders)
+    structure = Structure(arch.name, 'spnet', table.group_names,
+                          tuple(counts[1].values()), tuple(tuple(c.values()) for c in counts),
+                          tuple(j.name for j in table.junctions),
+                          tuple(map(tuple, sizes))).validate(table)
+    return structure, sizes, masks
+
+
 @pytest.mark.parametrize('name', ['resnet50', 'resnet18', 'mobilenet_v2'])
 def test_zpm_model_runs_every_subnet(name):
     arch = get_arch(name, num_classes=5, stem='small' if name == 'resnet18' else None,
@@ -176,11 +187,7 @@ def test_zpm_model_runs_every_subnet(name):
               {g.name: g.size for g in table.groups}]
     # Branches keep their first channels (identity order): unions are then prefixes too.
     orders = {g.name: np.arange(g.size) for g in table.groups}
-    sizes, masks, _ = zpm.zpm_masks(table, counts, orders)
-    structure = Structure(arch.name, 'spnet', table.group_names,
-                          tuple(counts[1].values()), tuple(tuple(c.values()) for c in counts),
-                          tuple(j.name for j in table.junctions),
-                          tuple(map(tuple, sizes))).validate(table)
+    structure, sizes, masks = _zpm_structure(arch, table, counts, orders)
     model = arch.module(structure)
     x = jnp.ones((2, 32, 32, 3))
     variables = random_variables(model, x, masks=masks)
@@ -221,11 +228,7 @@ def test_zpm_junctions_move_activations_only_at_stream_entries_and_growth():
     counts = [{g.name: max(1, g.size // 2) for g in table.groups},
               {g.name: g.size for g in table.groups}]
     orders = {g.name: rng.permutation(g.size) for g in table.groups}  # unions grow
-    sizes, masks, _ = zpm.zpm_masks(table, counts, orders)
-    structure = Structure(arch.name, 'spnet', table.group_names,
-                          tuple(counts[1].values()), tuple(tuple(c.values()) for c in counts),
-                          tuple(j.name for j in table.junctions),
-                          tuple(map(tuple, sizes))).validate(table)
+    structure, sizes, masks = _zpm_structure(arch, table, counts, orders)
     model = arch.module(structure)
     batch = 7
     x = jnp.ones((batch, 16, 16, 3))

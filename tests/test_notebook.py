@@ -10,20 +10,18 @@ import json
 import os
 
 import nbformat
-import pytest
+from helpers import needs_fashion_mnist
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'spnet_jax_colab.ipynb')
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 # One base and one keep ratio (two sub-networks), few steps, few test images.
 OVERRIDES = {'base.widths': [0.5], 'prune.keep_ratios': [0.5], 'base.num_steps': 2,
              'slim.num_steps': 2, 'eval.eval_bases': False, 'eval.latency_batch': 4,
              'eval.latency_runs': 2, 'eval.latency_warmup': 1, 'data.num_eval_examples': 32}
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(FASHION_MNIST, 't10k-images-idx3-ubyte.gz')),
-                    reason='needs the Debian dataset-fashion-mnist package')
+@needs_fashion_mnist
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     workdir = tmp_path / 'run'
     monkeypatch.setenv('SPNET_NOTEBOOK_CONFIG', 'tiny')

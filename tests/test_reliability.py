@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 from absl import logging as absl_logging
+from helpers import needs_fashion_mnist
 
 from spnet_jax.errors import ConfigError
 from spnet_jax.train import checkpoint, loop, pipeline, train_and_evaluate
@@ -22,24 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import tiny  # noqa: E402
 
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(os.path.join(FASHION_MNIST, 'train-images-idx3-ubyte.gz')),
-    reason='needs the Debian dataset-fashion-mnist package')
+pytestmark = [needs_fashion_mnist, pytest.mark.usefixtures('compilation_cache')]
 
-
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The runs here compile the same programs again and again: cache them on disk."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jit_cache')))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-    yield
-    jax.config.update('jax_compilation_cache_dir', None)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', min_time)
-    cc.reset_cache()
 
 
 def snet_slim_config(num_steps=6, widths=(0.25, 0.5)):

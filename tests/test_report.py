@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import random_variables
+from helpers import needs_fashion_mnist, random_variables
 
 import spnet_jax
 from spnet_jax import data as data_lib
@@ -26,11 +26,6 @@ from spnet_jax.train import report as report_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import tiny  # noqa: E402
-
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
-needs_data = pytest.mark.skipif(
-    not os.path.exists(os.path.join(FASHION_MNIST, 't10k-images-idx3-ubyte.gz')),
-    reason='needs the Debian dataset-fashion-mnist package')
 
 # A baseline run's report, as its eval stage wrote it (S-Net widths 0.25 / 0.5).
 BASELINE_ROWS = [
@@ -76,7 +71,7 @@ def evaluated(tmp_path_factory, baseline):
     return workdir, config, arch, structure, rows
 
 
-@needs_data
+@needs_fashion_mnist
 def test_report_agrees_with_the_profiler_and_the_networks_predictions(evaluated):
     workdir, config, arch, structure, rows = evaluated
     assert json.loads((workdir / 'report.json').read_text()) == rows
@@ -104,7 +99,7 @@ def test_report_agrees_with_the_profiler_and_the_networks_predictions(evaluated)
     assert (workdir / 'eval' / 'done.json').exists()
 
 
-@needs_data
+@needs_fashion_mnist
 def test_baseline_joins_the_table_the_json_and_the_plot(evaluated, baseline):
     workdir, *_, rows = evaluated
     saved = json.loads((workdir / 'report_baseline.json').read_text())
