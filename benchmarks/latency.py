@@ -43,6 +43,15 @@ def random_base(width: float, seed: int) -> dict:
     return jax.tree_util.tree_map_with_path(value, shapes)
 
 
+def release_recipe():
+    """``(arch, bases, structure, variables)``: SP-ResNet-50 as the release prunes it (random
+    bases 0.75 / 1.0, keep ratios 0.5484 / 0.526, ZPM, SCS)."""
+    arch = get_arch('resnet50')
+    bases = [random_base(0.75, 0), random_base(1.0, 1)]
+    structure, variables, _ = prune(arch, bases, [0.75, 1.0], keep_ratios=[0.5484, 0.526])
+    return arch, bases, structure, variables
+
+
 def median_seconds(fn, x, repeats: int) -> tuple[float, float]:
     t = time.perf_counter()
     jax.block_until_ready(fn(x))
@@ -61,9 +70,7 @@ def main():
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--out', default='benchmarks/latency.json')
     args = parser.parse_args()
-    arch = get_arch('resnet50')
-    bases = [random_base(0.75, 0), random_base(1.0, 1)]
-    structure, variables, _ = prune(arch, bases, [0.75, 1.0], keep_ratios=[0.5484, 0.526])
+    arch, bases, structure, variables = release_recipe()
     model = arch.module(structure)
     costs = subnet_costs(arch, structure, 224)
     # Mask-based: the plain full network, kernels times 0/1 masks over kept channels.

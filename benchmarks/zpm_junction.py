@@ -26,11 +26,10 @@ import time
 
 import jax
 import numpy as np
-from latency import random_base
+from latency import release_recipe
 
 from spnet_jax import layers
 from spnet_jax.cost import subnet_costs
-from spnet_jax.models import get_arch
 from spnet_jax.pruning import prune
 
 
@@ -40,9 +39,7 @@ def main():
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--out', default='benchmarks/zpm_junction.json')
     args = parser.parse_args()
-    arch = get_arch('resnet50')
-    bases = [random_base(0.75, 0), random_base(1.0, 1)]
-    zpm_s, zpm_v, _ = prune(arch, bases, [0.75, 1.0], keep_ratios=[0.5484, 0.526])
+    arch, bases, zpm_s, zpm_v = release_recipe()
     costs = subnet_costs(arch, zpm_s, 224)
     plain_s, plain_v, _ = prune(arch, bases, [0.75, 1.0], zpm=False,
                                 macs_targets=[c.macs for c in costs[:-1]])
