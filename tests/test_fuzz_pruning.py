@@ -73,9 +73,15 @@ KINDS = st.sampled_from(['spread', 'ties', 'sparse', 'signs'])
 RATIOS = st.lists(st.floats(0.01, 1.0), min_size=1, max_size=4)
 
 
-def floor_of(group, min_channels_ratio):
-    ratio = min_channels_ratio / 2 if group.zpm_role in HALVED_ROLES else min_channels_ratio
-    return max(1, int(group.size * ratio))
+def floor_of(name, group, base_width, min_channels_ratio):
+    """SPEC section 3: int(C * r) (ZPM ends and shortcuts: int(C * r / 2)), at least 1, where C
+    is the group's channels in the base being pruned; VGG's layer list is not width-scaled,
+    so VGG's C is its x1.0 count whatever the base."""
+    zpm_on = group.zpm_role is not None
+    size = arch_at(name, 1.0 if name == 'vgg19' else base_width).table(zpm=zpm_on).group(
+        group.name).size
+    c = size * min_channels_ratio
+    return max(1, int(c / 2 if group.zpm_role in HALVED_ROLES else c))
 
 
 def check_threshold(pool, threshold, ratio):
@@ -143,10 +149,10 @@ def test_single_base_counts_floors_nesting_and_masks(name, seed, kind, ratios, z
         check_threshold(pool, t, ratio)
         for g in table.groups:
             above = int(np.sum(scores[g.name] > t))
-            floor = floor_of(g, min_ratio)
+            floor = floor_of(name, g, arch.full_width, min_ratio)
             count = S.count(g.name, k)
-            assert floor <= count <= g.size, (g.name, k)
-            assert count == max(above, floor), (g.name, k)
+            assert min(floor, g.size) <= count <= g.size, (g.name, k)
+            assert count == min(g.size, max(above, floor)), (g.name, k)
     # Larger keep ratios give supersets: counts, stream sizes and fused masks grow with r.
     by_ratio = sorted(range(len(ratios)), key=lambda k: ratios[k]) + [len(ratios)]
     fused = check_zpm(table, S, the_plan) if zpm_on else {}
@@ -185,7 +191,7 @@ def test_multi_base_counts_come_from_each_base_within_its_size(name, seed, kind,
             count = S.count(g.name, k)
             assert count <= base_size <= g.size, (g.name, k)  # within base k's own layer
             assert count == min(base_size, max(int(np.sum(scores[g.name] > t)),
-                                               floor_of(g, 0.1))), (g.name, k)
+                                               floor_of(name, g, widths[k], 0.1))), (g.name, k)
     if zpm_on:
         fused = check_zpm(table, S, the_plan)
         for k in range(num_bases):  # every sub-network's streams lie inside the full one's
@@ -242,7 +248,7 @@ def test_properties_are_not_vacuous():
     scores, pool = IMPORTANCE['bn'](bn_variables(table, 0, 'sparse'), table)
     the_plan = plan(arch, [(scores, pool)], [arch.full_width], [0.05], zpm_on=True,
                     min_channels_ratio=0.25)
-    floors = {g.name: floor_of(g, 0.25) for g in table.groups}
+    floors = {g.name: floor_of('resnet20', g, arch.full_width, 0.25) for g in table.groups}
     bound = [g.name for g in table.groups
              if the_plan.structure.count(g.name, 0) == floors[g.name]
              and np.sum(scores[g.name] > the_plan.thresholds[0]) < floors[g.name]]

@@ -10,6 +10,7 @@ from spnet_jax.channels import ChannelGroup, ChannelTable, Junction, Stream
 from spnet_jax.errors import ConfigError
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import IMPORTANCE, plan, prune, scs, threshold, zpm
+from spnet_jax.pruning.multibase import base_floors
 from spnet_jax.structure import Structure
 
 
@@ -34,12 +35,26 @@ def _table():
 def test_counts_are_strictly_above_threshold_with_floors():
     table = _table()
     floors = threshold.floors(table, 0.1)
-    # 10% of the full network's channels; halved for block ends and shortcuts only.
+    # 10% of the table's channels (the base being pruned); halved for block ends and shortcuts.
     assert floors == {'a': 1, 'b': 2, 'c': 4}
     scores = {'a': np.linspace(0, 1, 10), 'b': np.zeros(40), 'c': np.full(40, 0.5)}
     counts = threshold.layer_counts(scores, 0.5, floors)
     # a: 0.555.. 0.666 0.777 0.888 1.0 > 0.5 -> 5 (0.5 itself is not above); b, c: floors.
     assert counts == {'a': 5, 'b': 2, 'c': 4}
+
+
+def test_floors_come_from_the_base_being_pruned():
+    """SPEC section 3: an x0.75 ResNet-50 base floors layer4's 512-channel convs at
+    int(384 * 0.1) = 38 and its ZPM block ends (2048) at int(1536 * 0.1 / 2) = 76; VGG floors
+    at its x1.0 counts whatever the base (int(512 * 0.1) = 51)."""
+    resnet = get_arch('resnet50')
+    floors = base_floors(resnet, 0.75, True, 0.1)
+    assert floors['layer4_2/conv1'] == 38 and floors['layer4_2/conv3'] == 76
+    assert floors['layer4_0/proj_conv'] == 76 and floors['stem_conv'] == 4
+    assert base_floors(resnet, 1.0, True, 0.1)['layer4_2/conv1'] == 51
+    vgg = get_arch('vgg19', full_width=0.5)
+    assert base_floors(vgg, 0.25, False, 0.1)['conv15'] == 51
+    assert base_floors(vgg, 0.25, False, 0.1)['conv0'] == 6
 
 
 def test_zpm_masks_match_a_hand_worked_stream():
@@ -173,7 +188,9 @@ def test_multibase_counts_from_each_base_channels_from_the_largest():
     s0 = IMPORTANCE['bn'](bases[0], get_arch('vgg19', full_width=0.25).table())
     s1 = IMPORTANCE['bn'](bases[1], arch.table())
     the_plan = plan(arch, [s0, s1], [0.25, 0.5], [0.7, 0.4], zpm_on=False)
-    floors = threshold.floors(arch.table(), 0.1)
+    # Floors are int(C * 0.1) of VGG's x1.0 layer list whatever the base (the release's cfg
+    # is not width-scaled), capped by each base's own channels.
+    floors = threshold.floors(get_arch('vgg19').table(), 0.1)
     want0 = threshold.layer_counts(s0[0], threshold.global_threshold(s0[1], 0.7), floors)
     want1 = threshold.layer_counts(s1[0], threshold.global_threshold(s1[1], 0.4), floors)
     S = the_plan.structure

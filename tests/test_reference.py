@@ -118,6 +118,43 @@ def test_resnet50_single_base_zpm(tmp_path):
     assert 'sub-networks' in out and 'MACs' in out
 
 
+def test_resnet50_multibase_zpm_floors_are_relative_to_each_base(tmp_path):
+    """The release floors each layer at int(C * 0.1) (ZPM ends/shortcuts: half) of its channels
+    in the base being pruned: 10 layers of sub-network 0 (x0.75 base) sit at that floor."""
+    case = REFERENCE / 'resnet50_multibase_zpm_floor'
+    bases = [(w, release_checkpoint(get_arch('resnet50', full_width=w),
+                                    case / f'base_{w}_bn.npz', tmp_path / f'base_{w}.npz'))
+             for w in (0.75, 1.0)]
+    run_prune(tmp_path / 'run', 'resnet50.py', bases, '--config.prune.keep_ratios=0.25,0.3',
+              '--config.data.image_size=64')
+    net = spnet_jax.load(str(tmp_path / 'run'))
+    assert check_structure_and_masks(net, case, case / 'base_1.0_bn.npz') == 53
+    info = json.loads((tmp_path / 'run' / 'pruned' / 'prune_info.json').read_text())
+    want = [c['thresholds'][0] for c in json.loads((case / 'case.json').read_text())['prune_calls']]
+    np.testing.assert_allclose(info['thresholds'], want, rtol=1e-7)
+    # The case is one where the floor decides. Sub-network 0 (x0.75 base): in 7 layers fewer
+    # channels than int(C * 0.1) (half for ZPM ends and shortcuts) of the base pass the
+    # threshold, and floors of the full network's C would have changed 10 layers' counts.
+    names = convert_torch.module_names(get_arch('resnet50', full_width=0.75))
+    with np.load(case / 'base_0.75_bn.npz') as bn:
+        gammas = {ours: np.abs(bn[f'{key}.weight'])
+                  for key, ours in names.items() if f'{key}.weight' in bn.files}
+    full = {g.name: g.size for g in get_arch('resnet50').table(zpm=True).groups}
+    binding, full_floor_differs = [], 0
+    for g in get_arch('resnet50', full_width=0.75).table(zpm=True).groups:
+        halve = g.zpm_role in ('end', 'shortcut')
+        floor_of = lambda c, halve=halve: int(c * 0.1 / 2) if halve else int(c * 0.1)
+        above = int(np.sum(gammas[g.scored_by[0]] > info['thresholds'][0]))
+        if above < floor_of(g.size):
+            binding.append(g.name)
+            assert net.structure.count(g.name, 0) == floor_of(g.size), g.name
+        full_floor_differs += max(above, floor_of(full[g.name])) != max(above, floor_of(g.size))
+    assert len(binding) == 7 and full_floor_differs == 10, (binding, full_floor_differs)
+    widths = json.loads((case / 'widths.json').read_text())['per_width']
+    for sub, w in zip(net.subnets, widths):
+        assert sub['macs'] == w['own_count']['conv_fc_macs_per_image']
+
+
 def test_vgg19_cifar_single_base(tmp_path):
     case = REFERENCE / 'vgg19_cifar_singlebase'
     arch = get_arch('vgg19', num_classes=10)

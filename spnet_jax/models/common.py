@@ -61,6 +61,11 @@ class Architecture:
                bn_scale_init: float = 1.0) -> nn.Module:
         raise NotImplementedError
 
+    def floor_table(self, base_width: float, zpm: bool = False) -> ChannelTable:
+        """The table whose channel counts floor the pruning of a base at ``base_width``
+        (`spnet_jax.pruning.threshold.floors`): the base's own, as the release does."""
+        return self.table(base_width, zpm=zpm)
+
     # Structures that need no pruning.
     def plain_structure(self, width: float | None = None) -> Structure:
         """A single plain network (e.g. a base network) at ``width``."""

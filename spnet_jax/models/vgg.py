@@ -38,6 +38,11 @@ class VGGArch(Architecture):
             groups.append(plain_group(f'conv{i}', c, f'bn{i}', (reader,)))
         return ChannelTable(self.name, tuple(groups))
 
+    def floor_table(self, base_width: float, zpm: bool = False) -> ChannelTable:
+        """The x1.0 table whatever the base: the release's VGG floors read its layer list
+        (``cfg``), which is not width-scaled (SPEC section 3)."""
+        return self.table(1.0, zpm=zpm)
+
     def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0):
         return VGG(structure=structure, num_classes=self.num_classes, dtype=dtype,
                    bn_scale_init=bn_scale_init)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spnet_jax.errors import ConfigError
-from spnet_jax.pruning import multibase, scs, targets, threshold
+from spnet_jax.pruning import multibase, scs, targets
 from spnet_jax.pruning.importance import IMPORTANCE
 from spnet_jax.pruning.multibase import Plan, plan
 
@@ -91,8 +91,8 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
       macs_targets: per pruned sub-network, MACs per image to reach (within ``tolerance``);
         the keep ratio is found by bisection and returned in ``info``.
       zpm: zero-padding-match pruning of residual streams.
-      min_channels_ratio: floor per layer, as a fraction of its full-network channels
-        (halved for ZPM block ends and shortcuts).
+      min_channels_ratio: floor per layer, as a fraction of its channels in the base being
+        pruned (halved for ZPM block ends and shortcuts; VGG: of its x1.0 channels).
       importance: a name in `IMPORTANCE`.
       reinit_rng: re-train-from-scratch recipes (VGG, MobileNetV1): fresh weights.
 
@@ -132,10 +132,10 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
     else:
         orders = scs.sort_orders(base_scores[-1][0])
     if macs_targets is not None:
-        floors = threshold.floors(table, min_channels_ratio)
         ratios = []
         for k, (target, b) in enumerate(zip(macs_targets, which, strict=True)):
             counts_macs = lambda c: macs_of(c, targets.zpm_stream_sizes(table, c, orders))
+            floors = multibase.base_floors(arch, base_widths[b], zpm, min_channels_ratio)
             r, _ = targets.ratio_for_target(float(target), *base_scores[b], floors, counts_macs,
                                             tolerance=tolerance,
                                             what=f'sub-network {k} (base {base_widths[b]})')

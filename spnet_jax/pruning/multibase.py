@@ -47,6 +47,12 @@ def check_bases(base_widths: Sequence[float], keep_ratios: Sequence[float]) -> l
     return list(range(len(widths)))
 
 
+def base_floors(arch, base_width: float, zpm_on: bool,
+                min_channels_ratio: float) -> dict[str, int]:
+    """Per group, the fewest channels pruning the base at ``base_width`` may keep."""
+    return threshold.floors(arch.floor_table(float(base_width), zpm=zpm_on), min_channels_ratio)
+
+
 def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequence[float],
          keep_ratios: Sequence[float], *, zpm_on: bool = True,
          min_channels_ratio: float = 0.1, orders: dict | None = None) -> Plan:
@@ -57,16 +63,17 @@ def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequ
     width, unless ``orders`` are given: re-train recipes whose full network is wider than
     every base pass the identity, since the weights are re-initialised anyway).
     Sub-network k keeps ``keep_ratios[k]`` of base ``k``'s BN channels (of the only base,
-    with one base); the last sub-network is the full network, unpruned.
+    with one base), each layer at least ``min_channels_ratio`` of its channels in that base
+    (`base_floors`); the last sub-network is the full network, unpruned.
     """
     which = check_bases(base_widths, keep_ratios)
     full_table = arch.table(zpm=zpm_on)
-    group_floors = threshold.floors(full_table, min_channels_ratio)
     counts, thresholds = [], []
     for r, b in zip(keep_ratios, which, strict=True):
         scores, pool = base_scores[b]
         t = threshold.global_threshold(pool, r)
-        counts.append(threshold.layer_counts(scores, t, group_floors))
+        floors = base_floors(arch, base_widths[b], zpm_on, min_channels_ratio)
+        counts.append(threshold.layer_counts(scores, t, floors))
         thresholds.append(t)
     counts.append({g.name: g.size for g in full_table.groups})
     if orders is None:

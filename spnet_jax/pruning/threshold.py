@@ -19,13 +19,19 @@ def global_threshold(pool: np.ndarray, keep_ratio: float) -> float:
     return float(pool[index])
 
 
-def floors(table_full: ChannelTable, min_channels_ratio: float) -> dict[str, int]:
-    """Minimum channels per group: ``int(C_full * ratio)``, halved for ZPM block ends and
-    projection shortcuts, where ``C_full`` is the group's size in the full network."""
+def floors(table: ChannelTable, min_channels_ratio: float) -> dict[str, int]:
+    """Minimum channels per group: ``int(C * ratio)``, halved for ZPM block ends and
+    projection shortcuts, where ``C`` is the group's size in ``table``.
+
+    Pass the table of the network being pruned (the base, not the full network): the release
+    floors each layer of a base at its own channel count, so an x0.75 ResNet-50 base floors
+    a 512-channel layer at int(384 * 0.1) = 38. `Architecture.floor_table` gives that table.
+    A floor is at least 1 (the release's would be 0 below 10 channels, an empty layer).
+    """
     out = {}
-    for g in table_full.groups:
-        ratio = min_channels_ratio / 2 if g.zpm_role in HALVED_FLOOR_ROLES else min_channels_ratio
-        out[g.name] = max(1, int(g.size * ratio))
+    for g in table.groups:
+        floor = g.size * min_channels_ratio  # rounded as the release: int(C * r / 2)
+        out[g.name] = max(1, int(floor / 2 if g.zpm_role in HALVED_FLOOR_ROLES else floor))
     return out
 
 
