@@ -261,3 +261,14 @@ def test_registry_has_the_issue_architectures():
         table = get_arch(name).table()
         assert sum(g.name.endswith('/conv2') or g.name.endswith('/conv1') and name == 'resnet56'
                    for g in table.groups) == blocks
+
+
+def test_mobilenet_v1_widths_are_the_releases_int_c_times_w():
+    """The release builds MobileNetV1 channels as int(c * w): at x1.3 the stem, block 1 and
+    the last block have 41 / 83 / 1331 channels (make-divisible would give 40 / 80 / 1328)."""
+    sizes = {g.name: g.size for g in get_arch('mobilenet_v1', full_width=1.3).table().groups}
+    assert (sizes['stem_conv'], sizes['block1/pw_conv'], sizes['block13/pw_conv']) == (
+        41, 83, 1331)
+    assert sizes['block6/pw_conv'] == 665  # int(512 * 1.3)
+    sizes = {g.name: g.size for g in get_arch('mobilenet_v1', full_width=1.5).table().groups}
+    assert (sizes['stem_conv'], sizes['block13/pw_conv']) == (48, 1536)

@@ -1,4 +1,8 @@
-"""MobileNetV1: a 3x3 stem and 13 depthwise-separable blocks, channels rounded to 8.
+"""MobileNetV1: a 3x3 stem and 13 depthwise-separable blocks, ReLU6, as in the release.
+
+Channels at width w are ``int(c * w)`` (the release's rounding, not MobileNetV2's
+make-divisible: x1.3 has a 41-channel stem, 83 channels in block 1 and 1331 at the end), so
+the release's checkpoints of any width load and costs are the release's.
 
 Names: ``stem_conv``/``stem_bn``; ``block{i}`` (i = 1..13) holding ``dw_conv``/``dw_bn`` and
 ``pw_conv``/``pw_bn``; classifier ``head``. A depthwise conv is not a channel group: it
@@ -14,7 +18,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from spnet_jax.channels import ChannelTable
-from spnet_jax.models.common import Architecture, SlimModule, make_divisible, plain_group
+from spnet_jax import layers
+from spnet_jax.models.common import Architecture, SlimModule, plain_group, scaled
 
 STEM = 32
 # (pointwise output channels, depthwise stride) of blocks 1..13.
@@ -27,7 +32,7 @@ class MobileNetV1Arch(Architecture):
     def table(self, width: float | None = None, zpm: bool = False) -> ChannelTable:
         w = self.full_width if width is None else width
         producers = ['stem_conv'] + [f'block{i}/pw_conv' for i in range(1, len(BLOCKS) + 1)]
-        sizes = [make_divisible(STEM * w)] + [make_divisible(c * w) for c, _ in BLOCKS]
+        sizes = [scaled(STEM, w)] + [scaled(c, w) for c, _ in BLOCKS]
         groups = []
         for i, (p, c) in enumerate(zip(producers, sizes, strict=True)):
             bn = p.replace('conv', 'bn')
@@ -51,7 +56,7 @@ class MobileNetV1(SlimModule):
         k = self.structure.subnet_index(subnet)
         g = 'stem_conv'
         x = self.conv('stem_conv', g, x.shape[-1], 3, 2)(x, self.n(g, k))
-        x = nn.relu(self.bn('stem_bn', g)(x, k, train))
+        x = layers.relu6(self.bn('stem_bn', g)(x, k, train))
         for i, (_, stride) in enumerate(BLOCKS, start=1):
             x = DepthwiseSeparable(structure=self.structure, in_group=g,
                                    out_group=f'block{i}/pw_conv', stride=stride,
@@ -77,9 +82,9 @@ class DepthwiseSeparable(nn.Module):
         S = self.structure
         x = conv(S, 'dw_conv', self.in_group, 1, 3, self.stride, depthwise=True,
                  dtype=self.dtype)(x)
-        x = nn.relu(batch_norm(S, 'dw_bn', self.in_group, self.bn_scale_init, self.dtype)(
+        x = layers.relu6(batch_norm(S, 'dw_bn', self.in_group, self.bn_scale_init, self.dtype)(
             x, k, train))
         x = conv(S, 'pw_conv', self.out_group, S.full_of(self.in_group), 1, dtype=self.dtype)(
             x, S.count(self.out_group, k))
-        return nn.relu(batch_norm(S, 'pw_bn', self.out_group, self.bn_scale_init, self.dtype)(
+        return layers.relu6(batch_norm(S, 'pw_bn', self.out_group, self.bn_scale_init, self.dtype)(
             x, k, train))
