@@ -20,6 +20,10 @@ def training_section(**overrides) -> ml_collections.ConfigDict:
     section.lr_decay = 0.2  # factor at each boundary (multistep)
     section.warmup_epochs = 0.0
     section.weight_decay = 1e-4
+    # Which parameters weight decay applies to (the release's `optimizer` field): 'sgd' all of
+    # them; 'sgd_no_bias_decay' only conv kernels that are not depthwise and the classifier's
+    # kernel; 'sgd_dw' all but depthwise conv kernels.
+    section.optimizer = 'sgd'
     section.momentum = 0.9
     section.nesterov = True
     section.sparsity = 1e-5  # s in grad(gamma) += s * sign(gamma) (network slimming)
@@ -34,7 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.method = 'spnet'  # 'spnet' | 'snet' (uniform widths, switchable BN, from scratch)
     config.stages = 'base,prune,slim,eval'  # comma-separated subset, run in this order
     config.seed = 0
-    config.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (params stay float32)
+    # 'float32' | 'bfloat16' (params stay float32) | 'float64' (params, statistics and losses
+    # in float64, with jax_enable_x64: for comparisons with the release, not for speed)
+    config.compute_dtype = 'float32'
     config.log_every_steps = 100
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 2
@@ -76,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.slim.widths = (0.25, 0.5, 0.75, 1.0)  # S-Net widths (method='snet' only)
     config.slim.kd_alpha = 0.9
     config.slim.kd_temperature = 1.0
+    # After training, drop the last sub-network (a training scaffold, e.g. MobileNetV1's x1.5)
+    # so the published network ends at the largest pruned one (the release's eliminate_width).
+    config.slim.drop_scaffold = False
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 512
@@ -91,12 +100,16 @@ def get_config() -> ml_collections.ConfigDict:
     return config
 
 
-def to_snet(config: ml_collections.ConfigDict, widths) -> ml_collections.ConfigDict:
-    """The S-Net baseline of an SP-Net config: the same data, model and base recipe, trained
-    from scratch as a slimmable network of uniform ``widths`` with switchable BatchNorm.
+def to_snet(config: ml_collections.ConfigDict, widths, *,
+            inplace_distillation: bool = False) -> ml_collections.ConfigDict:
+    """The S-Net baseline of an SP-Net config, as the release's ``s_*.yml`` train it: the same
+    data, model and base recipe, trained from scratch as a slimmable network of uniform
+    ``widths`` with switchable BatchNorm (scales start at 1), no sparsity penalty.
 
-    No sparsity penalty and BN scales start at 1 (nothing is pruned); in-place distillation
-    stays on, as in the SP-Net fine-tuning, so the two differ only in the structures.
+    The release's S-Net has no in-place distillation (``inplace_kd`` is off in every
+    ``s_*.yml``): ``slim.kd_alpha = 0`` trains each width on the labels alone.
+    ``inplace_distillation=True`` gives this project's baseline that differs from the SP-Net
+    fine-tuning only in the structures (KD alpha 0.9, T 1).
     """
     config.method = 'snet'
     config.stages = 'slim,eval'
@@ -106,30 +119,51 @@ def to_snet(config: ml_collections.ConfigDict, widths) -> ml_collections.ConfigD
         schedule=base.schedule, lr_boundaries=base.lr_boundaries, lr_decay=base.lr_decay,
         warmup_epochs=base.warmup_epochs, weight_decay=base.weight_decay,
         momentum=base.momentum, label_smoothing=base.label_smoothing, sparsity=0.0,
-        bn_scale_init=1.0)
+        bn_scale_init=1.0, optimizer=base.optimizer)
     config.slim.widths = tuple(widths)
-    config.slim.kd_alpha = 0.9
+    config.slim.kd_alpha = 0.9 if inplace_distillation else 0.0
     config.slim.kd_temperature = 1.0
+    config.slim.drop_scaffold = False
     config.model.full_width = float(max(widths))
     return config
 
 
-def to_cifar(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-    """A CIFAR-10/100 variant: 32x32 images, pad-crop + flip, the small 3x3/1 stem.
+def to_cifar(config: ml_collections.ConfigDict, name: str, *,
+             release_resolution: bool = False) -> ml_collections.ConfigDict:
+    """A CIFAR-10/100 variant with the base recipe of the release's CIFAR ``*_train.yml``
+    (batch 128, lr 0.1, 120 epochs, x0.2 at 60/90/110, weight decay 1e-4); the model's config
+    sets the slimmable stage.
 
-    The release ran CIFAR at 224x224 through the ImageNet stem; to do that, override
-    ``data.image_size=224 data.preprocessing=imagenet model.stem=imagenet``. Base recipe as
-    network slimming's CIFAR runs (160 epochs, lr 0.1, x0.1 at 80/120, batch 128); the
-    slimmable fine-tuning as SPEC section 8 (lr 0.1, 60 epochs, x0.1 at 50).
+    The release runs CIFAR at 224x224 through the ImageNet stem (images upsampled by its
+    random-resized crop); here the default is the data's own 32x32 with pad-crop + flip and
+    the small 3x3/1 stem (49x fewer MACs). ``release_resolution=True`` is the release's way.
     """
     config.data.name = name
-    config.data.image_size = 32
-    config.data.preprocessing = 'small'
     config.model.num_classes = {'cifar10': 10, 'cifar100': 100}[name]
-    config.model.stem = 'small'
-    config.base.update(dict(epochs=160.0, batch_size=128, lr=0.1, schedule='multistep',
-                            lr_boundaries=(80, 120), lr_decay=0.1, warmup_epochs=0.0))
-    config.slim.update(dict(epochs=60.0, batch_size=128, lr=0.1, schedule='multistep',
-                            lr_boundaries=(50,), lr_decay=0.1, warmup_epochs=0.0))
+    if release_resolution:
+        config.data.image_size = 224
+        config.data.preprocessing = 'imagenet'
+        config.model.stem = 'imagenet'
+    else:
+        config.data.image_size = 32
+        config.data.preprocessing = 'small'
+        config.model.stem = 'small'
+    config.base.update(dict(epochs=120.0, batch_size=128, lr=0.1, schedule='multistep',
+                            lr_boundaries=(60, 90, 110), lr_decay=0.2, warmup_epochs=0.0,
+                            weight_decay=1e-4, label_smoothing=0.0))
     config.eval.batch_size = 500
     return config
+
+
+CIFAR_VARIANTS = ('release', 'snet')
+
+
+def cifar_variant(variant: str, config_file: str) -> set[str]:
+    """The comma-separated variant of a CIFAR config (``configs/<file>.py:release,snet``):
+    ``release`` runs at the release's 224 px, ``snet`` gives the S-Net baseline."""
+    names = {v.strip() for v in variant.split(',') if v.strip()}
+    unknown = sorted(names - set(CIFAR_VARIANTS))
+    if unknown:
+        raise ValueError(f'configs/{config_file}.py: unknown variant {unknown[0]!r}; use any of '
+                         f'{", ".join(CIFAR_VARIANTS)} (comma-separated), or none.')
+    return names

@@ -46,7 +46,7 @@ def _common():
 
 
 def _snet(widths):
-    config = default.to_snet(_common(), widths)
+    config = default.to_snet(_common(), widths, inplace_distillation=True)
     config.slim.epochs = EPOCHS
     return config
 

@@ -5,6 +5,7 @@ from configs import default, fashion_mnist
 
 
 def get_config():
-    config = default.to_snet(fashion_mnist.get_config(), (0.5, 0.75, 1.0))
+    config = default.to_snet(fashion_mnist.get_config(), (0.5, 0.75, 1.0),
+                             inplace_distillation=True)
     config.slim.epochs = 3.0
     return config

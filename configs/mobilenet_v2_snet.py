@@ -1,4 +1,6 @@
-"""S-Net baseline: slimmable MobileNetV2 x0.75 / 1.0 / 1.3 on ImageNet, from scratch."""
+"""S-Net baseline, the release's ``apps/s_mobilenet_v2_imagenet.yml``: slimmable MobileNetV2
+x0.75 / 1.0 / 1.3 on ImageNet from scratch with the base recipe, switchable BN, no in-place
+distillation."""
 
 from configs import default, mobilenet_v2
 

@@ -1,10 +1,10 @@
-"""SP-ResNet-50 on CIFAR-100: the ImageNet recipe's structure (bases x0.75 / 1.0, ZPM,
-fine-tuning) with the release's CIFAR-100 keep ratios (SPEC section 4) and the CIFAR schedule."""
+"""SP-ResNet-50 on CIFAR-100, the release's recipe (``apps/sp_resnet_cifar100_{train,
+finetune}.yml``): as `resnet50_cifar10` with keep ratios 0.6166 / 0.7628. Variants
+``release`` (224 px) and ``snet`` (``s_resnet_cifar100.yml``) as there.
+"""
 
-from configs import default, resnet50
+from configs.resnet50_cifar10 import cifar_resnet50
 
 
-def get_config():
-    config = default.to_cifar(resnet50.get_config(), 'cifar100')
-    config.prune.keep_ratios = (0.6166, 0.7628)
-    return config
+def get_config(variant: str = ''):
+    return cifar_resnet50('cifar100', (0.6166, 0.7628), variant)

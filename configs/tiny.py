@@ -22,7 +22,7 @@ def get_config(variant: str = ''):
     config.log_every_steps = 2
     config.checkpoint_every_steps = 2
     if variant == 'snet':
-        config = default.to_snet(config, (0.25, 0.5))
+        config = default.to_snet(config, (0.25, 0.5), inplace_distillation=True)
         config.slim.num_steps = 4
     elif variant:
         raise ValueError(f'configs/tiny.py: unknown variant {variant!r}; use "snet" or none.')

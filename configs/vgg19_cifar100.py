@@ -1,12 +1,10 @@
-"""SP-VGGNet (VGG-19-BN) on CIFAR-100: bases x0.5 / 0.75, keep ratios 0.6453 / 0.8202 plus the
-full network (SPEC section 4), re-trained from scratch with the base schedule."""
+"""SP-VGGNet (VGG-19-BN) on CIFAR-100, the release's recipe (``apps/sp_vgg_cifar100_{train,
+finetune}.yml``): as `vgg19_cifar10` (the same keep ratios 0.6453 / 0.8202). Variants
+``release`` (224 px) and ``snet`` (``s_vgg_cifar100.yml``) as there.
+"""
 
-from configs import default, vgg19
+from configs.vgg19_cifar10 import cifar_vgg19
 
 
-def get_config():
-    config = default.to_cifar(vgg19.get_config(), 'cifar100')
-    config.prune.keep_ratios = (0.6453, 0.8202)
-    # Re-training from scratch takes the full base schedule, not the fine-tuning one.
-    config.slim.update(dict(epochs=160.0, lr_boundaries=(80, 120)))
-    return config
+def get_config(variant: str = ''):
+    return cifar_vgg19('cifar100', variant)

@@ -75,7 +75,8 @@ def prune_to(config, arch, bases: list[dict], widths: list[float], directory: st
         image_size=image_size, in_channels=in_channels, zpm=p.zpm,
         min_channels_ratio=p.min_channels_ratio, importance=p.importance,
         reinit_rng=(jax.random.fold_in(jax.random.key(config.seed), 1000)
-                    if p.start == 'reinit' else None))
+                    if p.start == 'reinit' else None),
+        bn_scale_init=config.slim.bn_scale_init)
     os.makedirs(directory, exist_ok=True)
     checkpoint.write_json(os.path.join(directory, 'prune_info.json'),
                           json.loads(json.dumps(info, default=lambda o: np.asarray(o).tolist())))

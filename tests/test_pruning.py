@@ -245,3 +245,24 @@ def test_bases_of_the_wrong_width_or_order_are_refused():
     other = _bases('mobilenet_v1', [0.5])[0]
     with pytest.raises(ConfigError, match='not a vgg19 checkpoint'):
         prune(arch, [bases[0], other], [0.25, 0.5], keep_ratios=[0.5, 0.5], zpm=False)
+
+
+def test_reinit_starts_bn_scales_at_the_recipes_init_bn_val(tmp_path):
+    """Re-train recipes (VGG, MobileNetV1) start from fresh weights whose BN scales are the
+    release's init_bn_val (0.5 in their finetune ymls), through the prune command's path."""
+    import ml_collections
+
+    from spnet_jax.prune import prune_to
+
+    arch = get_arch('vgg19', num_classes=5, full_width=0.5)
+    bases = _bases('vgg19', [0.25, 0.5])
+    config = ml_collections.ConfigDict(dict(
+        seed=0, prune=dict(keep_ratios=(0.5, 0.6), macs_targets=(), zpm=False,
+                           min_channels_ratio=0.1, importance='bn', start='reinit'),
+        slim=dict(bn_scale_init=0.5)))
+    _, variables, _ = prune_to(config, arch, bases, [0.25, 0.5], str(tmp_path / 'pruned'), 32, 3)
+    scales = [np.asarray(v['scale']) for k, v in variables['params'].items() if k.startswith('bn')]
+    assert len(scales) == 16 and all(np.all(s == 0.5) for s in scales)
+    # The weights are fresh, not the largest base's.
+    assert not np.allclose(variables['params']['conv0']['kernel'],
+                           bases[1]['params']['conv0']['kernel'])

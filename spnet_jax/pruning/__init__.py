@@ -49,11 +49,12 @@ def check_base_variables(arch, variables: dict, width: float, label: str) -> Non
 
 
 def slimmable_variables(arch, the_plan: Plan, largest_base: dict, *, in_channels: int = 3,
-                        reinit_rng: jax.Array | None = None) -> dict:
+                        reinit_rng: jax.Array | None = None, bn_scale_init: float = 1.0) -> dict:
     """The slimmable network's variables: the largest base sorted by SCS (or, with
-    ``reinit_rng``, freshly initialised), fresh BN statistics (mean 0, variance 1) for every
-    sub-network, and the ZPM masks."""
-    module = arch.module(the_plan.structure)
+    ``reinit_rng``, freshly initialised with BN scales ``bn_scale_init``: the release's
+    ``init_bn_val``), fresh BN statistics (mean 0, variance 1) for every sub-network, and
+    the ZPM masks."""
+    module = arch.module(the_plan.structure, bn_scale_init=bn_scale_init)
     x = jnp.zeros((1, 32, 32, in_channels))
     if reinit_rng is not None:
         params = module.init(reinit_rng, x)['params']
@@ -78,7 +79,7 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
           macs_targets: Sequence[float] | None = None, image_size: int = 224,
           in_channels: int = 3, zpm: bool = True, min_channels_ratio: float = 0.1,
           importance: str = 'bn', reinit_rng: jax.Array | None = None,
-          tolerance: float = 0.01) -> tuple:
+          bn_scale_init: float = 1.0, tolerance: float = 0.01) -> tuple:
     """SP-Net pruning of trained bases into one slimmable network.
 
     Args:
@@ -94,7 +95,8 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
       min_channels_ratio: floor per layer, as a fraction of its channels in the base being
         pruned (halved for ZPM block ends and shortcuts; VGG: of its x1.0 channels).
       importance: a name in `IMPORTANCE`.
-      reinit_rng: re-train-from-scratch recipes (VGG, MobileNetV1): fresh weights.
+      reinit_rng: re-train-from-scratch recipes (VGG, MobileNetV1): fresh weights, with BN
+        scales ``bn_scale_init``.
 
     Returns:
       ``(structure, variables, info)``: info has 'keep_ratios', 'thresholds', 'macs'.
@@ -144,7 +146,7 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
     the_plan = plan(arch, base_scores, base_widths, list(keep_ratios), zpm_on=zpm,
                     min_channels_ratio=min_channels_ratio, orders=orders)
     variables = slimmable_variables(arch, the_plan, base_variables[-1], in_channels=in_channels,
-                                    reinit_rng=reinit_rng)
+                                    reinit_rng=reinit_rng, bn_scale_init=bn_scale_init)
     S = the_plan.structure
     macs = [macs_of(dict(zip(S.groups, S.counts[k], strict=True)),
                     dict(zip(S.junctions, S.stream_sizes[k], strict=True)) if S.zpm else {})
