@@ -4,6 +4,15 @@
     logits = net(images_nhwc, subnet=0)    # any sub-network, smallest first
 """
 
-from spnet_jax.loading import SlimmableNetwork, load
+import os
+
+# TensorFlow (imported by TFDS and clu) logs C++ lines to stderr at import on some CPUs (the
+# oneDNN notice, absl's "before InitializeLog"); they would precede every message of every
+# command. Silence them before anything imports TensorFlow. oneDNN only speeds up TF's own
+# kernels, which this project uses for input decoding alone.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+from spnet_jax.loading import SlimmableNetwork, load  # noqa: E402
 
 __all__ = ['SlimmableNetwork', 'load']
