@@ -14,8 +14,12 @@ the release's ``features.<b>`` index, in network order):
 
 Conv kernels go from OIHW to HWIO, the classifier from (out, in) to (in, out). BN weight/bias
 become scale/bias; ``running_mean``/``running_var`` become the full network's statistics
-(``mean_{K-1}``), ``bn.<k>.running_*`` the private ones of sub-network k. ``torch`` is needed
-only to read ``.pt`` files; ``.npz`` files with the same keys need numpy alone.
+(``mean_{K-1}``), ``bn.<k>.running_*`` the private ones of sub-network k. An S-Net's
+switchable BN (``<bn>.bn.<k>.{weight,bias,running_mean,running_var}`` for every width k, the
+last included) becomes sub-network k's private ``scale_k``, ``bias_k``, ``mean_k``, ``var_k``.
+``torch`` is needed only to read ``.pt`` files; ``.npz`` files with the same keys need numpy
+alone. `release_shapes` goes the other way for shapes: the keys and shapes a release
+checkpoint of a given network has.
 """
 
 from __future__ import annotations
@@ -96,28 +100,35 @@ def module_names(arch) -> dict[str, str]:
     return names
 
 
-_PRIVATE = re.compile(r'^(?P<mod>.+)\.bn\.(?P<k>\d+)\.running_(?P<stat>mean|var)$')
+_PRIVATE = re.compile(
+    r'^(?P<mod>.+)\.bn\.(?P<k>\d+)\.(?P<leaf>weight|bias|running_mean|running_var)$')
+# A private (``bn.<k>``) entry of the release -> ours: (collection, name before ``_k``).
+_PRIVATE_LEAF = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
+                 'running_mean': ('stats', 'mean'), 'running_var': ('stats', 'var')}
 
 
 def convert(state: dict[str, np.ndarray], arch, num_subnets: int = 1) -> dict:
     """A release state dict -> ``{'params', 'batch_stats'}`` of ``arch`` (our names/layouts).
 
     ``num_subnets``: how many sub-networks the checkpoint's BNs hold statistics for (1 for
-    a base network); the shared ``running_*`` belong to the last.
+    a base network); the shared ``running_*`` belong to the last. (An S-Net's switchable BNs
+    name every width's entries ``bn.<k>``, so it needs no ``num_subnets``.)
     """
     names = module_names(arch)
     params, stats = {}, {}
     last = num_subnets - 1
     for key, value in state.items():
         value = np.asarray(value)
+        mod, _, leaf = key.rpartition('.')
+        if leaf == 'num_batches_tracked':
+            continue
         m = _PRIVATE.match(key)
         if m:
             if m['mod'] not in names:
                 raise ConfigError(f'checkpoint key {key!r} is not part of {arch.name}.')
-            stats[f"{names[m['mod']]}/{m['stat']}_{m['k']}"] = value.astype(np.float32)
-            continue
-        mod, _, leaf = key.rpartition('.')
-        if leaf == 'num_batches_tracked' or mod.endswith('.bn') and leaf == 'num_batches_tracked':
+            collection, name = _PRIVATE_LEAF[m['leaf']]
+            (params if collection == 'params' else stats)[
+                f"{names[m['mod']]}/{name}_{m['k']}"] = value
             continue
         if mod not in names:
             raise ConfigError(f'checkpoint key {key!r} is not part of {arch.name}; is it a '
@@ -140,3 +151,38 @@ def convert(state: dict[str, np.ndarray], arch, num_subnets: int = 1) -> dict:
     as_f32 = lambda d: {k: np.asarray(v, np.float32) for k, v in d.items()}
     return {'params': traverse_util.unflatten_dict(as_f32(params), sep='/'),
             'batch_stats': traverse_util.unflatten_dict(as_f32(stats), sep='/')}
+
+
+def release_shapes(arch, shapes: dict, num_subnets: int = 1, *,
+                   method: str = 'spnet') -> dict[str, tuple[int, ...]]:
+    """The release checkpoint keys of a network of ``arch``, with their shapes in the
+    release's layouts, from our variables' (or `jax.eval_shape`'s) ``{'params',
+    'batch_stats'}``: the inverse of `convert` for shapes (``num_batches_tracked`` left out).
+
+    ``method``: 'spnet' (a shared BN affine; ``running_*`` are sub-network
+    ``num_subnets-1``'s statistics, ``bn.<k>.running_*`` the others') or 'snet' (every
+    width's BN entries under ``bn.<k>``).
+    """
+    release = {ours: theirs for theirs, ours in module_names(arch).items()}
+    flat = lambda tree: traverse_util.flatten_dict(dict(tree or {}), sep='/')
+    out: dict[str, tuple[int, ...]] = {}
+    for path, x in flat(shapes.get('params')).items():
+        mod, _, leaf = path.rpartition('/')
+        shape, name = tuple(np.shape(x)), release[mod]
+        if leaf == 'kernel' and len(shape) == 4:
+            out[f'{name}.weight'] = (shape[3], shape[2], shape[0], shape[1])
+        elif leaf == 'kernel':
+            out[f'{name}.weight'] = shape[::-1]
+        elif leaf in ('scale', 'bias'):
+            out[f"{name}.{'weight' if leaf == 'scale' else 'bias'}"] = shape
+        else:  # scale_k / bias_k of a switchable BN
+            kind, _, k = leaf.rpartition('_')
+            out[f"{name}.bn.{k}.{'weight' if kind == 'scale' else 'bias'}"] = shape
+    for path, x in flat(shapes.get('batch_stats')).items():
+        mod, _, leaf = path.rpartition('/')
+        stat, _, k = leaf.rpartition('_')
+        if method == 'spnet' and int(k) == num_subnets - 1:
+            out[f'{release[mod]}.running_{stat}'] = tuple(np.shape(x))
+        else:
+            out[f'{release[mod]}.bn.{k}.running_{stat}'] = tuple(np.shape(x))
+    return out

@@ -36,13 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from flax import traverse_util
 
-from spnet_jax.channels import ChannelTable
 from spnet_jax.cost import subnet_costs
 from spnet_jax.errors import ConfigError
 from spnet_jax.loading import SlimmableNetwork, load
 from spnet_jax.structure import Structure
+from spnet_jax.subnets import _flat, standalone_structure, standalone_variables
 
 ARTIFACT = 'model.jax_export'
 INFO = 'export.json'
@@ -56,76 +55,6 @@ KNOWN_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
 
 # --------------------------------------------------------------- the standalone network
-def standalone_structure(structure: Structure, subnet: int) -> Structure:
-    """A one-sub-network structure: sub-network ``subnet``'s channels are the full network."""
-    k = structure.subnet_index(subnet)
-    return Structure(
-        arch=structure.arch,
-        method='spnet',
-        groups=structure.groups,
-        full=structure.counts[k],
-        counts=(structure.counts[k],),
-        junctions=structure.junctions,
-        stream_sizes=(structure.stream_sizes[k],) if structure.zpm else (),
-        widths=None if structure.widths is None else (structure.widths[k],),
-    )
-
-
-def standalone_variables(table: ChannelTable, structure: Structure, variables: dict[str, Any],
-                         subnet: int) -> dict[str, Any]:
-    """Sub-network ``subnet``'s variables as a standalone network's (a new tree).
-
-    Reads the wiring from ``table`` only: each group's producers and depthwise followers
-    keep their first ``n`` outputs, its consumers their first ``n`` input rows, its BNs their
-    first ``n`` affine entries (S-Net: sub-network k's private ones) and k's private
-    statistics; each ZPM junction's consumers gather their input rows by k's fused index.
-    """
-    k = structure.subnet_index(subnet)
-    params = _flat(variables['params'])
-    stats = _flat(variables.get('batch_stats', {}))
-    masks = _flat(variables.get('masks', {}))
-
-    def cut(path: str, axis: int, index) -> None:
-        key = f'{path}/kernel'
-        if isinstance(index, int):
-            params[key] = jax.lax.slice_in_dim(params[key], 0, index, axis=axis % params[key].ndim)
-        else:
-            params[key] = jnp.take(params[key], index, axis=axis)
-
-    new_stats: dict[str, Any] = {}
-    for group in table.groups:
-        n = structure.count(group.name, k)
-        for path in (*group.producers, *group.followers):
-            cut(path, -1, n)
-        for path, axis in group.consumers:
-            cut(path, axis, n)
-        for bn in group.bns:
-            for leaf in ('scale', 'bias'):
-                if structure.method == 'snet':  # switchable BN: k's own affine
-                    params[f'{bn}/{leaf}'] = params[f'{bn}/{leaf}_{k}']
-                    for i in range(structure.num_subnets):
-                        del params[f'{bn}/{leaf}_{i}']
-                else:
-                    params[f'{bn}/{leaf}'] = params[f'{bn}/{leaf}'][:n]
-            new_stats[f'{bn}/mean_0'] = stats[f'{bn}/mean_{k}']
-            new_stats[f'{bn}/var_0'] = stats[f'{bn}/var_{k}']
-
-    new_masks: dict[str, Any] = {}
-    for junction in table.junctions:
-        prefix = f'{junction.name}/zpm'
-        fused = jnp.asarray(masks[f'{prefix}/fused_{k}'])
-        for path, axis in junction.consumers:
-            cut(path, axis, fused)
-        new_masks[f'{prefix}/fused_0'] = jnp.arange(fused.shape[0], dtype=fused.dtype)
-        new_masks[f'{prefix}/body_0'] = masks[f'{prefix}/body_{k}']
-        new_masks[f'{prefix}/short_0'] = masks[f'{prefix}/short_{k}']
-
-    out = {'params': _unflat(params), 'batch_stats': _unflat(new_stats)}
-    if new_masks:
-        out['masks'] = _unflat(new_masks)
-    return out
-
-
 def standalone(net: SlimmableNetwork, subnet: int | float) -> tuple[Structure, dict[str, Any]]:
     """``(structure, variables)`` of sub-network ``subnet`` of ``net`` as a standalone
     network; checked against the shapes its model expects."""
@@ -292,14 +221,6 @@ def _write_atomic(path: str, data: bytes) -> None:
     with open(tmp, 'wb') as fh:
         fh.write(data)
     os.replace(tmp, path)
-
-
-def _flat(tree) -> dict[str, Any]:
-    return dict(traverse_util.flatten_dict(dict(tree), sep='/')) if tree else {}
-
-
-def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
-    return traverse_util.unflatten_dict(flat, sep='/')
 
 
 def _shapes(variables) -> dict[str, tuple]:

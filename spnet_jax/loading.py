@@ -27,8 +27,13 @@ from spnet_jax.cost import subnet_costs
 from spnet_jax.errors import ConfigError
 from spnet_jax.models import get_arch
 
-# Stage folders of a workdir that hold a slimmable network, most finished first.
-STAGES = ('slim', 'pruned')
+# Stage folders of a workdir that hold a slimmable network, most finished first:
+# ``published`` is the trained network after its training scaffold was dropped
+# (`spnet_jax.subnets.keep_first`), ``slim`` the trained slimmable network, ``pruned`` the
+# prune command's.
+STAGES = ('published', 'slim', 'pruned')
+# Stages whose accuracy is in the workdir's report.json (which describes the newest network).
+REPORTED_STAGES = ('published', 'slim')
 STRUCTURE, CHECKPOINTS, DONE, REPORT = 'structure.json', 'checkpoints', 'done.json', 'report.json'
 
 
@@ -66,7 +71,8 @@ def _not_finished(folder: str, what: str) -> ConfigError:
 def resolve(path: str) -> tuple[str, int | None]:
     """``(stage folder, step or None for its final checkpoint)`` that ``path`` names.
 
-    ``path``: a workdir (its finished ``slim/``, else its ``pruned/``), a stage folder
+    ``path``: a workdir (its finished ``published/``, else ``slim/``, else ``pruned/``), a
+    stage folder
     (``base_0.75/``, ``slim/``, ...; finished), or one checkpoint of a stage at any step
     (``<stage>/checkpoints/<step>``, finished or not).
     """
@@ -108,14 +114,15 @@ def resolve(path: str) -> tuple[str, int | None]:
 def recorded_accuracy(folder: str, step: int) -> dict[int, dict[str, Any]]:
     """What evaluation recorded for the network of ``folder`` at ``step``, per sub-network.
 
-    The workdir's ``report.json`` describes its finished ``slim/`` network; a base network's
-    ``done.json`` holds its own evaluation. Earlier checkpoints have none.
+    The workdir's ``report.json`` describes its newest network (``published/`` or
+    ``slim/``; rows of another network are dropped by their MACs in `subnets`); a base
+    network's ``done.json`` holds its own evaluation. Earlier checkpoints have none.
     """
     from spnet_jax.train import checkpoint
 
     if _done_step(folder) != step:
         return {}
-    if os.path.basename(folder) == 'slim':
+    if os.path.basename(folder) in REPORTED_STAGES:
         report = os.path.join(os.path.dirname(folder), REPORT)
         rows = checkpoint.read_json(report) if os.path.exists(report) else []
     else:
@@ -203,11 +210,12 @@ def load(path: str | os.PathLike, *,
          devices: Sequence[jax.Device] | None = None) -> SlimmableNetwork:
     """The network saved at ``path``, ready to run on ``devices`` (default: all local ones).
 
-    ``path``: a workdir of ``main.py`` or ``python -m spnet_jax.prune`` (its finished
-    slimmable network), a finished stage folder in it (``base_<w>/``, ``pruned/``,
-    ``slim/``), or any checkpoint of a stage (``<stage>/checkpoints/<step>``), finished or
-    not. Raises `ConfigError` (one sentence) for anything else, or for a workdir whose
-    training has not finished.
+    ``path``: a workdir of ``main.py``, ``python -m spnet_jax.prune`` or
+    ``python -m spnet_jax.import_release`` (its finished network: ``published/``, else
+    ``slim/``, else ``pruned/``), a finished stage folder in it (``base_<w>/``, ``pruned/``,
+    ``slim/``, ``published/``), or any checkpoint of a stage
+    (``<stage>/checkpoints/<step>``), finished or not. Raises `ConfigError` (one sentence)
+    for anything else, or for a workdir whose training has not finished.
     """
     from spnet_jax.train import checkpoint
 
@@ -234,28 +242,34 @@ def load(path: str | os.PathLike, *,
 
 
 def _arch_for(structure, num_classes: int, stem, config):
-    """The architecture at the full width the structure was built for."""
+    """The architecture at the full width the structure was built for (for a network cut
+    out of a wider one, the width it was cut from, else the narrowest that holds it)."""
+    configured = [] if config is None else [config.model.get('full_width', 1.0)]
     candidates = [structure.widths[-1]] if structure.widths else []
-    if config is not None:
-        candidates += [config.model.get('full_width', 1.0)]
-        if 'base' in config and config.base.get('widths'):
-            candidates.append(config.base.widths[-1])
+    candidates += configured
+    if config is not None and 'base' in config and config.base.get('widths'):
+        candidates.append(config.base.widths[-1])
     candidates.append(1.0)
+    arch_at = lambda width: get_arch(structure.arch, num_classes=num_classes, stem=stem,
+                                     full_width=float(width))
     for width in candidates:
-        arch = get_arch(structure.arch, num_classes=num_classes, stem=stem,
-                        full_width=float(width))
+        arch = arch_at(width)
         table = arch.table(zpm=structure.zpm)
         if tuple(g.size for g in table.groups) == structure.full:
             structure.validate(table)
             return arch
-        if _is_exported_subnet(structure, table):
+    for width in configured + candidates:  # cut from the configured network, if it was
+        arch = arch_at(width)
+        if _is_cut_network(structure, arch.table(zpm=structure.zpm)):
             return arch
     raise ConfigError(f'the saved structure matches {structure.arch} at none of the widths '
                       f'{candidates}; the checkpoint and its structure.json disagree.')
 
 
-def _is_exported_subnet(structure, table) -> bool:
-    """A sub-network exported as a standalone network (`spnet_jax.export`): one sub-network
-    with the architecture's layers, none wider than at this width."""
-    return (structure.num_subnets == 1 and structure.groups == table.group_names
+def _is_cut_network(structure, table) -> bool:
+    """A network cut out of a wider one: a sub-network exported as a standalone network
+    (`spnet_jax.export`), or the first sub-networks of a slimmable one with the rest dropped
+    (`spnet_jax.subnets.keep_first`): the architecture's layers, none wider than at this
+    width."""
+    return (structure.groups == table.group_names
             and all(c <= g.size for c, g in zip(structure.full, table.groups, strict=True)))

@@ -1,6 +1,7 @@
 """Export of one sub-network as a standalone network and a `jax.export` artifact: the same
 logits as the slimmable sub-network, the same parameter count, one-sentence errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -275,3 +276,72 @@ def test_standalone_equals_subnetwork_other_layouts(name, width, zpm_on):
         np.testing.assert_allclose(got, net(IMAGES, subnet=k), rtol=1e-5, atol=1e-5)
         count = sum(leaf.size for leaf in jax.tree.leaves(single_variables['params']))
         assert count == net.subnets[k]['params']
+
+
+# --------------------------------------------------------------- keep_first (subnets.py)
+def _nested_structure(arch, num_subnets, seed):
+    """A random SP-Net structure of ``arch`` (no ZPM) with nested counts: each group's
+    sub-networks keep a sorted random number of channels, the last all of them."""
+    from spnet_jax.structure import Structure
+
+    table = arch.table()
+    rng = np.random.default_rng(seed)
+    per_group = [sorted(rng.integers(1, g.size + 1, num_subnets - 1).tolist()) + [g.size]
+                 for g in table.groups]
+    return Structure(arch=arch.name, method='spnet', groups=table.group_names,
+                     full=tuple(g.size for g in table.groups),
+                     counts=tuple(tuple(c[k] for c in per_group) for k in range(num_subnets))
+                     ).validate(table)
+
+
+@pytest.mark.parametrize('name,width,method,count', [
+    ('mobilenet_v1', 0.25, 'spnet', 3),  # the release's case: MobileNetV1 without its x1.5
+    ('vgg19', 0.125, 'spnet', 1),
+    ('resnet20', 0.5, 'snet', 2),        # S-Net: private affines of the kept widths stay
+])
+def test_keep_first_keeps_the_first_subnetworks_exactly(name, width, method, count):
+    from spnet_jax.subnets import keep_first
+
+    arch = get_arch(name, num_classes=7, full_width=width)
+    if method == 'snet':
+        structure = arch.snet_structure((0.25, 0.375, 0.5))
+    else:
+        structure = _nested_structure(arch, 4, seed=1)
+    model = arch.module(structure)
+    variables = random_variables(model, jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)), seed=2)
+    kept, kept_variables = keep_first(arch.table(), structure, variables, count)
+    assert kept.counts == structure.counts[:count] and kept.full == structure.counts[count - 1]
+    assert kept.method == method and kept.num_subnets == count
+    assert kept.widths == (None if structure.widths is None else structure.widths[:count])
+    kept_model = arch.module(kept)
+    want = jax.eval_shape(lambda: kept_model.init(jax.random.key(0), IMAGES[:1]))
+    assert export._shapes(kept_variables) == export._shapes(want)  # fits the new model
+    for k in range(count):
+        before = jax.jit(lambda v, x, k=k: model.apply(v, x, subnet=k))(variables, IMAGES)
+        after = jax.jit(lambda v, x, k=k: kept_model.apply(v, x, subnet=k))(kept_variables,
+                                                                             IMAGES)
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_keep_first_refusals():
+    from spnet_jax.subnets import keep_first, keep_first_structure
+
+    arch = get_arch('resnet20', num_classes=7, full_width=0.5)
+    structure = _nested_structure(arch, 3, seed=3)
+    for count in (0, 3, -1):
+        with pytest.raises(ConfigError, match=rf'^keeping the first {count} sub-networks of a '
+                                              r'network of 3: the count must be between 1 and '
+                                              r'2 \(at least one is dropped\)\.$'):
+            keep_first_structure(structure, count)
+    zpm = dataclasses.replace(structure, junctions=('layer1_0',), stream_sizes=((1,),) * 3)
+    with pytest.raises(ConfigError, match=r'^cannot drop sub-networks of a ZPM resnet20: its '
+                                          r'residual streams are numbered'):
+        keep_first(arch.table(zpm=True), zpm, {'params': {}}, 2)
+    counts = [list(c) for c in structure.counts]
+    counts[0][0], counts[1][0] = structure.full[0], 1  # sub-network 0 wider than 1 there
+    crossed = dataclasses.replace(structure, counts=tuple(tuple(c) for c in counts))
+    with pytest.raises(ConfigError, match=rf'^cannot make sub-network 1 the full network: '
+                                          rf'sub-network 0 has {structure.full[0]} channels in '
+                                          rf"layer '{structure.groups[0]}', more than its 1; "
+                                          r'its counts are not nested\.$'):
+        keep_first_structure(crossed, 2)

@@ -158,6 +158,28 @@ def test_workdir_without_a_slimmable_network(finished, tmp_path):
     assert net.path == str(tmp_path / 'pruned') and net.step == 0
 
 
+def test_published_network_is_preferred_with_the_report(finished, tmp_path):
+    """``published/`` (the network after its training scaffold was dropped) is what a
+    workdir loads first; the report's rows of the sub-networks it kept describe it."""
+    from spnet_jax.subnets import keep_first
+
+    workdir = tmp_path / 'run'
+    shutil.copytree(finished['workdir'], workdir)
+    slim = spnet_jax.load(workdir)
+    structure, variables = keep_first(finished['arch'].table(), slim.structure, slim.variables,
+                                      1)
+    checkpoint.save_network(str(workdir / 'published'), structure, variables, _config(0.5))
+    net = spnet_jax.load(workdir)
+    assert net.path == str(workdir / 'published') and net.structure == structure
+    np.testing.assert_allclose(net(IMAGES, subnet=0), slim(IMAGES, subnet=0), rtol=1e-5,
+                               atol=1e-5)
+    assert [s['top1'] for s in net.subnets] == [0.5]  # report.json's row of sub-network 0
+    assert spnet_jax.load(workdir / 'slim').structure.num_subnets == 2
+    os.remove(workdir / 'published' / 'done.json')  # written last: an unfinished stage
+    with pytest.raises(ConfigError, match=rf'^training in {workdir} has not finished '):
+        spnet_jax.load(workdir)
+
+
 def test_errors_are_one_sentence(finished, tmp_path):
     with pytest.raises(ConfigError, match=r'is not a directory; give a workdir, a stage '):
         spnet_jax.load(tmp_path / 'missing')

@@ -1,0 +1,183 @@
+"""Choosing sub-networks of a slimmable network, as pure functions over
+``(ChannelTable, Structure, variables)``.
+
+* `standalone_structure` / `standalone_variables`: one sub-network as a network of its own
+  (what `spnet_jax.export` writes);
+* `keep_first`: the network of sub-networks ``0..count-1`` only, the last of them becoming
+  the full network (the release's ``eliminate_width``, which drops a training scaffold such
+  as MobileNetV1's x1.5 after fine-tuning).
+
+Both read the wiring from the table only (which params produce, follow and consume each
+channel group), so they work for every architecture; neither changes the function of the
+sub-networks they keep.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from spnet_jax.channels import ChannelTable
+from spnet_jax.errors import ConfigError
+from spnet_jax.structure import Structure
+
+
+def _flat(tree) -> dict[str, Any]:
+    return dict(traverse_util.flatten_dict(dict(tree), sep='/')) if tree else {}
+
+
+def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
+    return traverse_util.unflatten_dict(flat, sep='/')
+
+
+def _cutter(params: dict[str, Any]):
+    """``cut(path, axis, index)``: keeps the first ``index`` entries (an int) of a kernel's
+    axis, or gathers the entries ``index`` (an array), in ``params`` (flat, updated)."""
+
+    def cut(path: str, axis: int, index) -> None:
+        key = f'{path}/kernel'
+        if isinstance(index, int):
+            params[key] = jax.lax.slice_in_dim(params[key], 0, index, axis=axis % params[key].ndim)
+        else:
+            params[key] = jnp.take(params[key], index, axis=axis)
+
+    return cut
+
+
+# --------------------------------------------------------------- one sub-network alone
+def standalone_structure(structure: Structure, subnet: int) -> Structure:
+    """A one-sub-network structure: sub-network ``subnet``'s channels are the full network."""
+    k = structure.subnet_index(subnet)
+    return Structure(
+        arch=structure.arch,
+        method='spnet',
+        groups=structure.groups,
+        full=structure.counts[k],
+        counts=(structure.counts[k],),
+        junctions=structure.junctions,
+        stream_sizes=(structure.stream_sizes[k],) if structure.zpm else (),
+        widths=None if structure.widths is None else (structure.widths[k],),
+    )
+
+
+def standalone_variables(table: ChannelTable, structure: Structure, variables: dict[str, Any],
+                         subnet: int) -> dict[str, Any]:
+    """Sub-network ``subnet``'s variables as a standalone network's (a new tree).
+
+    Reads the wiring from ``table`` only: each group's producers and depthwise followers
+    keep their first ``n`` outputs, its consumers their first ``n`` input rows, its BNs their
+    first ``n`` affine entries (S-Net: sub-network k's private ones) and k's private
+    statistics; each ZPM junction's consumers gather their input rows by k's fused index.
+    """
+    k = structure.subnet_index(subnet)
+    params = _flat(variables['params'])
+    stats = _flat(variables.get('batch_stats', {}))
+    masks = _flat(variables.get('masks', {}))
+    cut = _cutter(params)
+
+    new_stats: dict[str, Any] = {}
+    for group in table.groups:
+        n = structure.count(group.name, k)
+        for path in (*group.producers, *group.followers):
+            cut(path, -1, n)
+        for path, axis in group.consumers:
+            cut(path, axis, n)
+        for bn in group.bns:
+            for leaf in ('scale', 'bias'):
+                if structure.method == 'snet':  # switchable BN: k's own affine
+                    params[f'{bn}/{leaf}'] = params[f'{bn}/{leaf}_{k}']
+                    for i in range(structure.num_subnets):
+                        del params[f'{bn}/{leaf}_{i}']
+                else:
+                    params[f'{bn}/{leaf}'] = params[f'{bn}/{leaf}'][:n]
+            new_stats[f'{bn}/mean_0'] = stats[f'{bn}/mean_{k}']
+            new_stats[f'{bn}/var_0'] = stats[f'{bn}/var_{k}']
+
+    new_masks: dict[str, Any] = {}
+    for junction in table.junctions:
+        prefix = f'{junction.name}/zpm'
+        fused = jnp.asarray(masks[f'{prefix}/fused_{k}'])
+        for path, axis in junction.consumers:
+            cut(path, axis, fused)
+        new_masks[f'{prefix}/fused_0'] = jnp.arange(fused.shape[0], dtype=fused.dtype)
+        new_masks[f'{prefix}/body_0'] = masks[f'{prefix}/body_{k}']
+        new_masks[f'{prefix}/short_0'] = masks[f'{prefix}/short_{k}']
+
+    out = {'params': _unflat(params), 'batch_stats': _unflat(new_stats)}
+    if new_masks:
+        out['masks'] = _unflat(new_masks)
+    return out
+
+
+# --------------------------------------------------------------- the first sub-networks
+def keep_first_structure(structure: Structure, count: int) -> Structure:
+    """The structure of sub-networks ``0..count-1``, sub-network ``count-1`` the full one.
+
+    Refuses (`ConfigError`, one sentence) a ZPM structure (its residual streams are numbered
+    in the dropped network's channels), a ``count`` outside ``1..num_subnets-1``, and counts
+    that are not nested (a kept sub-network wider than the new full one in some layer).
+    """
+    S = structure
+    if S.zpm:
+        raise ConfigError(
+            f'cannot drop sub-networks of a ZPM {S.arch}: its residual streams are numbered in '
+            'the full network\'s channels; only networks without ZPM (e.g. MobileNetV1) have '
+            'a scaffold to drop.')
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count < S.num_subnets:
+        raise ConfigError(
+            f'keeping the first {count!r} sub-networks of a network of {S.num_subnets}: the '
+            f'count must be between 1 and {S.num_subnets - 1} (at least one is dropped).')
+    full = S.counts[count - 1]
+    for k in range(count - 1):
+        for name, c, f in zip(S.groups, S.counts[k], full, strict=True):
+            if c > f:
+                raise ConfigError(
+                    f'cannot make sub-network {count - 1} the full network: sub-network {k} '
+                    f'has {c} channels in layer {name!r}, more than its {f}; its counts are '
+                    'not nested.')
+    return Structure(
+        arch=S.arch,
+        method=S.method,
+        groups=S.groups,
+        full=full,
+        counts=S.counts[:count],
+        widths=None if S.widths is None else S.widths[:count],
+    )
+
+
+def keep_first(table: ChannelTable, structure: Structure, variables: dict[str, Any],
+               count: int) -> tuple[Structure, dict[str, Any]]:
+    """``(structure, variables)`` of the network of sub-networks ``0..count-1`` only, the
+    last of them becoming the full network (the release's ``eliminate_width``).
+
+    Every group's producers and depthwise followers keep their first ``n`` outputs
+    (``n`` = sub-network ``count-1``'s channels), its consumers their first ``n`` input rows,
+    its BNs their first ``n`` shared scale/bias entries (S-Net: the private affines of the
+    kept sub-networks) and the kept sub-networks' private statistics. The kept sub-networks
+    compute exactly what they did. Refusals as `keep_first_structure`.
+    """
+    new = keep_first_structure(structure, count)
+    params = _flat(variables['params'])
+    stats = _flat(variables.get('batch_stats', {}))
+    cut = _cutter(params)
+    new_stats: dict[str, Any] = {}
+    for group in table.groups:
+        n = new.full_of(group.name)
+        for path in (*group.producers, *group.followers):
+            cut(path, -1, n)
+        for path, axis in group.consumers:
+            cut(path, axis, n)
+        for bn in group.bns:
+            for leaf in ('scale', 'bias'):
+                if structure.method == 'snet':
+                    for i in range(count, structure.num_subnets):
+                        del params[f'{bn}/{leaf}_{i}']
+                else:
+                    params[f'{bn}/{leaf}'] = params[f'{bn}/{leaf}'][:n]
+            for k in range(count):
+                new_stats[f'{bn}/mean_{k}'] = stats[f'{bn}/mean_{k}']
+                new_stats[f'{bn}/var_{k}'] = stats[f'{bn}/var_{k}']
+    return new, {'params': _unflat(params), 'batch_stats': _unflat(new_stats)}
