@@ -50,7 +50,7 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
     from spnet_jax.train import checkpoint
     from spnet_jax.train.evaluate import REPORT_OPTIONS
 
-    path = os.path.join(workdir, 'slim', checkpoint.CONFIG)
+    path = os.path.join(checkpoint.final_network_dir(workdir), checkpoint.CONFIG)
     if not os.path.exists(path):
         raise ConfigError(f'{workdir} has no slimmable network with its config ({path}); '
                           'give the --workdir of a main.py run whose slim stage has finished.')

@@ -282,6 +282,15 @@ def test_mobilenet_v1_after_eliminate_width_imports_as_the_published_network(v1)
                                    rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match='out of range'):
         eliminated(images, subnet=2)
+    # `spnet_jax.evaluate` reads that run's config and network from published/ (no slim/).
+    from spnet_jax.evaluate import saved_config
+    from spnet_jax.train import checkpoint, validate
+
+    config = saved_config(str(folder / 'eliminated'))
+    assert (config.model.name, config.model.full_width) == ('mobilenet_v1', 0.75)
+    assert checkpoint.final_network_dir(str(folder / 'eliminated')).endswith('published')
+    config.stages = 'eval'
+    validate.check_workdir(config, str(folder / 'eliminated'), ('eval',))
 
 
 # --------------------------------------------------------------- 4. refusals

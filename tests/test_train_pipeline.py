@@ -250,3 +250,28 @@ def test_checkpoint_of_another_structure_is_refused(tmp_path):
     other.save(str(tmp_path / 'slim' / 'structure.json'))
     with pytest.raises(ConfigError, match='different network structure'):
         train_and_evaluate(config, str(tmp_path))
+
+
+def test_drop_scaffold_publishes_the_network_without_its_last_subnet(tmp_path):
+    """slim.drop_scaffold (the release's eliminate_width): the report, `spnet_jax.load` and
+    the published folder hold sub-networks 0..n-2, each computing what it computed in the
+    trained network."""
+    import spnet_jax
+
+    config = spnet_config(**{'prune.keep_ratios': (0.4, 0.7), 'prune.zpm': False,
+                             'slim.drop_scaffold': True, 'eval.eval_bases': False,
+                             'eval.latency_batch': 0})
+    workdir = str(tmp_path / 'run')
+    summary = train_and_evaluate(config, workdir)
+    assert [r['subnet'] for r in summary['report']] == [0, 1]
+    trained = spnet_jax.load(os.path.join(workdir, 'slim'))
+    published = spnet_jax.load(workdir)
+    assert trained.structure.num_subnets == 3 and published.structure.num_subnets == 2
+    assert published.path == os.path.join(workdir, 'published')
+    assert published.structure.full == trained.structure.counts[1]
+    images = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
+    for k in (0, 1):
+        np.testing.assert_allclose(np.asarray(published(images, subnet=k)),
+                                   np.asarray(trained(images, subnet=k)), rtol=1e-5, atol=1e-5)
+        assert published.subnets[k]['macs'] == trained.subnets[k]['macs']
+        assert published.subnets[k]['top1'] == summary['report'][k]['top1']

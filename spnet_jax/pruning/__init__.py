@@ -56,8 +56,8 @@ def slimmable_variables(arch, the_plan: Plan, largest_base: dict, *, in_channels
     the ZPM masks."""
     module = arch.module(the_plan.structure, bn_scale_init=bn_scale_init)
     x = jnp.zeros((1, 32, 32, in_channels))
-    if reinit_rng is not None:
-        params = module.init(reinit_rng, x)['params']
+    if reinit_rng is not None:  # jitted: eager init of a deep network takes many seconds
+        params = jax.jit(module.init)(reinit_rng, x)['params']
     else:
         params = scs.permute(largest_base, arch.table(zpm=the_plan.structure.zpm),
                              the_plan.orders)['params']

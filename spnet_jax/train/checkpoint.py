@@ -55,6 +55,17 @@ def stage_dir(workdir: str, name: str) -> str:
     return os.path.join(workdir, name)
 
 
+# The trained network without its training scaffold (``slim.drop_scaffold``, or a release
+# checkpoint imported after its ``eliminate_width``); it supersedes ``slim/`` when finished.
+PUBLISHED = 'published'
+
+
+def final_network_dir(workdir: str) -> str:
+    """The stage folder of a run's final network: a finished ``published/``, else ``slim/``."""
+    published = stage_dir(workdir, PUBLISHED)
+    return published if is_done(published) else stage_dir(workdir, 'slim')
+
+
 def base_dir(workdir: str, width: float) -> str:
     """``<workdir>/base_<width>`` (e.g. ``base_0.75``, ``base_1.0``)."""
     return stage_dir(workdir, f'base_{float(width)}')

@@ -13,6 +13,8 @@ interrupted one resumes.
 * ``slim``: every sub-network trained together (SPEC section 8): fine-tuning the pruned
   network (or re-training it from fresh weights, ``prune.start='reinit'``); with
   ``method='snet'`` the S-Net of ``slim.widths`` from scratch.
+  With ``slim.drop_scaffold`` the network without its last sub-network (a training scaffold,
+  MobileNetV1's x1.5) is then saved as ``published/``, which eval, load and export use.
 * ``eval``: top-1/top-5 of every sub-network (optionally after BN calibration), MACs,
   params and latency, written to ``<workdir>/report.json`` (+ ``report.md``,
   ``accuracy_vs_flops.png``; with ``eval.baseline_workdir``, the baseline beside it).
@@ -27,6 +29,7 @@ import jax
 from absl import logging
 
 from spnet_jax import data as data_lib
+from spnet_jax import subnets
 from spnet_jax.models import get_arch
 from spnet_jax.structure import Structure
 from spnet_jax.train import checkpoint, sharding, validate
@@ -35,6 +38,8 @@ from spnet_jax.train import report as report_lib
 from spnet_jax.train import state as state_lib
 from spnet_jax.train.loop import TrainJob, dtype_of, train_network
 from spnet_jax.train.metrics import TrainMetrics
+
+PUBLISHED = checkpoint.PUBLISHED
 
 
 def build_arch(config: Any):
@@ -100,6 +105,31 @@ def slim_job(config: Any, workdir: str, arch, shape) -> TrainJob:
                     section=config.slim, input_shape=shape, initial_variables=initial)
 
 
+def run_publish(config: Any, workdir: str, arch) -> dict[str, Any] | None:
+    """With ``slim.drop_scaffold``: the trained network without its last sub-network (the
+    release's ``eliminate_width``: MobileNetV1's x1.5 scaffold), saved as ``published/``.
+
+    Returns its ``done.json`` info, or None when the recipe keeps every sub-network.
+    """
+    if not config.slim.drop_scaffold:
+        return None
+    directory = checkpoint.stage_dir(workdir, PUBLISHED)
+    if checkpoint.is_done(directory):
+        logging.info('[%s] finished earlier; skipping.', PUBLISHED)
+        return {**checkpoint.done_info(directory), 'skipped': True}
+    slim_dir = checkpoint.stage_dir(workdir, 'slim')
+    structure, variables, _ = checkpoint.load_network(slim_dir)
+    step = (checkpoint.done_info(slim_dir) or {}).get('step', 0)
+    structure, variables = subnets.keep_first(arch.table(zpm=structure.zpm), structure,
+                                              variables, structure.num_subnets - 1)
+    checkpoint.save_network(directory, structure, variables, config, step=step)
+    logging.info('[%s] dropped the scaffold sub-network; %d sub-networks remain.', PUBLISHED,
+                 structure.num_subnets)
+    return checkpoint.done_info(directory)
+
+
+
+
 def run_eval(config: Any, workdir: str, arch, shape, mesh, *,
              force: bool = False) -> list[dict[str, Any]]:
     """The eval stage; skipped when finished earlier unless ``force`` (`spnet_jax.evaluate`)."""
@@ -109,11 +139,12 @@ def run_eval(config: Any, workdir: str, arch, shape, mesh, *,
     if not force and checkpoint.is_done(directory) and os.path.exists(report_path):
         logging.info('[eval] finished earlier; skipping (report in %s).', report_path)
         return checkpoint.read_json(report_path)
-    slim_dir = checkpoint.stage_dir(workdir, 'slim')
-    structure, variables, _ = checkpoint.load_network(slim_dir)
+    run_publish(config, workdir, arch)  # a no-op unless the recipe drops a scaffold
+    net_dir = checkpoint.final_network_dir(workdir)
+    structure, variables, _ = checkpoint.load_network(net_dir)
     model = arch.module(structure, dtype=dtype_of(config.compute_dtype))
     expected = jax.eval_shape(lambda: state_lib.init_variables(model, jax.random.key(0), shape))
-    checkpoint.check_variables(variables, expected, f'the network in {slim_dir}')
+    checkpoint.check_variables(variables, expected, f'the network in {net_dir}')
     variables = sharding.replicate(variables, mesh)
     calibration = int(config.eval.bn_calibration_batches)
     if calibration:
@@ -130,7 +161,7 @@ def run_eval(config: Any, workdir: str, arch, shape, mesh, *,
     title = f'{report_lib.METHOD_NAMES[config.method]} {arch.name} on {config.data.name}'
     report_lib.write_report(workdir, rows, title, method=config.method,
                             baseline_workdir=options['baseline_workdir'])
-    step = (checkpoint.done_info(slim_dir) or {}).get('step', 0)
+    step = (checkpoint.done_info(net_dir) or {}).get('step', 0)
     writer = TrainMetrics('eval', directory, num_steps=max(step, 1), first_step=step,
                           log_every_steps=1)
     writer.write_eval(step, rows)
@@ -165,6 +196,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         summary['pruned'] = run_prune(config, workdir, arch, shape)
     if 'slim' in stages:
         summary['slim'] = train_network(slim_job(config, workdir, arch, shape), config, mesh)
+        published = run_publish(config, workdir, arch)
+        if published is not None:
+            summary[PUBLISHED] = published
     if 'eval' in stages:
         summary['report'] = run_eval(config, workdir, arch, shape, mesh)
     return summary
