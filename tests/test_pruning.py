@@ -266,3 +266,29 @@ def test_reinit_starts_bn_scales_at_the_recipes_init_bn_val(tmp_path):
     # The weights are fresh, not the largest base's.
     assert not np.allclose(variables['params']['conv0']['kernel'],
                            bases[1]['params']['conv0']['kernel'])
+
+
+@pytest.mark.parametrize('name,entry', [('resnet50', 'layer1_0/proj_bn'),
+                                        ('mobilenet_v2', 'block4/project_bn')])
+def test_stream_without_zpm_is_counted_and_ranked_by_its_first_layer(name, entry):
+    """As the release links a residual stream's channel lists to the layer that starts it:
+    the block ends' own |gamma| neither adds channels nor changes the order."""
+    from flax import traverse_util
+
+    arch = get_arch(name, full_width=0.5)
+    table = arch.table(zpm=False)
+    group = next(g for g in table.groups if entry in g.bns and len(g.bns) > 1)
+    rng = np.random.default_rng(0)
+    flat = {f'{bn}/scale': rng.uniform(0.5, 1.0, g.size).astype(np.float32)
+            for g in table.groups for bn in g.bns}
+    for bn in group.bns:  # the ends: all important; the entry: 7 channels above the rest
+        flat[f'{bn}/scale'] = np.full(group.size, 0.9, np.float32)
+    first = np.full(group.size, 0.01, np.float32)
+    first[[3, 1, 4, 15, 9, 2, 6]] = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93]
+    flat[f'{entry}/scale'] = first
+    variables = {'params': traverse_util.unflatten_dict(flat, sep='/')}
+    scores, pool = IMPORTANCE['bn'](variables, table)
+    the_plan = plan(arch, [(scores, pool)], [0.5], [0.5], zpm_on=False)
+    floor = max(7, int(group.size * 0.1))
+    assert the_plan.structure.count(group.name, 0) == floor
+    assert the_plan.orders[group.name][:7].tolist() == [3, 1, 4, 15, 9, 2, 6]

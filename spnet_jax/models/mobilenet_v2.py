@@ -125,7 +125,9 @@ class MobileNetV2Arch(Architecture):
                     prods = tuple(f'{m.name}/project_conv' for m in members)
                     bns = tuple(f'{m.name}/project_bn' for m in members)
                     readers = tuple(first_reader(m + 1) for m in stream_members)
-                    groups.append(ChannelGroup(name, b.out, prods, bns, bns, readers))
+                    # Scored by the stage entry's projection, as the release links the
+                    # residual projections' channel counts and order to it.
+                    groups.append(ChannelGroup(name, b.out, prods, bns, bns[:1], readers))
                 stream_members = []
         groups.append(plain_group('last_conv', last, 'last_bn', (('head', 0),)))
         return ChannelTable(self.name, tuple(groups), tuple(streams))

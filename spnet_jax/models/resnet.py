@@ -151,8 +151,11 @@ class ResNetArch(Architecture):
                 bns = tuple(m.replace('conv', 'bn') for m in members)
                 consumers = list(readers(0)) if starts_at_stem else []
                 consumers += [r for b in sb for r in readers(index[b.name] + 1)]
-                groups.append(ChannelGroup(f'stage{s}', sb[0].out, tuple(members), bns, bns,
-                                           tuple(dict.fromkeys(consumers))))
+                # The release scores a stream by the layer that starts it (the projection
+                # shortcut, or the stem): the block ends share its channel count and order.
+                entry_bn = (f'{sb[0].name}/proj_bn' if sb[0].proj else 'stem_bn')
+                groups.append(ChannelGroup(f'stage{s}', sb[0].out, tuple(members), bns,
+                                           (entry_bn,), tuple(dict.fromkeys(consumers))))
         return ChannelTable(self.name, tuple(groups), tuple(streams))
 
     def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0):

@@ -35,8 +35,8 @@ def bn_scale(params: dict[str, np.ndarray], bn: str) -> np.ndarray:
 def bn_importance(variables: dict, table: ChannelTable):
     """Network slimming: ``|gamma|`` of the BN after each conv.
 
-    A group scored by several BNs (a residual stream without ZPM) takes the largest |gamma|
-    per channel. The pool holds |gamma| of every BN in the network, depthwise BNs included,
+    A group scored by several BNs takes the largest |gamma| per channel (the models score a
+    residual stream without ZPM by the BN of the layer that starts it, as the release does). The pool holds |gamma| of every BN in the network, depthwise BNs included,
     as the release's global threshold does.
     """
     params = flat_params(variables)
