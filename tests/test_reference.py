@@ -182,6 +182,10 @@ def test_mobilenet_v2_multibase_structure_and_weights(mobilenet_v2_net):
     case = REFERENCE / 'mobilenet_v2_multibase_zpm'
     net = mobilenet_v2_net
     assert check_structure_and_masks(net, case, case / 'base_1.3.npz') == 52
+    widths = json.loads((case / 'widths.json').read_text())['per_width']
+    for sub, w in zip(net.subnets, widths, strict=True):
+        assert sub['macs'] == w['own_count']['conv_fc_macs_per_image']
+        assert sub['params'] == w['own_count']['params_incl_bn_affine']
     # Every permuted weight equals the release's pruned, sorted network.
     want = convert_torch.convert(dict(np.load(case / 'pruned_state_dict.npz')), net.arch,
                                  num_subnets=3)
