@@ -44,6 +44,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError('Too many command-line arguments.')
     config = FLAGS.config
+    if config.get('compute_dtype') == 'float64':
+        # Before anything builds an array: JAX fixes an array's dtype when it is made.
+        jax.config.update('jax_enable_x64', True)
     logging.get_absl_logger().addFilter(_QuietLibraries())
     explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if config.distributed or any(v is not None for v in explicit):

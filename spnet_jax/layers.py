@@ -90,6 +90,25 @@ class SlimConv(nn.Module):
         )
 
 
+# The collection `SlimBatchNorm` reports each training-mode call's batch statistics to (the
+# values its running statistics move towards), when the caller makes it mutable.
+BATCH_MOMENTS = 'batch_moments'
+
+
+def statistics_dtype(dtype: Dtype) -> Any:
+    """The dtype BatchNorm statistics (and losses) are computed in: the wider of ``dtype`` and
+    float32 (float32 for bfloat16/float32 compute, float64 for float64 compute).
+
+    float64 needs JAX's x64 mode (``jax.config.update('jax_enable_x64', True)`` before any
+    array is built); without it JAX would silently compute in float32, so this refuses.
+    """
+    wide = jnp.promote_types(dtype, jnp.float32)
+    if wide == jnp.float64 and not jax.config.read('jax_enable_x64'):
+        raise ValueError('float64 compute needs JAX x64 mode: call '
+                         "jax.config.update('jax_enable_x64', True) before building any array.")
+    return wide
+
+
 class SlimBatchNorm(nn.Module):
     """BatchNorm over the last axis for a slimmable network.
 
@@ -98,6 +117,13 @@ class SlimBatchNorm(nn.Module):
     ``counts[k]``). The affine scale/bias are shared and sliced (SP-Net, ``shared=True``),
     or private per sub-network (S-Net's switchable BN, ``shared=False``: ``scale_k``,
     ``bias_k``). ``momentum`` is Flax's (PyTorch's 0.1 is 0.9 here); eps 1e-5 as PyTorch.
+
+    As PyTorch's BatchNorm: training mode normalises with the batch's biased variance and
+    moves the running variance towards the *unbiased* one (``var * n / (n - 1)``, ``n`` the
+    values per channel, N*H*W). Statistics are computed and kept in `statistics_dtype`
+    (float32, or float64 with float64 compute). Each training-mode call also sows the batch
+    mean and unbiased variance (channel order, as ``mean_k``/``var_k``) into the
+    `BATCH_MOMENTS` collection when the caller makes it mutable (BN calibration reads them).
     """
 
     counts: tuple[int, ...]
@@ -118,6 +144,7 @@ class SlimBatchNorm(nn.Module):
         if x.shape[-1] != width:
             raise ValueError(f'{self.name}: got {x.shape[-1]} channels, sub-network {subnet} '
                              f'has {width}.')
+        stat_dtype = statistics_dtype(self.dtype)
         const = nn.initializers.constant
         if self.shared:
             full = max(self.counts)
@@ -131,20 +158,23 @@ class SlimBatchNorm(nn.Module):
                 if k == subnet:
                     scale, bias = s, b
         stats = [
-            (self.variable('batch_stats', f'mean_{k}', jnp.zeros, (c,), jnp.float32),
-             self.variable('batch_stats', f'var_{k}', jnp.ones, (c,), jnp.float32))
+            (self.variable('batch_stats', f'mean_{k}', jnp.zeros, (c,), stat_dtype),
+             self.variable('batch_stats', f'var_{k}', jnp.ones, (c,), stat_dtype))
             for k, c in enumerate(self.counts)
         ]
         ra_mean, ra_var = stats[subnet]
         if out_index is not None:
             scale, bias = place(scale, out_index), place(bias, out_index)
         if train:
-            xf = x.astype(jnp.float32)
+            xf = x.astype(stat_dtype)
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(xf, axes)
             var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
             if not self.is_initializing():
-                new_mean, new_var = mean, var
+                # PyTorch's running variance takes the unbiased batch variance (Bessel's
+                # correction over the n = N*H*W values of a channel); n = 1 has variance 0.
+                count = x.size // x.shape[-1]
+                new_mean, new_var = mean, var * (count / max(count - 1, 1))
                 if out_index is not None:  # back to channel order: channel c sits at where[c]
                     where = jnp.zeros(n, jnp.int32).at[out_index].set(
                         jnp.arange(width, dtype=jnp.int32), mode='drop')
@@ -152,6 +182,9 @@ class SlimBatchNorm(nn.Module):
                 m = self.momentum
                 ra_mean.value = m * ra_mean.value + (1 - m) * new_mean
                 ra_var.value = m * ra_var.value + (1 - m) * new_var
+                keep_last = lambda _, value: value
+                self.sow(BATCH_MOMENTS, f'mean_{subnet}', new_mean, reduce_fn=keep_last)
+                self.sow(BATCH_MOMENTS, f'var_{subnet}', new_var, reduce_fn=keep_last)
         else:
             mean, var = ra_mean.value, ra_var.value
             if out_index is not None:

@@ -6,7 +6,10 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
+from spnet_jax.errors import ConfigError
+from spnet_jax.models import get_arch
 from spnet_jax.train import optim
 
 
@@ -118,28 +121,134 @@ def test_sgd_chain_matches_pytorch_update_rule():
 
 
 def test_multistep_schedule_with_warmup():
+    """The release's warm-up ramps to lr by iteration ``step + 1``; MultiStepLR then decays
+    from the first step of each boundary epoch."""
     sched = optim.learning_rate_schedule(
         _section(lr=0.1, schedule='multistep', lr_boundaries=(30, 50), lr_decay=0.2,
                  warmup_epochs=5), steps_per_epoch=10, num_steps=900)
-    assert float(sched(0)) == 0.0
-    np.testing.assert_allclose(float(sched(25)), 0.05, rtol=1e-6)
+    np.testing.assert_allclose([float(sched(s)) for s in (0, 24, 49)], [0.002, 0.05, 0.1],
+                               rtol=1e-6)
     np.testing.assert_allclose(float(sched(50)), 0.1, rtol=1e-6)
     np.testing.assert_allclose(float(sched(299)), 0.1, rtol=1e-6)
     np.testing.assert_allclose(float(sched(300)), 0.02, rtol=1e-6)
     np.testing.assert_allclose(float(sched(500)), 0.004, rtol=1e-6)
 
 
+def _release_lr(section, iters_per_epoch, num_epochs, epoch, batch_idx):
+    """The release's per-iteration lr (its train loop, before the optimizer step)."""
+    current_iter = epoch * iters_per_epoch + batch_idx + 1
+    warmup = section.warmup_epochs
+    if warmup > 0 and epoch < warmup:
+        return current_iter * section.lr / (warmup * iters_per_epoch)
+    return section.lr * (1 + np.cos(np.pi * (current_iter - warmup * iters_per_epoch) / (
+        (num_epochs - warmup) * iters_per_epoch))) / 2
+
+
+@pytest.mark.parametrize('warmup_epochs', [0, 1, 5])
+def test_cosine_schedule_is_the_releases_at_every_step(warmup_epochs):
+    section = _section(lr=0.4, schedule='cosine', warmup_epochs=warmup_epochs)
+    iters, epochs = 7, 20
+    sched = optim.learning_rate_schedule(section, steps_per_epoch=iters,
+                                         num_steps=iters * epochs)
+    got = jax.vmap(sched)(jnp.arange(iters * epochs))
+    want = [_release_lr(section, iters, epochs, e, b) for e in range(epochs)
+            for b in range(iters)]
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+    assert float(got[0]) > 0  # the first step already uses iteration 1
+    assert float(got[-1]) == pytest.approx(0.0, abs=1e-7)  # the last step's lr is 0
+
+
 def test_cosine_schedule_with_warmup():
     sched = optim.learning_rate_schedule(
         _section(lr=0.4, schedule='cosine', warmup_epochs=1), steps_per_epoch=10, num_steps=110)
-    assert float(sched(0)) == 0.0
-    np.testing.assert_allclose(float(sched(10)), 0.4, rtol=1e-6)
-    np.testing.assert_allclose(float(sched(60)), 0.2, rtol=1e-5)
-    assert float(sched(110)) == pytest.approx(0.0, abs=1e-7)
+    np.testing.assert_allclose([float(sched(0)), float(sched(9))], [0.04, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(float(sched(10)), 0.2 * (1 + np.cos(np.pi / 100)), rtol=1e-6)
+    np.testing.assert_allclose(float(sched(59)), 0.2, rtol=1e-5)
+    assert float(sched(109)) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_cosine_schedule_without_warmup():
     sched = optim.learning_rate_schedule(
         _section(lr=0.05, schedule='cosine', warmup_epochs=0), steps_per_epoch=10, num_steps=100)
-    np.testing.assert_allclose([float(sched(0)), float(sched(50))], [0.05, 0.025], rtol=1e-5)
-    assert float(sched(100)) == pytest.approx(0.0, abs=1e-8)
+    np.testing.assert_allclose([float(sched(0)), float(sched(49))],
+                               [0.025 * (1 + np.cos(np.pi / 100)), 0.025], rtol=1e-6)
+    assert float(sched(99)) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_first_lr_of_the_mobilenet_v2_fine_tuning_is_the_releases():
+    """lr 0.08, cosine, 150 epochs of one step: the release's first step uses
+    0.08 * (1 + cos(pi / 150)) / 2 (reference widths.json, ``train_step.lr_used_f64``)."""
+    sched = optim.learning_rate_schedule(_section(lr=0.08, schedule='cosine'),
+                                         steps_per_epoch=1, num_steps=150)
+    np.testing.assert_allclose(float(sched(0)), 0.07999122733899382, rtol=1e-7)
+
+
+def test_constant_schedule_with_warmup():
+    sched = optim.learning_rate_schedule(_section(lr=0.3, warmup_epochs=2), steps_per_epoch=2,
+                                         num_steps=10)
+    np.testing.assert_allclose([float(sched(s)) for s in range(6)],
+                               [0.075, 0.15, 0.225, 0.3, 0.3, 0.3], rtol=1e-6)
+
+
+def _params(name, **kw):
+    arch = get_arch(name, **kw)
+    model = arch.module(arch.plain_structure())
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    return shapes['params']
+
+
+def _decayed(params, optimizer):
+    mask = optim.weight_decay_mask(params, optimizer)
+    return {'/'.join(k) for k, m in traverse_util.flatten_dict(mask).items() if m}
+
+
+def test_weight_decay_groups_of_mobilenet_v2():
+    params = _params('mobilenet_v2', full_width=0.35)
+    every = {'/'.join(k) for k in traverse_util.flatten_dict(params)}
+    assert _decayed(params, 'sgd') == every
+    no_bias = _decayed(params, 'sgd_no_bias_decay')
+    for path in ('stem_conv/kernel', 'block1/project_conv/kernel', 'block2/expand_conv/kernel',
+                 'last_conv/kernel', 'head/kernel'):
+        assert path in no_bias, path
+    for path in ('block2/dw_conv/kernel', 'block1/dw_conv/kernel', 'head/bias', 'stem_bn/scale',
+                 'stem_bn/bias', 'block2/project_bn/scale', 'last_bn/bias'):
+        assert path not in no_bias, path
+    # Exactly the non-depthwise convs (1 stem, 16 expand, 17 project, 1 last) and the head.
+    assert len(no_bias) == 36 and all(p.endswith('kernel') and 'dw_conv' not in p
+                                      for p in no_bias)
+    dw = _decayed(params, 'sgd_dw')
+    assert dw == every - {p for p in every if 'dw_conv/kernel' in p}
+    assert {'stem_bn/scale', 'head/bias', 'block2/dw_bn/bias'} <= dw
+
+
+def test_weight_decay_groups_of_resnet():
+    params = _params('resnet18', num_classes=10, stem='small', full_width=0.25)
+    no_bias = _decayed(params, 'sgd_no_bias_decay')
+    every = {'/'.join(k) for k in traverse_util.flatten_dict(params)}
+    kernels = {p for p in every if p.endswith('kernel')}
+    assert no_bias == kernels and {'stem_conv/kernel', 'layer2_0/conv1/kernel',
+                                   'head/kernel'} <= kernels
+    assert _decayed(params, 'sgd_dw') == every  # no depthwise convs
+
+
+def test_no_bias_decay_step_decays_only_conv_and_classifier_kernels():
+    """Zero gradients: the update is PyTorch's -lr * (1 + momentum) * wd * p on the decayed
+    leaves (Nesterov's first step) and exactly zero elsewhere."""
+    params = _tree()
+    params['block2'] = {'dw_conv': {'kernel': jnp.arange(1.0, 5.0).reshape(1, 1, 1, 4)}}
+    lr, wd = 0.1, 1e-2
+    tx, _ = optim.make_optimizer(_section(lr=lr, weight_decay=wd, momentum=0.9, nesterov=True,
+                                          optimizer='sgd_no_bias_decay'),
+                                 steps_per_epoch=1, num_steps=10)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    flat, p = traverse_util.flatten_dict(updates, sep='/'), traverse_util.flatten_dict(
+        params, sep='/')
+    for path in ('layer1_0/conv1/kernel', 'head/kernel'):
+        np.testing.assert_allclose(flat[path], -lr * 1.9 * wd * np.asarray(p[path]), rtol=1e-6)
+    for path in set(flat) - {'layer1_0/conv1/kernel', 'head/kernel'}:
+        np.testing.assert_array_equal(flat[path], 0.0, err_msg=path)
+
+
+def test_unknown_optimizer_is_a_config_error():
+    with pytest.raises(ConfigError, match='optimizer'):
+        optim.make_optimizer(_section(optimizer='adam'), steps_per_epoch=1, num_steps=1)

@@ -9,13 +9,17 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
+import torch
 
+from spnet_jax import layers
+from spnet_jax.errors import ConfigError
 from spnet_jax.models import get_arch
 from spnet_jax.train import loop, optim, sharding
 from spnet_jax.train import state as state_lib
@@ -163,22 +167,85 @@ def test_step_on_8_devices_equals_one_device(one_device_step, tmp_path):
         np.testing.assert_allclose(eight[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
 
 
-def test_batch_statistics_make_eval_mode_equal_train_mode_on_that_batch(case):
-    """BN calibration's per-batch statistics: with them as running statistics, inference on
-    the batch normalises exactly as training mode does."""
+def _bn_inputs(model, variables, x, subnet):
+    """Each `SlimBatchNorm`'s input in a training-mode pass, by its batch_stats path."""
+    inputs = {}
+
+    def record(call, args, kwargs, context):
+        if isinstance(context.module, layers.SlimBatchNorm) and context.method_name == '__call__':
+            inputs[tuple(context.module.path)] = np.asarray(args[0], np.float64)
+        return call(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        model.apply(variables, x, subnet=subnet, train=True, mutable=['batch_stats'])
+    return inputs
+
+
+def test_batch_statistics_are_each_layers_batch_mean_and_unbiased_variance(case):
+    """BN calibration's per-batch statistics: every layer's batch mean and *unbiased*
+    variance (as PyTorch's BN calibration accumulates them), computed from the layer's input
+    in a training-mode pass; the other sub-network's leaves are left alone."""
     model, structure, variables, batch, _, _ = case
     x = jnp.asarray(batch['image'])
     for k in range(structure.num_subnets):
         stats = jax.jit(step_lib.bind(step_lib.batch_statistics, model=model, subnet=k))(
             variables, x)
-        calibrated = step_lib.replace_subnet_stats(variables['batch_stats'], stats, k)
-        infer = model.apply({**variables, 'batch_stats': calibrated}, x, subnet=k, train=False)
-        train, _ = model.apply(variables, x, subnet=k, train=True, mutable=['batch_stats'])
-        np.testing.assert_allclose(infer, train, rtol=1e-4, atol=1e-4)
+        calibrated = flatten(step_lib.replace_subnet_stats(variables['batch_stats'], stats, k))
+        inputs = _bn_inputs(model, variables, x, k)
+        assert len(inputs) == len(calibrated) // (2 * structure.num_subnets)
+        for module, values in inputs.items():
+            prefix = ''.join(f"['{name}']" for name in module)
+            axes = tuple(range(values.ndim - 1))
+            np.testing.assert_allclose(calibrated[f"{prefix}['mean_{k}']"], values.mean(axes),
+                                       rtol=1e-4, atol=1e-5, err_msg=prefix)
+            np.testing.assert_allclose(calibrated[f"{prefix}['var_{k}']"],
+                                       values.var(axes, ddof=1), rtol=1e-4, err_msg=prefix)
         other = 1 - k  # the other sub-network's statistics are untouched
-        for path, value in flatten(calibrated).items():
+        for path, value in calibrated.items():
             if path.endswith(f"_{other}']"):
                 np.testing.assert_array_equal(value, flatten(variables['batch_stats'])[path])
+
+
+def test_batch_norm_matches_pytorch_in_training_mode():
+    """Output (biased batch variance) and running statistics (momentum 0.1, *unbiased*
+    variance) of two training-mode passes, per sub-network, as torch.nn.BatchNorm2d."""
+    rng = np.random.default_rng(2)
+    counts = (3, 5)
+    bn = layers.SlimBatchNorm(counts=counts)
+    gamma, beta = rng.uniform(0.5, 1.5, 5), rng.normal(size=5)
+    variables = {'params': {'scale': jnp.asarray(gamma, jnp.float32),
+                            'bias': jnp.asarray(beta, jnp.float32)},
+                 'batch_stats': bn.init(jax.random.key(0), jnp.zeros((1, 1, 1, 3)), 0,
+                                        False)['batch_stats']}
+    for k, n in enumerate(counts):
+        ref = torch.nn.BatchNorm2d(n, eps=1e-5, momentum=0.1).double()
+        with torch.no_grad():
+            ref.weight.copy_(torch.from_numpy(gamma[:n]))
+            ref.bias.copy_(torch.from_numpy(beta[:n]))
+        stats = variables['batch_stats']
+        for _ in range(2):
+            x = rng.normal(1.0, 2.0, size=(2, 3, 2, n)).astype(np.float32)  # 12 per channel
+            y, new = bn.apply({**variables, 'batch_stats': stats}, jnp.asarray(x), k, True,
+                              mutable=['batch_stats'])
+            stats = new['batch_stats']
+            want = ref(torch.from_numpy(x.astype(np.float64).transpose(0, 3, 1, 2)))
+            np.testing.assert_allclose(y, want.detach().numpy().transpose(0, 2, 3, 1),
+                                       rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(stats[f'mean_{k}'], ref.running_mean.numpy(), rtol=1e-5)
+            np.testing.assert_allclose(stats[f'var_{k}'], ref.running_var.numpy(), rtol=1e-5)
+        other = 1 - k
+        for name in (f'mean_{other}', f'var_{other}'):
+            np.testing.assert_array_equal(stats[name], variables['batch_stats'][name])
+
+
+def test_float64_without_x64_is_refused_with_one_sentence():
+    assert not jax.config.read('jax_enable_x64')  # the test processes run without x64
+    with pytest.raises(ConfigError, match='x64'):
+        loop.dtype_of('float64')
+    bn = layers.SlimBatchNorm(counts=(2,), dtype=jnp.float64)
+    with pytest.raises(ValueError, match='x64'):
+        bn.init(jax.random.key(0), jnp.zeros((1, 2)), 0, False)
+    assert loop.dtype_of('float32') == jnp.float32 and loop.dtype_of('bfloat16') == jnp.bfloat16
 
 
 def test_bfloat16_compute_runs_convs_in_bfloat16_with_float32_params():

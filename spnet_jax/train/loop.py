@@ -30,6 +30,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from spnet_jax import data as data_lib
+from spnet_jax.errors import ConfigError
 from spnet_jax.structure import Structure
 from spnet_jax.train import checkpoint, sharding
 from spnet_jax.train import metrics as metrics_lib
@@ -202,4 +203,9 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
 
 
 def dtype_of(name: str):
-    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+    """The compute dtype named by ``config.compute_dtype``. 'float64' needs JAX's x64 mode,
+    which `main.py` turns on for such a config before anything builds an array."""
+    if name == 'float64' and not jax.config.read('jax_enable_x64'):
+        raise ConfigError("compute_dtype='float64' needs JAX x64 mode: run main.py (it turns "
+                          "it on), or call jax.config.update('jax_enable_x64', True) first.")
+    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}[name]

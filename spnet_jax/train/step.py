@@ -18,17 +18,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from spnet_jax import layers
 from spnet_jax.train.state import TrainState, network_variables
 
 
+def _loss_dtype(logits: jax.Array):
+    """Losses are computed in the wider of the logits' dtype and float32."""
+    return layers.statistics_dtype(logits.dtype)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
-    """Mean softmax cross-entropy with integer labels (optionally smoothed)."""
-    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    """Mean softmax cross-entropy with integer labels (optionally smoothed: the target is
+    ``(1 - label_smoothing) * one_hot + label_smoothing / classes``, as the release's)."""
+    dtype = _loss_dtype(logits)
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=dtype)
     if label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
-    return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
+    return jnp.mean(optax.softmax_cross_entropy(logits.astype(dtype), targets))
 
 
 def inplace_distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
@@ -40,9 +48,9 @@ def inplace_distillation_loss(student_logits: jax.Array, teacher_logits: jax.Arr
     carry `jax.lax.stop_gradient`; the soft cross-entropy is ``-sum p_teacher log
     p_student`` (it differs from the KL divergence by the teacher's entropy, a constant).
     """
-    t = temperature
-    soft = jax.nn.softmax(teacher_logits.astype(jnp.float32) / t, axis=-1)
-    kd = jnp.mean(optax.softmax_cross_entropy(student_logits.astype(jnp.float32) / t, soft))
+    t, dtype = temperature, _loss_dtype(student_logits)
+    soft = jax.nn.softmax(teacher_logits.astype(dtype) / t, axis=-1)
+    kd = jnp.mean(optax.softmax_cross_entropy(student_logits.astype(dtype) / t, soft))
     hard = cross_entropy(student_logits, labels, label_smoothing)
     return alpha * t * t * kd + (1.0 - alpha) * hard
 
@@ -108,6 +116,7 @@ def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model, 
 
 
 def _is_stat_of(path, subnet: int) -> bool:
+    """Whether ``path`` (a tree path or a flattened-dict key) ends at ``subnet``'s mean/var."""
     name = str(getattr(path[-1], 'key', path[-1]))
     return name in (f'mean_{subnet}', f'var_{subnet}')
 
@@ -116,18 +125,18 @@ def batch_statistics(variables: dict[str, Any], images: jax.Array, *, model, sub
     """This batch's BN mean/variance of every layer of ``subnet``, as a batch_stats tree.
 
     Runs the sub-network in training mode (each BN normalises with the batch's statistics,
-    as during training) with the sub-network's running statistics zeroed, so the updated
-    running values are ``(1 - momentum) * batch value``. Other sub-networks' leaves are
-    returned as zeros. Used for BN calibration (SPEC section 7).
+    as during training) and returns what every BN moved its running statistics towards (its
+    `layers.BATCH_MOMENTS`): the batch mean and the *unbiased* batch variance, as
+    PyTorch's BN calibration accumulates them. Other sub-networks' leaves are returned as
+    zeros. Used for BN calibration (SPEC section 7).
     """
-    keep = 1.0 - layers.SlimBatchNorm.momentum
-    zeroed = jax.tree_util.tree_map_with_path(
-        lambda p, x: jnp.zeros_like(x), variables['batch_stats'])
-    _, updated = model.apply({**variables, 'batch_stats': zeroed}, images, subnet=subnet,
-                             train=True, mutable=['batch_stats'])
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: x / keep if _is_stat_of(p, subnet) else jnp.zeros_like(x),
-        updated['batch_stats'])
+    _, updated = model.apply(variables, images, subnet=subnet, train=True,
+                             mutable=['batch_stats', layers.BATCH_MOMENTS])
+    moments = traverse_util.flatten_dict(updated.get(layers.BATCH_MOMENTS, {}))
+    # A layer the sub-network does not run (none in the model zoo) keeps its statistics.
+    return traverse_util.unflatten_dict({
+        key: moments.get(key, x) if _is_stat_of(key, subnet) else jnp.zeros_like(x)
+        for key, x in traverse_util.flatten_dict(variables['batch_stats']).items()})
 
 
 def replace_subnet_stats(batch_stats: Any, new_stats: Any, subnet: int) -> Any:
