@@ -203,7 +203,8 @@ class SlimDense(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, in_index: Array | None = None) -> Array:
-        kernel = self.param('kernel', nn.initializers.lecun_normal(),
+        # N(0, 0.01), as the release (and torchvision's MobileNets) initialise the classifier.
+        kernel = self.param('kernel', nn.initializers.normal(0.01),
                             (self.in_features, self.features))
         bias = self.param('bias', nn.initializers.zeros, (self.features,))
         kernel = _take_inputs(kernel, x.shape[-1], in_index, axis=0)

@@ -192,6 +192,8 @@ BAD = [
     ('resnet50_snet', 'stages', 'base,slim', "method='snet'"),
     ('resnet50_snet', 'slim.widths', (0.5, 0.75), 'make them equal'),
     ('resnet50', 'model.stem', 'huge', 'model.stem'),
+    ('resnet50', 'slim.drop_scaffold', True, 'prune.zpm=False'),
+    ('resnet50', 'slim.optimizer', 'adam', 'slim.optimizer'),
     ('fashion_mnist', 'data.data_dir', '/nonexistent/fashion', 'data_dir'),
     ('resnet50', 'data.manual_dir', '/nonexistent/tars', 'manual_dir'),
 ]

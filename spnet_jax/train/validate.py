@@ -18,11 +18,11 @@ from spnet_jax.errors import ConfigError
 from spnet_jax.models import get_arch
 from spnet_jax.structure import Structure
 from spnet_jax.train import checkpoint
-from spnet_jax.train.optim import SCHEDULES
+from spnet_jax.train.optim import OPTIMIZERS, SCHEDULES
 
 METHODS = ('spnet', 'snet')
 STAGES = ('base', 'prune', 'slim', 'eval')
-DTYPES = ('float32', 'bfloat16')
+DTYPES = ('float32', 'bfloat16', 'float64')
 STARTS = ('finetune', 'reinit')
 IMPORTANCES = ('bn', 'l1')
 
@@ -79,6 +79,8 @@ def check_section(name: str, section: Any, num_devices: int) -> None:
            f'{f("warmup_epochs")} must be >= 0.')
     _check(_number(section.weight_decay) and section.weight_decay >= 0,
            f'{f("weight_decay")} must be >= 0.')
+    _check(section.optimizer in OPTIMIZERS, f'{f("optimizer")} is unknown; choose one of '
+                                            f'{list(OPTIMIZERS)}.')
     _check(_number(section.momentum) and 0 <= section.momentum < 1,
            f'{f("momentum")} must be in [0, 1).')
     _check(_number(section.sparsity) and section.sparsity >= 0, f'{f("sparsity")} must be >= 0.')
@@ -123,6 +125,17 @@ def check_config(config: Any) -> tuple[str, ...]:
                f'slim.kd_alpha={s.kd_alpha!r} must be in [0, 1].')
         _check(_number(s.kd_temperature) and s.kd_temperature > 0,
                f'slim.kd_temperature={s.kd_temperature!r} must be positive.')
+        _check(isinstance(s.drop_scaffold, bool),
+               f'slim.drop_scaffold={s.drop_scaffold!r} must be True or False.')
+        if s.drop_scaffold and config.method == 'spnet':
+            _check(not config.prune.zpm,
+                   'slim.drop_scaffold=True drops the last sub-network, which a ZPM network '
+                   "cannot lose (its residual streams are numbered in the full network's "
+                   'channels); set prune.zpm=False or slim.drop_scaffold=False.')
+        if s.drop_scaffold and config.method == 'snet':
+            _check(len(tuple(s.widths)) >= 2,
+                   'slim.drop_scaffold=True drops the widest S-Net width, but slim.widths has '
+                   'only one; add widths or set slim.drop_scaffold=False.')
         if config.method == 'snet':
             _ascending_widths('slim.widths', tuple(s.widths), m.full_width)
             _check(abs(s.widths[-1] - m.full_width) < 1e-9,
@@ -249,7 +262,7 @@ def check_workdir(config: Any, workdir: str, stages: Sequence[str]) -> None:
     needs = {
         'prune': [checkpoint.base_dir(workdir, w) for w in config.base.widths],
         'slim': [checkpoint.stage_dir(workdir, 'pruned')] if config.method == 'spnet' else [],
-        'eval': [checkpoint.stage_dir(workdir, 'slim')],
+        'eval': [checkpoint.final_network_dir(workdir)],
     }
     producer = {'prune': 'base', 'slim': 'prune', 'eval': 'slim'}
     for stage in stages:
