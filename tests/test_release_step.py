@@ -183,7 +183,7 @@ def test_losses_and_learning_rate_equal_the_release(release, ours):
     np.testing.assert_allclose(ours['lr'], info['lr_used_f64'], rtol=1e-15)
     for k in range(NUM_SUBNETS):
         np.testing.assert_allclose(ours[f'metrics:loss/subnet_{k}'],
-                                   info['loss_per_width_idx_f64'][str(k)], rtol=1e-6,
+                                   info['loss_per_width_idx_f64'][str(k)], rtol=1e-12,
                                    err_msg=f'sub-network {k}')
 
 

@@ -111,6 +111,11 @@ class SlimModule(nn.Module):
     def bn(self, name: str, group: str) -> layers.SlimBatchNorm:
         return batch_norm(self.structure, name, group, self.bn_scale_init, self.dtype)
 
+    def logits(self, x):
+        """The classifier's output in the wider of the compute dtype and float32 (bfloat16
+        runs give float32 logits, float64 runs float64)."""
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))
+
     def head(self, in_features: int) -> layers.SlimDense:
         return layers.SlimDense(in_features=in_features, features=self.num_classes,
                                 dtype=self.dtype, name='head')

@@ -17,8 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from spnet_jax.channels import ChannelTable
 from spnet_jax import layers
+from spnet_jax.channels import ChannelTable
 from spnet_jax.models.common import Architecture, SlimModule, plain_group, scaled
 
 STEM = 32
@@ -64,7 +64,7 @@ class MobileNetV1(SlimModule):
                                    name=f'block{i}')(x, k, train)
             g = f'block{i}/pw_conv'
         x = jnp.mean(x, axis=(1, 2))
-        return self.head(self.structure.full_of(g))(x).astype(jnp.float32)
+        return self.logits(self.head(self.structure.full_of(g))(x))
 
 
 class DepthwiseSeparable(nn.Module):

@@ -175,7 +175,7 @@ class MobileNetV2(SlimModule):
                       1)(x, self.n('last_conv', k), x_index)
         x = layers.relu6(self.bn('last_bn', 'last_conv')(x, k, train))
         x = jnp.mean(x, axis=(1, 2))
-        return self.head(S.full_of('last_conv'))(x).astype(jnp.float32)
+        return self.logits(self.head(S.full_of('last_conv'))(x))
 
 
 def stream_input_width(structure, group: str, junction: str | None, index) -> int:

@@ -186,7 +186,7 @@ class ResNet(SlimModule):
                           name=b.name)
             x, in_index, x_full = block(x, x_full, in_index, k, train)
         x = jnp.mean(x, axis=(1, 2))
-        return self.head(x_full)(x, in_index).astype(jnp.float32)
+        return self.logits(self.head(x_full)(x, in_index))
 
 
 def group_of(structure, conv: str, stage: int) -> str:

@@ -62,4 +62,4 @@ class VGG(SlimModule):
             x = nn.relu(self.bn(f'bn{i}', g)(x, k, train))
             x_full, i = self.structure.full_of(g), i + 1
         x = jnp.mean(x, axis=(1, 2))
-        return self.head(x_full)(x).astype(jnp.float32)
+        return self.logits(self.head(x_full)(x))

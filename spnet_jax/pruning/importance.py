@@ -36,8 +36,9 @@ def bn_importance(variables: dict, table: ChannelTable):
     """Network slimming: ``|gamma|`` of the BN after each conv.
 
     A group scored by several BNs takes the largest |gamma| per channel (the models score a
-    residual stream without ZPM by the BN of the layer that starts it, as the release does). The pool holds |gamma| of every BN in the network, depthwise BNs included,
-    as the release's global threshold does.
+    residual stream without ZPM by the BN of the layer that starts it, as the release does).
+    The pool holds |gamma| of every BN in the network, depthwise BNs included, as the
+    release's global threshold does.
     """
     params = flat_params(variables)
     scores, pool = {}, []

@@ -343,9 +343,15 @@ def load_network(directory: str, step: int | None = None
             target = sharding.replicated(sharding.make_mesh())
         else:
             target = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        saved = _saved_arrays(directory, step, 'variables')
+        wide = [path for path, m in saved.items() if np.dtype(m.dtype).itemsize == 8]
+        if wide and not jax.config.jax_enable_x64:
+            raise ConfigError(
+                f'the checkpoint at step {step} in {directory} holds 64-bit arrays (e.g. '
+                f"variables{wide[0]}: a compute_dtype='float64' run); enable them first with "
+                "jax.config.update('jax_enable_x64', True).")
         try:
-            abstract = {'variables': _abstract_from_metadata(
-                _saved_arrays(directory, step, 'variables'), target)}
+            abstract = {'variables': _abstract_from_metadata(saved, target)}
             restored = _restore_checked(mngr, directory, step, abstract)
         except Damaged as e:
             raise ConfigError(

@@ -139,6 +139,11 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
             variables = job.initial_variables()
             checkpoint.check_variables(variables, abstract.variables,
                                        f'the starting network of {job.name}')
+            # In the state's dtypes (e.g. a float32 pruned network in a float64 run), so the
+            # step compiles once.
+            variables = {c: jax.tree.map(lambda v, a: jnp.asarray(v, a.dtype), variables[c],
+                                         abstract.variables[c])
+                         for c in abstract.variables}
             create = jax.jit(lambda v: state_lib.create_state(v, tx), out_shardings=repl)
             state = create(sharding.replicate(variables, mesh))
             start = 0
