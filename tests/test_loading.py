@@ -238,3 +238,28 @@ def _eight_devices(workdir, out):
 
 if __name__ == '__main__':
     _eight_devices(sys.argv[1], sys.argv[2])
+
+
+def test_a_float64_checkpoint_without_x64_is_named_not_called_damaged(tmp_path):
+    """A compute_dtype='float64' run's network read by a process without x64: one sentence
+    saying so (not 'damaged')."""
+    script = f'''
+import jax
+jax.config.update('jax_enable_x64', True)
+import jax.numpy as jnp
+from spnet_jax.models import get_arch
+from spnet_jax.train import checkpoint
+arch = get_arch('vgg19', num_classes=3, full_width=0.125)
+structure = arch.plain_structure()
+v = arch.module(structure, dtype=jnp.float64).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+assert v['params']['conv0']['kernel'].dtype == jnp.float64
+checkpoint.save_network({str(tmp_path / 'net')!r}, structure, dict(v))
+'''
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    assert done.returncode == 0, done.stderr[-2000:]
+    from spnet_jax.train import checkpoint
+
+    with pytest.raises(ConfigError, match='64-bit arrays') as error:
+        checkpoint.load_network(str(tmp_path / 'net'))
+    assert 'jax_enable_x64' in str(error.value) and 'damaged' not in str(error.value)
