@@ -4,7 +4,7 @@
 
 Forward + backward (input and weight gradients) of ResNet-50's 1x1 conv shapes at batch 16,
 both formulations jitted in the same process, median of 5 runs after compilation, and the
-largest relative difference of the weight gradients. `spnet_jax.layers.SlimConv` uses the
+largest relative difference of the weight gradients. `spnet_jax.core.layers.SlimConv` uses the
 matmul form for every 1x1 conv (strided ones subsample first).
 """
 

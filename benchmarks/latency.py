@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spnet_jax.cost import subnet_costs
+from spnet_jax.core.cost import subnet_costs
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import prune
 

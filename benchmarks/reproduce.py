@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import fashion_mnist_repro as repro  # noqa: E402
+from spnet_jax.cli.profile import profile_config  # noqa: E402
 
 CONFIG = 'configs/fashion_mnist_repro.py'
 METHODS = ('snet', 'spnet', 'individual')
@@ -210,8 +211,10 @@ def training_macs(summary: dict) -> dict:
     sum over training stages of epochs x examples x MACs of every network trained."""
     n = repro.NUM_TRAIN_EXAMPLES
     e = repro.EPOCHS
-    snet = repro.snet_macs()
-    bases = repro.snet_macs(repro.SPNET_BASES)
+    snet = list(repro.SNET_MACS)
+    _, rows = profile_config(repro.get_config('snet'))
+    by_width = {r['width']: r['macs'] for r in rows}
+    bases = [by_width[w] for w in repro.SPNET_BASES]
     out = {'snet': e * n * sum(snet), 'individual': e * n * sum(snet)}
     if 'spnet' in summary['methods']:
         sub = [s['macs_mean'] for s in summary['methods']['spnet']['subnets']]
@@ -279,7 +282,8 @@ def markdown(summary: dict, budget: dict, command: str, smoke: bool, png: str) -
         f'* **SP-Net**: bases x{" / x".join(f"{w:g}" for w in repro.SPNET_BASES)} with the BN '
         f'L1 penalty, {_epochs(e / 2)} each (lr 0.1); multi-base pruning with ZPM and SCS to '
         'MACs targets equal to the S-Net\'s x0.25 / x0.5 / x0.75 MACs (computed with '
-        '`spnet_jax.cost`, bisection within 1%); the unpruned x1.0 base is the 4th sub-network; '
+        '`spnet_jax.core.cost`, bisection within 1%); the unpruned x1.0 base is the 4th '
+        'sub-network; '
         f'slimmable fine-tuning of all four with in-place distillation, {_epochs(e / 2)} '
         '(lr 0.05).',
         f'* **Individual**: one plain ResNet-20 per S-Net width, {_epochs(e)} each, the '

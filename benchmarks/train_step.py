@@ -40,12 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spnet_jax import layers
-from spnet_jax.cost import subnet_costs
+from spnet_jax.core import layers, sharding
+from spnet_jax.core.cost import subnet_costs
 from spnet_jax.data.specs import DATASETS
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import prune
-from spnet_jax.train import sharding
 from spnet_jax.train import step as step_lib
 from spnet_jax.train.optim import make_optimizer
 from spnet_jax.train.state import create_state, init_variables

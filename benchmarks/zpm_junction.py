@@ -28,8 +28,8 @@ import jax
 import numpy as np
 from latency import release_recipe
 
-from spnet_jax import layers
-from spnet_jax.cost import subnet_costs
+from spnet_jax.core import layers
+from spnet_jax.core.cost import subnet_costs
 from spnet_jax.pruning import prune
 
 

@@ -62,6 +62,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.crop_padding = 4  # 'small': zero padding before the random crop
     config.data.num_train_examples = placeholder(int)  # use only the first N (None: all)
     config.data.num_eval_examples = placeholder(int)
+    # Split names (TFDS split syntax for TFDS datasets; None: the dataset's train / test or
+    # validation split) and the TFDS training stream's shuffle buffer (None: the dataset's).
+    config.data.train_split = placeholder(str)
+    config.data.eval_split = placeholder(str)
+    config.data.shuffle_buffer = placeholder(int)
 
     # Stage 1: base networks with the L1 sub-gradient on BN scales.
     config.base = training_section()

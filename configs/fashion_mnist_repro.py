@@ -11,9 +11,9 @@ all of them over three seeds and writes `benchmarks/RESULTS.md`):
   in-place distillation), ``EPOCHS`` epochs.
 * ``spnet``: bases x0.5 / 0.75 / 1.0 with the BN sparsity penalty, ``EPOCHS / 2`` epochs each;
   multi-base pruning with ZPM and SCS to MACs targets equal to the S-Net's x0.25 / 0.5 / 0.75
-  sub-networks (computed here with `spnet_jax.cost`), plus the unpruned x1.0 base as the
-  fourth sub-network; slimmable fine-tuning with in-place distillation, ``EPOCHS / 2``
-  epochs.
+  sub-networks (``SNET_MACS``, checked by the tests against `spnet_jax.core.cost`), plus the
+  unpruned x1.0 base as the fourth sub-network; slimmable fine-tuning with in-place
+  distillation, ``EPOCHS / 2`` epochs.
 * ``individual_<w>``: one plain ResNet-20 x<w> (an S-Net of the single width w, so no
   distillation), ``EPOCHS`` epochs, with the S-Net's recipe.
 
@@ -31,12 +31,9 @@ NUM_TRAIN_EXAMPLES = 6_000
 EPOCHS = 2.0
 
 
-def snet_macs(widths=SNET_WIDTHS) -> list[int]:
-    """MACs of the S-Net's sub-networks (smallest first), by `spnet_jax.cost`."""
-    from spnet_jax.profile import profile_config
-
-    _, rows = profile_config(_snet(widths))
-    return [int(r['macs']) for r in rows]
+# MACs per image of the S-Net's sub-networks at SNET_WIDTHS (ResNet-20, 28x28x1), smallest
+# first; tests/test_repro_config.py recomputes them with spnet_jax's cost model.
+SNET_MACS = (1_960_160, 7_783_872, 17_471_136, 31_021_952)
 
 
 def _common():
@@ -57,7 +54,7 @@ def _spnet():
     config.base.epochs = EPOCHS / 2
     config.slim.epochs = EPOCHS / 2
     # The pruned sub-networks aim at the S-Net's x0.25 / 0.5 / 0.75 MACs (bisection, 1%).
-    config.prune.macs_targets = tuple(float(m) for m in snet_macs()[:-1])
+    config.prune.macs_targets = tuple(float(m) for m in SNET_MACS[:-1])
     return config
 
 

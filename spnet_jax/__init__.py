@@ -13,6 +13,6 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-from spnet_jax.loading import SlimmableNetwork, load  # noqa: E402
+from spnet_jax.workdir.loading import SlimmableNetwork, load  # noqa: E402
 
 __all__ = ['SlimmableNetwork', 'load']

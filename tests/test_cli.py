@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from spnet_jax.cost import subnet_costs
+from spnet_jax.cli.profile import profile_config
+from spnet_jax.core.cost import subnet_costs
 from spnet_jax.models import get_arch
-from spnet_jax.profile import profile_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,13 @@ import tensorflow_datasets as tfds
 from helpers import needs_fashion_mnist
 
 from spnet_jax import data as data_lib
-from spnet_jax.errors import ConfigError
-from spnet_jax.train import loop, optim, pipeline, sharding, train_and_evaluate, validate
+from spnet_jax.core import sharding
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.models import arch_from_config
+from spnet_jax.train import loop, optim, train_and_evaluate, validate
+from spnet_jax.train import settings as settings_lib
 from spnet_jax.train import state as state_lib
+from spnet_jax.train.settings import parse_stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -100,14 +104,14 @@ def test_recipes_follow_the_paper():
 def test_config_validates_and_builds_model_and_mock_pipeline(name, imagenet_manual_dir):
     config = runnable(name, imagenet_manual_dir)
     with tfds.testing.mock_data(num_examples=8):
-        stages = validate.check_config(config)
-        assert stages == validate.parse_stages(config.stages)
+        settings = validate.check_config(config)
+        assert settings.stages == parse_stages(config.stages)
         info = data_lib.dataset_info(config.data)
         batch = next(iter(data_lib.train_batches(config.data, global_batch_size=2, seed=0)))
         eval_batch = next(iter(data_lib.eval_batches(config.data, global_batch_size=2)))
     assert info.num_classes == config.model.num_classes
     assert batch['image'].shape == (2, 32, 32, 3) and eval_batch['mask'].dtype == bool
-    arch = pipeline.build_arch(config)
+    arch = arch_from_config(config.model)
     if config.method == 'snet':
         structures = [arch.snet_structure(tuple(config.slim.widths))]
     else:
@@ -122,7 +126,7 @@ def test_config_validates_and_builds_model_and_mock_pipeline(name, imagenet_manu
 
 def _one_step(name, manual_dir):
     config = runnable(name, manual_dir)
-    arch = pipeline.build_arch(config)
+    arch = arch_from_config(config.model)
     if config.method == 'snet':
         section, structure = config.slim, arch.snet_structure(tuple(config.slim.widths))
     else:  # the largest base network (the pruned network's steps are the slimmable ones)
@@ -135,7 +139,8 @@ def _one_step(name, manual_dir):
     state = jax.jit(lambda v: state_lib.create_state(v, tx))(variables)
     with tfds.testing.mock_data(num_examples=8):
         batch = next(iter(data_lib.train_batches(config.data, global_batch_size=2, seed=0)))
-    step = loop.jit_train_step(model, structure.num_subnets, section, tx, schedule, mesh)
+    step = loop.jit_train_step(model, structure.num_subnets, tx, schedule, mesh,
+                               label_smoothing=section.label_smoothing)
     state, metrics = step(state, sharding.global_batch(batch, mesh))
     metrics = jax.device_get(metrics)
     assert int(state.step) == 1 and metrics['params_finite'] == 1.0
@@ -222,7 +227,7 @@ def test_bases_can_be_trained_one_width_per_job(imagenet_manual_dir):
     config.data.manual_dir = imagenet_manual_dir
     config.stages = 'base'
     config.base.widths = (0.75,)
-    assert validate.check_config(config) == ('base',)
+    assert validate.check_config(config).stages == ('base',)
     config.stages = 'base,prune'
     with pytest.raises(ConfigError, match="prune.start='finetune' starts from the largest"):
         validate.check_config(config)
@@ -232,7 +237,7 @@ def test_keep_ratios_need_not_ascend(imagenet_manual_dir):
     config = load('resnet50')
     config.data.manual_dir = imagenet_manual_dir
     config.prune.keep_ratios = (0.8, 0.3)  # a small cut of the small base, a big of the big
-    assert validate.check_config(config) == ('base', 'prune', 'slim', 'eval')
+    assert validate.check_config(config).stages == ('base', 'prune', 'slim', 'eval')
 
 
 def _one_sentence(error):
@@ -245,7 +250,7 @@ def test_batch_size_not_divisible_by_the_devices_is_refused(monkeypatch, imagene
     config = load('resnet50')
     config.data.manual_dir = imagenet_manual_dir
     config.base.batch_size = 250
-    monkeypatch.setattr(validate.jax, 'device_count', lambda: 8)
+    monkeypatch.setattr(settings_lib.jax, 'device_count', lambda: 8)
     with pytest.raises(ConfigError) as error:
         validate.check_config(config)
     message = _one_sentence(error)
@@ -276,11 +281,11 @@ def test_unwritable_workdir_is_refused(tmp_path):
 @needs_fashion_mnist
 def test_base_widths_that_do_not_match_the_base_checkpoints_are_refused(tmp_path):
     """A finished base folder holding another width (or another model) than base.widths."""
-    from spnet_jax.train import checkpoint
+    from spnet_jax.workdir import checkpoint
 
     config = load('tiny')
     config.stages = 'prune,slim,eval'
-    arch = pipeline.build_arch(config)
+    arch = arch_from_config(config.model)
     for width in config.base.widths:  # base_0.25 holds a x0.5 network
         os.makedirs(checkpoint.base_dir(str(tmp_path), width))
         arch.plain_structure(0.5).save(os.path.join(checkpoint.base_dir(str(tmp_path), width),
@@ -291,7 +296,7 @@ def test_base_widths_that_do_not_match_the_base_checkpoints_are_refused(tmp_path
     message = _one_sentence(error)
     assert message.startswith('base.widths has 0.25, but ') and 'base_0.25' in message
     assert 'not resnet20 at x0.25' in message
-    vgg = pipeline.build_arch(load('vgg19_cifar10'))
+    vgg = arch_from_config(load('vgg19_cifar10').model)
     vgg.plain_structure(0.25).save(os.path.join(checkpoint.base_dir(str(tmp_path), 0.25),
                                                 checkpoint.STRUCTURE))
     with pytest.raises(ConfigError, match='holds a vgg19, not resnet20 at x0.25'):
@@ -301,13 +306,13 @@ def test_base_widths_that_do_not_match_the_base_checkpoints_are_refused(tmp_path
 
 @needs_fashion_mnist
 def test_pruned_network_of_another_model_is_refused(tmp_path):
-    from spnet_jax.train import checkpoint
+    from spnet_jax.workdir import checkpoint
 
     config = load('tiny')
     config.stages = 'slim,eval'
     pruned = checkpoint.stage_dir(str(tmp_path), 'pruned')
     os.makedirs(pruned)
-    pipeline.build_arch(load('vgg19_cifar10')).plain_structure(0.25).save(
+    arch_from_config(load('vgg19_cifar10').model).plain_structure(0.25).save(
         os.path.join(pruned, checkpoint.STRUCTURE))
     checkpoint.mark_done(pruned, {'step': 0})
     with pytest.raises(ConfigError) as error:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from spnet_jax import convert_torch
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import check_base_variables
+from spnet_jax.workdir import convert_torch
 
 CASE = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'mobilenet_v2_multibase_zpm'
 needs_reference = pytest.mark.skipif(not CASE.is_dir(), reason=f'needs the reference files {CASE}')

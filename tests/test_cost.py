@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from spnet_jax.cost import subnet_costs
+from spnet_jax.core.cost import subnet_costs
 from spnet_jax.models import get_arch
 
 G, M = 1e9, 1e6

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spnet_jax import data
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.data import fashion_mnist, in_memory, preprocess
-from spnet_jax.errors import ConfigError
 
 FASHION_DIR = '/usr/share/datasets/fashion-mnist'
 needs_fashion = pytest.mark.skipif(

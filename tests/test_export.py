@@ -17,11 +17,11 @@ import pytest
 from helpers import random_variables
 
 import spnet_jax
-from spnet_jax import export
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import prune
-from spnet_jax.train.checkpoint import load_network, save_network
+from spnet_jax.workdir import export
+from spnet_jax.workdir.checkpoint import load_network, save_network
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
@@ -282,7 +282,7 @@ def test_standalone_equals_subnetwork_other_layouts(name, width, zpm_on):
 def _nested_structure(arch, num_subnets, seed):
     """A random SP-Net structure of ``arch`` (no ZPM) with nested counts: each group's
     sub-networks keep a sorted random number of channels, the last all of them."""
-    from spnet_jax.structure import Structure
+    from spnet_jax.core.structure import Structure
 
     table = arch.table()
     rng = np.random.default_rng(seed)
@@ -300,7 +300,7 @@ def _nested_structure(arch, num_subnets, seed):
     ('resnet20', 0.5, 'snet', 2),        # S-Net: private affines of the kept widths stay
 ])
 def test_keep_first_keeps_the_first_subnetworks_exactly(name, width, method, count):
-    from spnet_jax.subnets import keep_first
+    from spnet_jax.pruning.subnets import keep_first
 
     arch = get_arch(name, num_classes=7, full_width=width)
     if method == 'snet':
@@ -324,7 +324,7 @@ def test_keep_first_keeps_the_first_subnetworks_exactly(name, width, method, cou
 
 
 def test_keep_first_refusals():
-    from spnet_jax.subnets import keep_first, keep_first_structure
+    from spnet_jax.pruning.subnets import keep_first, keep_first_structure
 
     arch = get_arch('resnet20', num_classes=7, full_width=0.5)
     structure = _nested_structure(arch, 3, seed=3)

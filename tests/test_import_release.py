@@ -21,11 +21,14 @@ from flax import traverse_util
 from helpers import needs_fashion_mnist, random_variables
 
 import spnet_jax
-from spnet_jax import convert_torch, import_release
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import prune
-from spnet_jax.structure import Structure
+from spnet_jax.train import release_import as import_release
+from spnet_jax.train import validate
+from spnet_jax.train.stages import saved_settings
+from spnet_jax.workdir import checkpoint, convert_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / 'shared' / 'reference'
@@ -186,7 +189,7 @@ def test_snet_imports_each_widths_own_batch_norm(snet):
 def test_imported_snet_evaluates_and_exports(snet, tmp_path):
     """`spnet_jax.evaluate` and `spnet_jax.export` take the imported workdir as they take a
     trained one."""
-    from spnet_jax import export
+    from spnet_jax.workdir import export
 
     workdir = tmp_path / 'run'
     shutil.copytree(snet['workdir'], workdir)
@@ -207,14 +210,15 @@ def test_imported_snet_evaluates_and_exports(snet, tmp_path):
 
 # --------------------------------------------------------------- 3. MobileNetV1, eliminated
 V1_CONFIG = 'configs/mobilenet_v1.py'
-V1_OVERRIDES = ('--config.model.num_classes=10', '--config.model.full_width=0.75',
+V1_OVERRIDES = ('--config.data.name=cifar10', '--config.model.num_classes=10',
+                '--config.model.full_width=0.75',
                 '--config.base.widths=0.25,0.5', '--config.prune.keep_ratios=0.3,0.9',
                 '--config.data.image_size=32')
 
 
 def _v1_config():
     config = importlib.import_module('configs.mobilenet_v1').get_config()
-    config.model.num_classes, config.model.full_width = 10, 0.75
+    config.data.name, config.model.num_classes, config.model.full_width = 'cifar10', 10, 0.75
     config.base.widths, config.prune.keep_ratios = (0.25, 0.5), (0.3, 0.9)
     return config
 
@@ -283,13 +287,9 @@ def test_mobilenet_v1_after_eliminate_width_imports_as_the_published_network(v1)
     with pytest.raises(ConfigError, match='out of range'):
         eliminated(images, subnet=2)
     # `spnet_jax.evaluate` reads that run's config and network from published/ (no slim/).
-    from spnet_jax.evaluate import saved_config
-    from spnet_jax.train import checkpoint, validate
-
-    config = saved_config(str(folder / 'eliminated'))
+    config = saved_settings(str(folder / 'eliminated'))
     assert (config.model.name, config.model.full_width) == ('mobilenet_v1', 0.75)
     assert checkpoint.final_network_dir(str(folder / 'eliminated')).endswith('published')
-    config.stages = 'eval'
     validate.check_workdir(config, str(folder / 'eliminated'), ('eval',))
 
 

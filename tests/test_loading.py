@@ -16,9 +16,9 @@ import pytest
 from helpers import random_variables
 
 import spnet_jax
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import get_arch
-from spnet_jax.train import checkpoint
+from spnet_jax.workdir import checkpoint, loading
 
 SIZE, CHANNELS, CLASSES = 16, 1, 10
 IMAGES = np.asarray(jax.random.normal(jax.random.key(1), (5, SIZE, SIZE, CHANNELS)))
@@ -77,7 +77,7 @@ def finished(run, tmp_path_factory):
     workdir = tmp_path_factory.mktemp('finished') / 'run'
     shutil.copytree(run['workdir'], workdir)
     checkpoint.mark_done(str(workdir / 'slim'), {'step': 4, 'kind': 'training'})
-    from spnet_jax.cost import subnet_costs
+    from spnet_jax.core.cost import subnet_costs
 
     costs = subnet_costs(run['arch'], run['structure'], SIZE, CHANNELS)
     report = [{'subnet': c.subnet, 'width': w, 'macs': c.macs, 'params': c.params,
@@ -161,7 +161,7 @@ def test_workdir_without_a_slimmable_network(finished, tmp_path):
 def test_published_network_is_preferred_with_the_report(finished, tmp_path):
     """``published/`` (the network after its training scaffold was dropped) is what a
     workdir loads first; the report's rows of the sub-networks it kept describe it."""
-    from spnet_jax.subnets import keep_first
+    from spnet_jax.pruning.subnets import keep_first
 
     workdir = tmp_path / 'run'
     shutil.copytree(finished['workdir'], workdir)
@@ -231,7 +231,7 @@ def _eight_devices(workdir, out):
         result[f'three_{k}'] = np.asarray(three)
         padded = net.device_variables, jax.device_put(
             np.zeros((8, SIZE, SIZE, CHANNELS), np.float32), net._batch_sharded)
-        result['shards'] = len(spnet_jax.loading._forward(net.model, k, net.mesh)(
+        result['shards'] = len(loading._forward(net.model, k, net.mesh)(
             *padded).sharding.device_set)
     np.savez(out, **result)
 
@@ -248,7 +248,7 @@ import jax
 jax.config.update('jax_enable_x64', True)
 import jax.numpy as jnp
 from spnet_jax.models import get_arch
-from spnet_jax.train import checkpoint
+from spnet_jax.workdir import checkpoint
 arch = get_arch('vgg19', num_classes=3, full_width=0.125)
 structure = arch.plain_structure()
 v = arch.module(structure, dtype=jnp.float64).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
@@ -258,7 +258,7 @@ checkpoint.save_network({str(tmp_path / 'net')!r}, structure, dict(v))
     done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                           timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
     assert done.returncode == 0, done.stderr[-2000:]
-    from spnet_jax.train import checkpoint
+    from spnet_jax.workdir import checkpoint
 
     with pytest.raises(ConfigError, match='64-bit arrays') as error:
         checkpoint.load_network(str(tmp_path / 'net'))

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from helpers import jitted_apply, random_variables
 
-from spnet_jax import layers
-from spnet_jax.cost import subnet_costs
+from spnet_jax.core import layers
+from spnet_jax.core.cost import subnet_costs
+from spnet_jax.core.structure import Structure
 from spnet_jax.models import REGISTRY, get_arch
 from spnet_jax.pruning import zpm
-from spnet_jax.structure import Structure
 
 # (name, S-Net widths, image size, stem): small inputs keep CPU compile times low.
 CASES = [

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from helpers import fresh_statistics, jitted_apply, random_variables
 
-from spnet_jax.channels import ChannelGroup, ChannelTable, Junction, Stream
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.channels import ChannelGroup, ChannelTable, Junction, Stream
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import IMPORTANCE, plan, prune, scs, threshold, zpm
 from spnet_jax.pruning.multibase import base_floors
-from spnet_jax.structure import Structure
 
 
 def test_global_threshold_is_the_release_formula():
@@ -211,7 +211,7 @@ def test_macs_targets_resnet50_two_bases():
     bases = _bases('resnet50', [0.75, 1.0], num_classes=1000)
     structure, _, info = prune(arch, bases, [0.75, 1.0], macs_targets=[1.1e9, 2.3e9],
                                image_size=224)
-    from spnet_jax.cost import subnet_costs
+    from spnet_jax.core.cost import subnet_costs
     costs = subnet_costs(arch, structure, 224)
     for cost, target in zip(costs, [1.1e9, 2.3e9]):
         assert abs(cost.macs - target) <= 0.01 * target
@@ -247,48 +247,26 @@ def test_bases_of_the_wrong_width_or_order_are_refused():
         prune(arch, [bases[0], other], [0.25, 0.5], keep_ratios=[0.5, 0.5], zpm=False)
 
 
-def test_reinit_starts_bn_scales_at_the_recipes_init_bn_val(tmp_path):
+def test_reinit_starts_bn_scales_at_the_recipes_init_bn_val():
     """Re-train recipes (VGG, MobileNetV1) start from fresh weights whose BN scales are the
-    release's init_bn_val (0.5 in their finetune ymls), through the prune command's path."""
-    import ml_collections
+    release's init_bn_val (0.5 in their finetune ymls), through the prune stage's path."""
+    import sys
+    from pathlib import Path
 
-    from spnet_jax.prune import prune_to
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from configs import vgg19_cifar10
+    from spnet_jax.train.settings import Settings
+    from spnet_jax.train.stages import prune_bases
 
-    arch = get_arch('vgg19', num_classes=5, full_width=0.5)
-    bases = _bases('vgg19', [0.25, 0.5])
-    config = ml_collections.ConfigDict(dict(
-        seed=0, prune=dict(keep_ratios=(0.5, 0.6), macs_targets=(), zpm=False,
-                           min_channels_ratio=0.1, importance='bn', start='reinit'),
-        slim=dict(bn_scale_init=0.5)))
-    _, variables, _ = prune_to(config, arch, bases, [0.25, 0.5], str(tmp_path / 'pruned'), 32, 3)
+    config = vgg19_cifar10.get_config()
+    config.model.full_width, config.base.widths = 0.5, (0.25, 0.5)
+    config.prune.keep_ratios = (0.5, 0.6)
+    settings = Settings.from_config(config)
+    assert settings.prune.start == 'reinit' and settings.slim.bn_scale_init == 0.5
+    bases = _bases('vgg19', [0.25, 0.5], num_classes=10)
+    _, variables, _ = prune_bases(settings, bases, 32, 3)
     scales = [np.asarray(v['scale']) for k, v in variables['params'].items() if k.startswith('bn')]
     assert len(scales) == 16 and all(np.all(s == 0.5) for s in scales)
     # The weights are fresh, not the largest base's.
     assert not np.allclose(variables['params']['conv0']['kernel'],
                            bases[1]['params']['conv0']['kernel'])
-
-
-@pytest.mark.parametrize('name,entry', [('resnet50', 'layer1_0/proj_bn'),
-                                        ('mobilenet_v2', 'block4/project_bn')])
-def test_stream_without_zpm_is_counted_and_ranked_by_its_first_layer(name, entry):
-    """As the release links a residual stream's channel lists to the layer that starts it:
-    the block ends' own |gamma| neither adds channels nor changes the order."""
-    from flax import traverse_util
-
-    arch = get_arch(name, full_width=0.5)
-    table = arch.table(zpm=False)
-    group = next(g for g in table.groups if entry in g.bns and len(g.bns) > 1)
-    rng = np.random.default_rng(0)
-    flat = {f'{bn}/scale': rng.uniform(0.5, 1.0, g.size).astype(np.float32)
-            for g in table.groups for bn in g.bns}
-    for bn in group.bns:  # the ends: all important; the entry: 7 channels above the rest
-        flat[f'{bn}/scale'] = np.full(group.size, 0.9, np.float32)
-    first = np.full(group.size, 0.01, np.float32)
-    first[[3, 1, 4, 15, 9, 2, 6]] = [0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93]
-    flat[f'{entry}/scale'] = first
-    variables = {'params': traverse_util.unflatten_dict(flat, sep='/')}
-    scores, pool = IMPORTANCE['bn'](variables, table)
-    the_plan = plan(arch, [(scores, pool)], [0.5], [0.5], zpm_on=False)
-    floor = max(7, int(group.size * 0.1))
-    assert the_plan.structure.count(group.name, 0) == floor
-    assert the_plan.orders[group.name][:7].tolist() == [3, 1, 4, 15, 9, 2, 6]

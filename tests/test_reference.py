@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import spnet_jax
-from spnet_jax import convert_torch
 from spnet_jax.models import get_arch
+from spnet_jax.workdir import convert_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / 'shared' / 'reference'

@@ -40,8 +40,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from spnet_jax import convert_torch
 from spnet_jax.models import get_arch
+from spnet_jax.workdir import convert_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'mobilenet_v2_multibase_zpm'
@@ -58,8 +58,9 @@ ARCH = dict(name='mobilenet_v2', full_width=1.3)
 def float64_step(structure_file: str, masks_file: str, out_file: str) -> None:
     """The float64 step (run in a process with x64 on); saves the new params, running
     statistics, metrics and the schedule's first lr to ``out_file``."""
-    from spnet_jax.structure import Structure
-    from spnet_jax.train import loop, optim, sharding
+    from spnet_jax.core import sharding
+    from spnet_jax.core.structure import Structure
+    from spnet_jax.train import loop, optim
     from spnet_jax.train import state as state_lib
 
     assert jax.config.read('jax_enable_x64'), 'run with JAX_ENABLE_X64=1'
@@ -77,7 +78,9 @@ def float64_step(structure_file: str, masks_file: str, out_file: str) -> None:
                                         num_steps=int(config.slim.epochs))
     mesh = sharding.make_mesh()
     state = state_lib.create_state(variables, tx)
-    step = loop.jit_train_step(model, structure.num_subnets, config.slim, tx, schedule, mesh)
+    step = loop.jit_train_step(model, structure.num_subnets, tx, schedule, mesh,
+                               label_smoothing=config.slim.label_smoothing,
+                               distillation=(config.slim.kd_alpha, config.slim.kd_temperature))
     with np.load(CASE / 'io.npz') as io:
         batch = {'image': io['x'].transpose(0, 2, 3, 1),  # NCHW -> NHWC
                  'label': io['targets'].astype(np.int32)}
@@ -119,21 +122,15 @@ def release():
 @pytest.fixture(scope='module')
 def ours(tmp_path_factory):
     """Prune the bases here (float32, as the prune command does), then step in float64."""
-    from spnet_jax import pruning
-    from spnet_jax.prune import read_base
-    from spnet_jax.train.validate import prune_sizes
+    from spnet_jax.train.settings import Settings
+    from spnet_jax.train.stages import prune_bases
+    from spnet_jax.workdir.loading import load_base
 
     work = tmp_path_factory.mktemp('release_step')
-    config = recipe.get_config()
-    arch = get_arch(**ARCH)
-    widths = [float(w) for w in config.base.widths]
-    bases = [read_base(str(CASE / f'base_{w}.npz'), arch, w) for w in widths]
-    keep_ratios, macs_targets = prune_sizes(config.prune)
-    structure, variables, _ = pruning.prune(
-        arch, bases, widths, keep_ratios=keep_ratios, macs_targets=macs_targets,
-        image_size=config.data.image_size, in_channels=3, zpm=config.prune.zpm,
-        min_channels_ratio=config.prune.min_channels_ratio,
-        importance=config.prune.importance)
+    settings = Settings.from_config(recipe.get_config())
+    arch = settings.arch
+    bases = [load_base(str(CASE / f'base_{w}.npz'), arch, w) for w in settings.base.widths]
+    structure, variables, _ = prune_bases(settings, bases, settings.data.image_size, 3)
     structure.save(str(work / 'structure.json'))
     np.savez(work / 'masks.npz', **{k: np.asarray(v) for k, v in traverse_util.flatten_dict(
         variables['masks'], sep='/').items()})

@@ -16,8 +16,10 @@ import pytest
 from absl import logging as absl_logging
 from helpers import needs_fashion_mnist
 
-from spnet_jax.errors import ConfigError
-from spnet_jax.train import checkpoint, loop, pipeline, train_and_evaluate
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.models import arch_from_config
+from spnet_jax.train import loop, train_and_evaluate
+from spnet_jax.workdir import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -156,7 +158,7 @@ def test_checkpoint_of_other_shapes_is_refused_not_loaded_or_skipped(interrupted
     """The same structure.json (say, copied) over checkpoints of other widths: refused."""
     _, workdir, slim, _ = interrupted
     other = snet_slim_config(widths=(0.125, 0.5))
-    arch = pipeline.build_arch(other)
+    arch = arch_from_config(other.model)
     arch.snet_structure((0.125, 0.5)).save(os.path.join(slim, checkpoint.STRUCTURE))
     with pytest.raises(ConfigError) as error:
         train_and_evaluate(other, workdir)
@@ -173,7 +175,7 @@ def test_checkpoint_of_other_shapes_is_refused_not_loaded_or_skipped(interrupted
 
 def test_finished_stage_of_another_structure_is_refused_not_skipped(tmp_path):
     config = snet_slim_config()
-    arch = pipeline.build_arch(config)
+    arch = arch_from_config(config.model)
     structure = arch.snet_structure((0.125, 0.5))
     model = arch.module(structure)
     from spnet_jax.train import state as state_lib
@@ -189,7 +191,7 @@ def test_finished_stage_of_another_structure_is_refused_not_skipped(tmp_path):
 
 def test_damaged_finished_network_is_refused_with_one_sentence(tmp_path):
     config = snet_slim_config()
-    arch = pipeline.build_arch(config)
+    arch = arch_from_config(config.model)
     structure = arch.snet_structure((0.25, 0.5))
     rng = np.random.default_rng(0)
     shapes = jax.eval_shape(lambda: arch.module(structure).init(
@@ -240,7 +242,7 @@ def test_main_exits_2_with_one_sentence_before_any_work(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if not line.startswith(('I', 'W'))]
-    assert errors == ['Config error: prune.keep_ratios=(0.5, 1.5) must each lie in (0, 1] (a '
+    assert errors == ['error: prune.keep_ratios=(0.5, 1.5) must each lie in (0, 1] (a '
                       'fraction of BN channels kept).'], done.stderr[-2000:]
     assert not (tmp_path / 'w').exists()
 

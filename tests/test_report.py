@@ -15,13 +15,15 @@ from helpers import needs_fashion_mnist, random_variables
 
 import spnet_jax
 from spnet_jax import data as data_lib
-from spnet_jax import evaluate as evaluate_cli
-from spnet_jax.cost import subnet_costs
-from spnet_jax.errors import ConfigError
-from spnet_jax.models import get_arch
+from spnet_jax.core.cost import subnet_costs
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.models import arch_from_config, get_arch
 from spnet_jax.pruning import prune
-from spnet_jax.train import checkpoint, pipeline
 from spnet_jax.train import report as report_lib
+from spnet_jax.train import validate
+from spnet_jax.train.settings import Settings
+from spnet_jax.train.stages import evaluate_workdir
+from spnet_jax.workdir import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -61,13 +63,13 @@ def evaluated(tmp_path_factory, baseline):
     slim/ with tiny.py's config), evaluated by `spnet_jax.evaluate` with the baseline."""
     workdir = tmp_path_factory.mktemp('spnet')
     config = _config()
-    arch = pipeline.build_arch(config)
+    arch = arch_from_config(config.model)
     x = jnp.zeros((1, 28, 28, 1))
     base = random_variables(arch.module(arch.plain_structure()), x, seed=1)
     structure, variables, _ = prune(arch, [base], [0.5], keep_ratios=[0.5], image_size=28,
                                     in_channels=1, zpm=True)
     checkpoint.save_network(str(workdir / 'slim'), structure, variables, config, step=4)
-    rows = evaluate_cli.evaluate_workdir(str(workdir), baseline_workdir=str(baseline))
+    rows = evaluate_workdir(str(workdir), baseline_workdir=str(baseline))
     return workdir, config, arch, structure, rows
 
 
@@ -161,23 +163,21 @@ def test_report_without_baseline_drops_an_earlier_comparison(tmp_path, baseline)
 
 
 def test_option_errors_are_one_sentence(tmp_path, baseline):
-    from spnet_jax.train.evaluate import report_options
-
     config = _config()
     config.eval.latency_batch = -1
-    with pytest.raises(ConfigError, match=r'^eval.latency_batch=-1 must be an int >= 0 '
+    with pytest.raises(ConfigError, match=r'^eval.latency_batch=-1 must be an integer >= 0 '
                                           r'\(0: no latency measurement\)\.$'):
-        report_options(config.eval)
+        Settings.from_config(config)
     config.eval.latency_batch = 0
     config.eval.baseline_workdir = str(tmp_path / 'nowhere')
     with pytest.raises(ConfigError, match='baseline_workdir=.* is not a directory'):
-        report_options(config.eval)
+        validate.check_workdir(Settings.from_config(config), str(tmp_path / 'run'))
     with pytest.raises(ConfigError, match=r'has no report.json; finish that run or evaluate '
                                           r'it first \(python -m spnet_jax.evaluate'):
         report_lib.write_report(str(tmp_path), [], 't', baseline_workdir=str(tmp_path))
     assert not (tmp_path / 'report.json').exists()  # nothing written on error
     with pytest.raises(ConfigError, match=r'has no slimmable network with its config'):
-        evaluate_cli.evaluate_workdir(str(baseline))
+        evaluate_workdir(str(baseline))
 
 
 def test_evaluate_command_refuses_a_folder_without_a_run(tmp_path):

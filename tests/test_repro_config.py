@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from spnet_jax.cli.profile import profile_config
 from spnet_jax.train import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,8 +16,9 @@ from configs import fashion_mnist_repro as repro  # noqa: E402
 
 
 def test_spnet_targets_are_the_snet_macs():
-    macs = repro.snet_macs()
-    assert len(macs) == 4 and macs == sorted(macs)
+    _, rows = profile_config(repro.get_config('snet'))
+    macs = [r['macs'] for r in rows]
+    assert tuple(macs) == repro.SNET_MACS and macs == sorted(macs)
     config = repro.get_config('spnet')
     assert config.prune.macs_targets == tuple(float(m) for m in macs[:-1])
     assert tuple(config.base.widths) == repro.SPNET_BASES

@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
 from spnet_jax.models import get_arch
-from spnet_jax.structure import Structure
 
 
 @pytest.fixture

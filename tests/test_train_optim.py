@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import traverse_util
 
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import get_arch
 from spnet_jax.train import optim
 
@@ -28,7 +28,7 @@ def _tree():
 
 def _section(**kw):
     base = dict(lr=0.1, schedule='constant', lr_boundaries=(), lr_decay=0.1, warmup_epochs=0.0,
-                weight_decay=0.0, momentum=0.0, nesterov=False, sparsity=0.0)
+                weight_decay=0.0, optimizer='sgd', momentum=0.0, nesterov=False, sparsity=0.0)
     base.update(kw)
     return ml_collections.ConfigDict(base)
 

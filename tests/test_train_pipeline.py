@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from helpers import needs_fashion_mnist
 
-from spnet_jax.errors import ConfigError
-from spnet_jax.structure import Structure
-from spnet_jax.train import checkpoint, loop, metrics, pipeline, train_and_evaluate
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
+from spnet_jax.models import arch_from_config
+from spnet_jax.train import loop, metrics, train_and_evaluate
 from spnet_jax.train import step as step_lib
+from spnet_jax.workdir import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -70,8 +72,8 @@ def test_recipe_writes_report_and_stage_folders(spnet_run):
         assert 0.0 <= r['top1'] <= r['top5'] <= 1.0
         assert r['num_eval_examples'] == 64 and r['bn_calibration_batches'] == 2
     # The full sub-network costs what the plain x0.5 network costs.
-    arch = pipeline.build_arch(config)
-    from spnet_jax.cost import subnet_costs
+    arch = arch_from_config(config.model)
+    from spnet_jax.core.cost import subnet_costs
 
     full = subnet_costs(arch, arch.plain_structure(0.5), 28, 1)[0]
     assert (report[1]['macs'], report[1]['params']) == (full.macs, full.params)
@@ -219,7 +221,7 @@ def test_non_finite_update_stops_before_it_is_checkpointed(tmp_path, monkeypatch
 
 def test_save_and_load_network_round_trip(tmp_path):
     config = spnet_config()
-    arch = pipeline.build_arch(config)
+    arch = arch_from_config(config.model)
     structure = arch.snet_structure((0.25, 0.5))
     model = arch.module(structure)
     from spnet_jax.train import state as state_lib
@@ -245,7 +247,7 @@ def test_stage_without_its_inputs_is_refused_before_any_work(tmp_path):
 
 def test_checkpoint_of_another_structure_is_refused(tmp_path):
     config = snet_config()
-    other = pipeline.build_arch(config).snet_structure((0.125, 0.5))
+    other = arch_from_config(config.model).snet_structure((0.125, 0.5))
     os.makedirs(tmp_path / 'slim')
     other.save(str(tmp_path / 'slim' / 'structure.json'))
     with pytest.raises(ConfigError, match='different network structure'):

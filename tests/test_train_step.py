@@ -18,10 +18,10 @@ import optax
 import pytest
 import torch
 
-from spnet_jax import layers
-from spnet_jax.errors import ConfigError
+from spnet_jax.core import layers, sharding
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import get_arch
-from spnet_jax.train import loop, optim, sharding
+from spnet_jax.train import loop, optim
 from spnet_jax.train import state as state_lib
 from spnet_jax.train import step as step_lib
 
@@ -33,8 +33,8 @@ KD_ALPHA, KD_TEMPERATURE = 0.7, 2.0
 def section():
     return ml_collections.ConfigDict(dict(
         lr=0.1, schedule='constant', lr_boundaries=(), lr_decay=0.1, warmup_epochs=0.0,
-        weight_decay=1e-4, momentum=0.9, nesterov=True, sparsity=1e-3, label_smoothing=0.0,
-        kd_alpha=KD_ALPHA, kd_temperature=KD_TEMPERATURE))
+        weight_decay=1e-4, optimizer='sgd', momentum=0.9, nesterov=True, sparsity=1e-3,
+        label_smoothing=0.0, kd_alpha=KD_ALPHA, kd_temperature=KD_TEMPERATURE))
 
 
 def build():
@@ -58,7 +58,8 @@ def run_step(case=None):
     create = jax.jit(lambda v: state_lib.create_state(v, tx),
                      out_shardings=sharding.replicated(mesh))
     state = create(variables)
-    step = loop.jit_train_step(model, structure.num_subnets, section(), tx, schedule, mesh)
+    step = loop.jit_train_step(model, structure.num_subnets, tx, schedule, mesh,
+                               label_smoothing=0.0, distillation=(KD_ALPHA, KD_TEMPERATURE))
     state, metrics = step(state, sharding.global_batch(batch, mesh))
     return sharding.to_host({'params': state.params, 'batch_stats': state.batch_stats,
                              'metrics': metrics, 'step': state.step})
@@ -258,7 +259,8 @@ def test_bfloat16_compute_runs_convs_in_bfloat16_with_float32_params():
     state = jax.eval_shape(lambda v: state_lib.create_state(v, tx), shapes)
     batch = {'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 1), jnp.float32),
              'label': jax.ShapeDtypeStruct((BATCH,), jnp.int32)}
-    step = loop.jit_train_step(model, 1, section(), tx, schedule, sharding.make_mesh())
+    step = loop.jit_train_step(model, 1, tx, schedule, sharding.make_mesh(),
+                               label_smoothing=0.0)
     lowered = step.lower(state, batch)
     new_state, metrics = jax.eval_shape(step, state, batch)
     assert {x.dtype for x in jax.tree.leaves(new_state.params)} == {jnp.dtype('float32')}

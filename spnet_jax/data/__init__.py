@@ -8,7 +8,7 @@ Public API (see `spnet_jax.data.pipeline` for the guarantees of each back end)::
     for batch in eval_batches(config.data, global_batch_size=256): ...
 """
 
-from spnet_jax.data.pipeline import (
+from spnet_jax.data.batches import (
     Batch,
     DatasetInfo,
     dataset_info,

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.errors import ConfigError
 
 INSTALL_HINT = 'apt-get install -y dataset-fashion-mnist'
 

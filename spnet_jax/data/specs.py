@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.errors import ConfigError
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 PREPROCESSINGS = ('small', 'imagenet')

@@ -35,9 +35,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.data import preprocess
 from spnet_jax.data.specs import DataSettings
-from spnet_jax.errors import ConfigError
 
 IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 _FOREVER = 2**62  # the epoch count of an endless training stream

@@ -6,7 +6,10 @@ Every model is called as ``model.apply(variables, images_nhwc, subnet=k, train=.
 
 from __future__ import annotations
 
-from spnet_jax.errors import ConfigError
+from collections.abc import Mapping
+from typing import Any
+
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.models.common import Architecture
 from spnet_jax.models.mobilenet_v1 import MobileNetV1Arch
 from spnet_jax.models.mobilenet_v2 import MobileNetV2Arch
@@ -47,4 +50,20 @@ def get_arch(name: str, *, num_classes: int = 1000, full_width: float = 1.0,
     return REGISTRY[name](num_classes=num_classes, full_width=full_width, stem=stem)
 
 
-__all__ = ['Architecture', 'REGISTRY', 'get_arch']
+def arch_from_config(model: Any) -> Architecture:
+    """The architecture a config's ``model`` section describes."""
+    return get_arch(model.name, num_classes=model.num_classes, full_width=model.full_width,
+                    stem=model.stem)
+
+
+def arch_from_spec(spec: Mapping[str, Any], where: str = 'the architecture file') -> Architecture:
+    """The architecture an `Architecture.spec` (as saved in a stage folder) describes."""
+    try:
+        return get_arch(str(spec['name']), num_classes=int(spec['num_classes']),
+                        full_width=float(spec['full_width']), stem=spec.get('stem'))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f'{where} is not an architecture description ({e!r}); re-save the '
+                          'network.') from None
+
+
+__all__ = ['Architecture', 'REGISTRY', 'arch_from_config', 'arch_from_spec', 'get_arch']

@@ -9,9 +9,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from spnet_jax import layers
-from spnet_jax.channels import ChannelGroup, ChannelTable
-from spnet_jax.structure import Structure, uniform_structure
+from spnet_jax.core import layers
+from spnet_jax.core.channels import ChannelGroup, ChannelTable
+from spnet_jax.core.structure import Structure, uniform_structure
 
 
 def scaled(channels: int, width: float) -> int:
@@ -49,6 +49,17 @@ class Architecture:
     full_width: float = 1.0
     stem: str = 'imagenet'
     first_conv = 'stem_conv'  # the conv that reads the images (its input axis is not slimmed)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What rebuilds this architecture (`spnet_jax.models.arch_from_spec`): saved beside
+        every network, so loading never has to guess its width or stem."""
+        return {'name': self.name, 'num_classes': self.num_classes,
+                'full_width': float(self.full_width), 'stem': self.stem}
+
+    def at_width(self, width: float) -> Architecture:
+        """The same architecture with another full width (e.g. a base network's)."""
+        return dataclasses.replace(self, full_width=float(width))
 
     def input_channels(self, params) -> int:
         """Image channels a parameter tree of this architecture was built for."""

@@ -17,9 +17,16 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from spnet_jax import layers
-from spnet_jax.channels import ChannelTable
-from spnet_jax.models.common import Architecture, SlimModule, plain_group, scaled
+from spnet_jax.core import layers
+from spnet_jax.core.channels import ChannelTable
+from spnet_jax.models.common import (
+    Architecture,
+    SlimModule,
+    batch_norm,
+    conv,
+    plain_group,
+    scaled,
+)
 
 STEM = 32
 # (pointwise output channels, depthwise stride) of blocks 1..13.
@@ -77,8 +84,6 @@ class DepthwiseSeparable(nn.Module):
 
     @nn.compact
     def __call__(self, x, k: int, train: bool):
-        from spnet_jax.models.common import batch_norm, conv
-
         S = self.structure
         x = conv(S, 'dw_conv', self.in_group, 1, 3, self.stride, depthwise=True,
                  dtype=self.dtype)(x)

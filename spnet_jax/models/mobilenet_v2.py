@@ -20,8 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from spnet_jax import layers
-from spnet_jax.channels import ChannelGroup, ChannelTable, Junction, Stream
+from spnet_jax.core import layers
+from spnet_jax.core.channels import ChannelGroup, ChannelTable, Junction, Stream
 from spnet_jax.models.common import (
     Architecture,
     SlimModule,

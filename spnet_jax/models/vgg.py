@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from spnet_jax.channels import ChannelTable
+from spnet_jax.core.channels import ChannelTable
 from spnet_jax.models.common import Architecture, SlimModule, plain_group, scaled
 
 # Output channels per conv; 'M' is a 2x2 max-pool. The release has four pools (no pool after

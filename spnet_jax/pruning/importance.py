@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 from flax import traverse_util
 
-from spnet_jax.channels import ChannelTable
+from spnet_jax.core.channels import ChannelTable
 
 Importance = Callable[[dict, ChannelTable], tuple[dict[str, np.ndarray], np.ndarray]]
 

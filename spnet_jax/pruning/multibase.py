@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
 from spnet_jax.pruning import scs, threshold, zpm
-from spnet_jax.structure import Structure
 
 
 @dataclasses.dataclass(frozen=True)

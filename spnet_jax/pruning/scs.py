@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from flax import traverse_util
 
-from spnet_jax.channels import ChannelTable
+from spnet_jax.core.channels import ChannelTable
 
 
 def sort_orders(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ MACs reach the target brackets it from above and the largest below it from below
 of the two is taken and must be within the tolerance.
 
 MACs of a candidate are computed from the channel table and the conv geometry of one
-abstract trace (`spnet_jax.cost`), so a bisection step costs microseconds, not a trace.
+abstract trace (`spnet_jax.core.cost`), so a bisection step costs microseconds, not a trace.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from spnet_jax import cost
-from spnet_jax.channels import ChannelTable
-from spnet_jax.errors import ConfigError
+from spnet_jax.core import cost
+from spnet_jax.core.channels import ChannelTable
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
 from spnet_jax.pruning import threshold, zpm
 
 
@@ -30,8 +31,6 @@ def macs_function(arch, table: ChannelTable, image_size: int,
     """
     full = arch.plain_structure() if not table.zpm else None
     if full is None:  # trace the ZPM architecture at full width (all streams full)
-        from spnet_jax.structure import Structure
-
         full = Structure(arch.name, 'spnet', table.group_names,
                          tuple(g.size for g in table.groups),
                          (tuple(g.size for g in table.groups),),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spnet_jax.channels import ChannelTable
+from spnet_jax.core.channels import ChannelTable
 
 HALVED_FLOOR_ROLES = ('end', 'shortcut')
 

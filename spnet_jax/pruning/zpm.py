@@ -6,14 +6,14 @@ For every junction and sub-network k, with branch channels given in their sorted
   identity shortcut, the previous junction's fused mask;
 * the fused mask is the union of the two, ascending (the stream keeps original order);
 * ``body_k[p]`` / ``short_k[p]`` say which branch channel lands at fused position p (or the
-  branch's channel count: none), which `spnet_jax.layers.ZPMAdd` reads.
+  branch's channel count: none), which `spnet_jax.core.layers.ZPMAdd` reads.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from spnet_jax.channels import ChannelTable
+from spnet_jax.core.channels import ChannelTable
 
 
 def _positions(branch_channels: np.ndarray, fused: np.ndarray) -> np.ndarray:

@@ -1,10 +1,10 @@
-"""Training: the stages of the SP-Net recipe, the all-sub-network step, checkpoints.
+"""Training: the stages of the SP-Net recipe, the all-sub-network step, the settings.
 
-``train_and_evaluate(config, workdir)`` runs a config end to end; `save_network` /
-`load_network` write and read a finished network in the workdir's stage layout.
+``train_and_evaluate(config, workdir)`` runs a config end to end; ``evaluate_workdir``
+re-evaluates a finished run; `Settings` is a config parsed and checked once.
 """
 
-from spnet_jax.train.checkpoint import load_network, save_network
-from spnet_jax.train.pipeline import train_and_evaluate
+from spnet_jax.train.settings import Settings
+from spnet_jax.train.stages import evaluate_workdir, train_and_evaluate
 
-__all__ = ['load_network', 'save_network', 'train_and_evaluate']
+__all__ = ['Settings', 'evaluate_workdir', 'train_and_evaluate']

@@ -30,14 +30,17 @@ from absl import logging
 from jax.sharding import Mesh
 
 from spnet_jax import data as data_lib
-from spnet_jax.errors import ConfigError
-from spnet_jax.structure import Structure
-from spnet_jax.train import checkpoint, sharding
+from spnet_jax.core import sharding
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
+from spnet_jax.models import Architecture
 from spnet_jax.train import metrics as metrics_lib
 from spnet_jax.train import state as state_lib
 from spnet_jax.train import step as step_lib
-from spnet_jax.train.evaluate import evaluate
+from spnet_jax.train.evaluation import evaluate
 from spnet_jax.train.optim import make_optimizer
+from spnet_jax.train.settings import Settings, TrainingSettings
+from spnet_jax.workdir import checkpoint
 
 
 class Preempted(RuntimeError):
@@ -51,25 +54,30 @@ class TrainJob:
     Attributes:
       name: the stage folder's name, for logs (``base_0.75``, ``slim``).
       directory: the stage folder.
+      arch: the architecture (saved beside the checkpoints).
       model: the Flax module (built for ``structure``).
       structure: the network's `Structure` (saved beside the checkpoints).
-      section: the config section with the recipe (``config.base`` or ``config.slim``).
+      section: the recipe (``settings.base`` or ``settings.slim``).
       input_shape: (H, W, C) of the images.
       initial_variables: called (only when not resuming) for the starting variables.
       evaluate_at_end: evaluate every sub-network when training ends (kept in done.json).
+      distillation: in-place distillation's (alpha, temperature) for the smaller
+        sub-networks (a single network has none).
     """
 
     name: str
     directory: str
+    arch: Architecture
     model: Any
     structure: Structure
-    section: Any
+    section: TrainingSettings
     input_shape: tuple[int, int, int]
     initial_variables: Callable[[], dict[str, Any]]
     evaluate_at_end: bool = False
+    distillation: tuple[float, float] = (0.0, 1.0)
 
 
-def schedule_length(section: Any, num_train: int) -> tuple[int, int]:
+def schedule_length(section: TrainingSettings, num_train: int) -> tuple[int, int]:
     """(steps per epoch, total steps) of a training section."""
     steps_per_epoch = max(1, num_train // section.batch_size)
     if section.num_steps > 0:
@@ -99,25 +107,30 @@ def abstract_state(job: TrainJob, tx, mesh: Mesh) -> state_lib.TrainState:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
 
 
-def jit_train_step(model, num_subnets: int, section: Any, tx, schedule, mesh: Mesh):
+def jit_train_step(model, num_subnets: int, tx, schedule, mesh: Mesh, *,
+                   label_smoothing: float, distillation: tuple[float, float] = (0.0, 1.0)):
     """The all-sub-network step, jitted over ``mesh``: state replicated and donated, the
-    batch split on the 'data' axis. Returns ``(state, batch) -> (state, metrics)``."""
+    batch split on the 'data' axis. Returns ``(state, batch) -> (state, metrics)``.
+
+    ``distillation``: (alpha, temperature) of the smaller sub-networks' in-place
+    distillation."""
     repl = sharding.replicated(mesh)
+    kd_alpha, kd_temperature = distillation
     fn = step_lib.bind(step_lib.train_step, model=model, num_subnets=num_subnets, tx=tx,
-                       schedule=schedule, kd_alpha=float(section.get('kd_alpha', 0.9)),
-                       kd_temperature=float(section.get('kd_temperature', 1.0)),
-                       label_smoothing=float(section.get('label_smoothing', 0.0)))
+                       schedule=schedule, kd_alpha=float(kd_alpha),
+                       kd_temperature=float(kd_temperature),
+                       label_smoothing=float(label_smoothing))
     return jax.jit(fn, in_shardings=(repl, sharding.batch_sharded(mesh)),
                    out_shardings=(repl, repl), donate_argnums=(0,))
 
 
-def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
+def train_network(job: TrainJob, config: Settings, mesh: Mesh) -> dict[str, Any]:
     """Trains (or resumes, or skips) ``job``; returns its ``done.json`` info."""
     checkpoint.check_stage_structure(job.directory, job.structure)
     if checkpoint.is_done(job.directory):
         logging.info('[%s] finished earlier; skipping.', job.name)
         return {**checkpoint.done_info(job.directory), 'skipped': True}
-    checkpoint.write_stage_files(job.directory, job.structure, config)
+    checkpoint.write_stage_files(job.directory, job.structure, config.to_json(), job.arch)
     section = job.section
     info = data_lib.dataset_info(config.data)
     steps_per_epoch, num_steps = schedule_length(section, info.num_train)
@@ -155,8 +168,9 @@ def train_network(job: TrainJob, config: Any, mesh: Mesh) -> dict[str, Any]:
             logging.info('[%s] resuming from the checkpoint at step %d of %d.', job.name,
                          start, num_steps)
 
-        train_step = jit_train_step(job.model, job.structure.num_subnets, section, tx,
-                                    schedule, mesh)
+        train_step = jit_train_step(job.model, job.structure.num_subnets, tx, schedule, mesh,
+                                    label_smoothing=section.label_smoothing,
+                                    distillation=job.distillation)
         writer = metrics_lib.TrainMetrics(job.name, job.directory, num_steps=num_steps,
                                           first_step=start,
                                           log_every_steps=config.log_every_steps)

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from spnet_jax.train.sharding import to_host
+from spnet_jax.core.sharding import to_host
 
 
 class NonFiniteLossError(RuntimeError):

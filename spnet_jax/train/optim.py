@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.errors import ConfigError
 
 # `SlimBatchNorm` names its shared scale 'scale' (SP-Net) and its private ones 'scale_k'
 # (S-Net's switchable BN); nothing else in the model zoo is called that.
@@ -154,7 +154,7 @@ def make_optimizer(section: Any, steps_per_epoch: int,
     the lr schedule and (Nesterov) momentum, which is PyTorch's SGD step.
     """
     schedule = learning_rate_schedule(section, steps_per_epoch, num_steps)
-    optimizer = str(section.get('optimizer', 'sgd'))
+    optimizer = section.optimizer
     if optimizer not in OPTIMIZERS:  # fail here, not at the first step
         raise ConfigError(f'optimizer={optimizer!r} is unknown; choose one of '
                           f'{list(OPTIMIZERS)}.')

@@ -14,10 +14,10 @@ from typing import Any
 import jax
 from absl import logging
 
-from spnet_jax.cost import subnet_costs
-from spnet_jax.errors import ConfigError
-from spnet_jax.structure import Structure
-from spnet_jax.train import checkpoint
+from spnet_jax.core.cost import subnet_costs
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
+from spnet_jax.workdir import checkpoint
 
 REPORT, TABLE, PLOT, BASELINE = ('report.json', 'report.md', 'accuracy_vs_flops.png',
                                  'report_baseline.json')

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from spnet_jax import layers
+from spnet_jax.core import layers
 from spnet_jax.train.state import TrainState, network_variables
 
 

@@ -21,20 +21,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from spnet_jax.cost import subnet_costs
-from spnet_jax.errors import ConfigError
+from spnet_jax.core import sharding
+from spnet_jax.core.cost import subnet_costs
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import get_arch
+from spnet_jax.workdir import checkpoint, convert_torch
+from spnet_jax.workdir.checkpoint import CHECKPOINTS, REPORT, STRUCTURE
 
 # Stage folders of a workdir that hold a slimmable network, most finished first:
 # ``published`` is the trained network after its training scaffold was dropped
-# (`spnet_jax.subnets.keep_first`), ``slim`` the trained slimmable network, ``pruned`` the
+# (`spnet_jax.pruning.subnets.keep_first`), ``slim`` the trained slimmable network, ``pruned`` the
 # prune command's.
 STAGES = ('published', 'slim', 'pruned')
 # Stages whose accuracy is in the workdir's report.json (which describes the newest network).
 REPORTED_STAGES = ('published', 'slim')
-STRUCTURE, CHECKPOINTS, DONE, REPORT = 'structure.json', 'checkpoints', 'done.json', 'report.json'
 
 
 def _is_stage(folder: str) -> bool:
@@ -51,8 +53,6 @@ def _checkpoint_steps(folder: str) -> list[int]:
 
 
 def _done_step(folder: str) -> int | None:
-    from spnet_jax.train import checkpoint
-
     info = checkpoint.done_info(folder)
     return None if info is None else int(info.get('step', 0))
 
@@ -118,8 +118,6 @@ def recorded_accuracy(folder: str, step: int) -> dict[int, dict[str, Any]]:
     ``slim/``; rows of another network are dropped by their MACs in `subnets`); a base
     network's ``done.json`` holds its own evaluation. Earlier checkpoints have none.
     """
-    from spnet_jax.train import checkpoint
-
     if _done_step(folder) != step:
         return {}
     if os.path.basename(folder) in REPORTED_STAGES:
@@ -144,9 +142,9 @@ class SlimmableNetwork:
         self.path, self.step = path, step
         self.model = arch.module(structure)
         devices = jax.local_devices() if devices is None else devices
-        self.mesh = Mesh(np.asarray(devices), ('data',))  # as `spnet_jax.train.sharding`
-        self._replicated = NamedSharding(self.mesh, PartitionSpec())
-        self._batch_sharded = NamedSharding(self.mesh, PartitionSpec('data'))
+        self.mesh = sharding.make_mesh(devices)
+        self._replicated = sharding.replicated(self.mesh)
+        self._batch_sharded = sharding.batch_sharded(self.mesh)
         self._accuracy = accuracy or {}
 
     @functools.cached_property
@@ -200,10 +198,9 @@ class SlimmableNetwork:
 def _forward(model, subnet: int, mesh: Mesh):
     """Sub-network ``subnet``'s jitted forward pass, shared by networks of the same model
     (Flax modules compare by their fields), on ``mesh``."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    batch_sharded = NamedSharding(mesh, PartitionSpec('data'))
     return jax.jit(lambda variables, x: model.apply(variables, x, subnet=subnet),
-                   in_shardings=(replicated, batch_sharded), out_shardings=batch_sharded)
+                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                   out_shardings=sharding.batch_sharded(mesh))
 
 
 def load(path: str | os.PathLike, *,
@@ -217,8 +214,6 @@ def load(path: str | os.PathLike, *,
     (``<stage>/checkpoints/<step>``), finished or not. Raises `ConfigError` (one sentence)
     for anything else, or for a workdir whose training has not finished.
     """
-    from spnet_jax.train import checkpoint
-
     folder, step = resolve(path)
     if step is None:
         step = _done_step(folder)
@@ -227,12 +222,9 @@ def load(path: str | os.PathLike, *,
     structure, variables, config = checkpoint.load_network(folder, step)
     if step is None:
         step = _checkpoint_steps(folder)[-1]
-    params = variables['params']
-    num_classes = int(params['head']['kernel'].shape[1])
-    stem = None
-    if structure.arch.startswith('resnet'):
-        stem = 'imagenet' if params['stem_conv']['kernel'].shape[0] == 7 else 'small'
-    arch = _arch_for(structure, num_classes, stem, config)
+    arch = checkpoint.load_architecture(folder)
+    if arch is None:
+        arch = _legacy_arch(structure, variables['params'], config)
     image_size = 224
     if config is not None and 'data' in config:
         image_size = int(config.data.image_size)
@@ -241,9 +233,14 @@ def load(path: str | os.PathLike, *,
                             devices=devices)
 
 
-def _arch_for(structure, num_classes: int, stem, config):
-    """The architecture at the full width the structure was built for (for a network cut
-    out of a wider one, the width it was cut from, else the narrowest that holds it)."""
+def _legacy_arch(structure, params, config):
+    """For stage folders written before architecture.json existed: the architecture read off
+    the weights (classes, stem) and the widths the structure and config name (for a network
+    cut out of a wider one, the width it was cut from, else the narrowest that holds it)."""
+    num_classes = int(params['head']['kernel'].shape[1])
+    stem = None
+    if structure.arch.startswith('resnet'):
+        stem = 'imagenet' if params['stem_conv']['kernel'].shape[0] == 7 else 'small'
     configured = [] if config is None else [config.model.get('full_width', 1.0)]
     candidates = [structure.widths[-1]] if structure.widths else []
     candidates += configured
@@ -269,7 +266,38 @@ def _arch_for(structure, num_classes: int, stem, config):
 def _is_cut_network(structure, table) -> bool:
     """A network cut out of a wider one: a sub-network exported as a standalone network
     (`spnet_jax.export`), or the first sub-networks of a slimmable one with the rest dropped
-    (`spnet_jax.subnets.keep_first`): the architecture's layers, none wider than at this
+    (`spnet_jax.pruning.subnets.keep_first`): the architecture's layers, none wider than at this
     width."""
     return (structure.groups == table.group_names
             and all(c <= g.size for c, g in zip(structure.full, table.groups, strict=True)))
+
+
+def load_base(path: str, arch, width: float) -> dict[str, Any]:
+    """A base network's ``{'params', 'batch_stats'}`` (``arch`` at ``width``): from a stage
+    folder written by `main.py` (``<workdir>/base_<w>``), or a release checkpoint file
+    (``.pt``/``.pth``, or ``.npz`` of the same keys)."""
+    if os.path.isdir(path):
+        _, variables, _ = checkpoint.load_network(path)
+        return {k: variables[k] for k in ('params', 'batch_stats') if k in variables}
+    return convert_torch.convert(convert_torch.read_state_dict(path), arch.at_width(width))
+
+
+def parse_bases(text: str | None) -> list[tuple[float, str]]:
+    """``--bases=WIDTH=PATH,...`` (the prune and import commands) -> ``[(width, path)]``;
+    every path must exist."""
+    if not text:
+        raise ConfigError('--bases is empty; give WIDTH=PATH pairs, e.g. '
+                          '--bases=0.75=/ckpt/base_0.75,1.0=/ckpt/base_1.0.')
+    out = []
+    for item in text.split(','):
+        width, sep, path = item.partition('=')
+        try:
+            w = float(width)
+        except ValueError:
+            w = None
+        if not sep or w is None or not path:
+            raise ConfigError(f'--bases entry {item!r} is not WIDTH=PATH (e.g. 1.0=/ckpt/b).')
+        if not os.path.exists(path):
+            raise ConfigError(f'--bases: base checkpoint {path} (width {width}) does not exist.')
+        out.append((w, path))
+    return out

@@ -2,7 +2,7 @@
 
 ``train_and_evaluate(config, workdir)`` validates the whole config, then runs the stages
 named in ``config.stages`` in the recipe's order. Each stage reads its inputs from, and
-writes its result to, its own folder under the workdir (see `spnet_jax.train.checkpoint`),
+writes its result to, its own folder under the workdir (see `spnet_jax.workdir.checkpoint`),
 so a stage can also run alone on an existing workdir, a finished stage is skipped, and an
 interrupted one resumes.
 
@@ -26,28 +26,27 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 from absl import logging
 
 from spnet_jax import data as data_lib
-from spnet_jax import subnets
-from spnet_jax.models import get_arch
-from spnet_jax.structure import Structure
-from spnet_jax.train import checkpoint, sharding, validate
-from spnet_jax.train import evaluate as evaluate_lib
+from spnet_jax import pruning
+from spnet_jax.core import sharding
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
+from spnet_jax.pruning import subnets
+from spnet_jax.train import evaluation, validate
 from spnet_jax.train import report as report_lib
 from spnet_jax.train import state as state_lib
 from spnet_jax.train.loop import TrainJob, dtype_of, train_network
 from spnet_jax.train.metrics import TrainMetrics
+from spnet_jax.train.settings import Settings
+from spnet_jax.workdir import checkpoint
 
 PUBLISHED = checkpoint.PUBLISHED
 
 
-def build_arch(config: Any):
-    m = config.model
-    return get_arch(m.name, num_classes=m.num_classes, full_width=m.full_width, stem=m.stem)
-
-
-def input_shape(config: Any) -> tuple[int, int, int]:
+def input_shape(config: Settings) -> tuple[int, int, int]:
     info = data_lib.dataset_info(config.data)
     return (info.image_size, info.image_size, info.channels)
 
@@ -59,41 +58,49 @@ def _fresh_variables(model, seed: int, shape: tuple[int, int, int], stream: int)
     return lambda: jax.jit(lambda r: state_lib.init_variables(model, r, shape))(rng)
 
 
-def run_base(config: Any, workdir: str, arch, index: int, width: float, shape, mesh):
-    structure = arch.plain_structure(width)
+def run_base(config: Settings, workdir: str, index: int, width: float, shape, mesh):
+    arch = config.arch.at_width(width)
+    structure = arch.plain_structure()
     model = arch.module(structure, dtype=dtype_of(config.compute_dtype),
                         bn_scale_init=config.base.bn_scale_init)
     job = TrainJob(name=f'base_{float(width)}', directory=checkpoint.base_dir(workdir, width),
-                   model=model, structure=structure, section=config.base, input_shape=shape,
+                   arch=arch, model=model, structure=structure, section=config.base,
+                   input_shape=shape,
                    initial_variables=_fresh_variables(model, config.seed, shape, index),
-                   evaluate_at_end=bool(config.eval.eval_bases))
+                   evaluate_at_end=config.eval.eval_bases)
     return train_network(job, config, mesh)
 
 
-def run_prune(config: Any, workdir: str, arch, shape) -> dict[str, Any]:
+def prune_bases(config: Settings, bases: list[dict], image_size: int, in_channels: int):
+    """`spnet_jax.pruning.prune` of ``bases`` (one per ``base.widths``) by the config's
+    ``prune`` section: ``(structure, variables, info)``."""
+    return pruning.prune(
+        config.arch, bases, config.base.widths, image_size=image_size, in_channels=in_channels,
+        **config.prune.arguments(seed=config.seed, bn_scale_init=config.slim.bn_scale_init))
+
+
+def run_prune(config: Settings, workdir: str, shape) -> dict[str, Any]:
     directory = checkpoint.stage_dir(workdir, 'pruned')
     if checkpoint.is_done(directory):
         logging.info('[pruned] finished earlier; skipping.')
         return {**checkpoint.done_info(directory), 'skipped': True}
-    from spnet_jax.prune import prune_to
-
-    widths = [float(w) for w in config.base.widths]
     bases = []
-    for w in widths:
+    for w in config.base.widths:
         _, variables, _ = checkpoint.load_network(checkpoint.base_dir(workdir, w))
         bases.append({k: variables[k] for k in ('params', 'batch_stats')})
-    structure, _, _ = prune_to(config, arch, bases, widths, directory, shape[0], shape[2])
+    structure, variables, info = prune_bases(config, bases, shape[0], shape[2])
+    checkpoint.save_pruned(directory, structure, variables, info, config.to_json(), config.arch)
     logging.info('[pruned] %d sub-networks; channels per sub-network: %s',
                  structure.num_subnets,
                  [structure.total_channels(k) for k in range(structure.num_subnets)])
     return {'step': 0, 'kind': 'network'}
 
 
-def slim_job(config: Any, workdir: str, arch, shape) -> TrainJob:
-    dtype = dtype_of(config.compute_dtype)
+def slim_job(config: Settings, workdir: str, shape) -> TrainJob:
+    arch, dtype = config.arch, dtype_of(config.compute_dtype)
     directory = checkpoint.stage_dir(workdir, 'slim')
     if config.method == 'snet':
-        structure = arch.snet_structure(tuple(config.slim.widths))
+        structure = arch.snet_structure(config.slim.widths)
         model = arch.module(structure, dtype=dtype, bn_scale_init=config.slim.bn_scale_init)
         initial = _fresh_variables(model, config.seed, shape, 2000)
     else:
@@ -101,11 +108,13 @@ def slim_job(config: Any, workdir: str, arch, shape) -> TrainJob:
         structure = Structure.load(os.path.join(pruned, checkpoint.STRUCTURE))
         model = arch.module(structure, dtype=dtype, bn_scale_init=config.slim.bn_scale_init)
         initial = lambda: checkpoint.load_network(pruned)[1]
-    return TrainJob(name='slim', directory=directory, model=model, structure=structure,
-                    section=config.slim, input_shape=shape, initial_variables=initial)
+    return TrainJob(name='slim', directory=directory, arch=arch, model=model,
+                    structure=structure, section=config.slim, input_shape=shape,
+                    initial_variables=initial,
+                    distillation=(config.slim.kd_alpha, config.slim.kd_temperature))
 
 
-def run_publish(config: Any, workdir: str, arch) -> dict[str, Any] | None:
+def run_publish(config: Settings, workdir: str) -> dict[str, Any] | None:
     """With ``slim.drop_scaffold``: the trained network without its last sub-network (the
     release's ``eliminate_width``: MobileNetV1's x1.5 scaffold), saved as ``published/``.
 
@@ -120,47 +129,46 @@ def run_publish(config: Any, workdir: str, arch) -> dict[str, Any] | None:
     slim_dir = checkpoint.stage_dir(workdir, 'slim')
     structure, variables, _ = checkpoint.load_network(slim_dir)
     step = (checkpoint.done_info(slim_dir) or {}).get('step', 0)
-    structure, variables = subnets.keep_first(arch.table(zpm=structure.zpm), structure,
+    structure, variables = subnets.keep_first(config.arch.table(zpm=structure.zpm), structure,
                                               variables, structure.num_subnets - 1)
-    checkpoint.save_network(directory, structure, variables, config, step=step)
+    checkpoint.save_network(directory, structure, variables, config.to_json(), step=step,
+                            arch=config.arch)
     logging.info('[%s] dropped the scaffold sub-network; %d sub-networks remain.', PUBLISHED,
                  structure.num_subnets)
     return checkpoint.done_info(directory)
 
 
-
-
-def run_eval(config: Any, workdir: str, arch, shape, mesh, *,
+def run_eval(config: Settings, workdir: str, shape, mesh, *,
              force: bool = False) -> list[dict[str, Any]]:
-    """The eval stage; skipped when finished earlier unless ``force`` (`spnet_jax.evaluate`)."""
+    """The eval stage; skipped when finished earlier unless ``force`` (`evaluate_workdir`)."""
+    arch, options = config.arch, config.eval
     directory = checkpoint.stage_dir(workdir, 'eval')
-    report_path = os.path.join(workdir, 'report.json')
-    options = evaluate_lib.report_options(config.eval)
+    report_path = os.path.join(workdir, checkpoint.REPORT)
     if not force and checkpoint.is_done(directory) and os.path.exists(report_path):
         logging.info('[eval] finished earlier; skipping (report in %s).', report_path)
-        return checkpoint.read_json(report_path)
-    run_publish(config, workdir, arch)  # a no-op unless the recipe drops a scaffold
+        return checkpoint.read_json_file(report_path)
+    run_publish(config, workdir)  # a no-op unless the recipe drops a scaffold
     net_dir = checkpoint.final_network_dir(workdir)
     structure, variables, _ = checkpoint.load_network(net_dir)
     model = arch.module(structure, dtype=dtype_of(config.compute_dtype))
     expected = jax.eval_shape(lambda: state_lib.init_variables(model, jax.random.key(0), shape))
     checkpoint.check_variables(variables, expected, f'the network in {net_dir}')
     variables = sharding.replicate(variables, mesh)
-    calibration = int(config.eval.bn_calibration_batches)
+    calibration = options.bn_calibration_batches
     if calibration:
-        variables = evaluate_lib.calibrate_batch_stats(model, variables, structure.num_subnets,
-                                                       config, mesh, calibration)
-    results = evaluate_lib.evaluate(model, variables, structure.num_subnets, config, mesh)
+        variables = evaluation.calibrate_batch_stats(model, variables, structure.num_subnets,
+                                                     config, mesh, calibration)
+    results = evaluation.evaluate(model, variables, structure.num_subnets, config, mesh)
     latency = None
-    if options['latency_batch']:
-        latency = evaluate_lib.measure_latency(
-            model, variables, structure.num_subnets, shape, options['latency_batch'],
-            runs=options['latency_runs'], warmup=options['latency_warmup'])
+    if options.latency_batch:
+        latency = evaluation.measure_latency(
+            model, variables, structure.num_subnets, shape, options.latency_batch,
+            runs=options.latency_runs, warmup=options.latency_warmup)
     rows = report_lib.report_rows(arch, structure, results, shape,
                                   bn_calibration_batches=calibration, latency=latency)
     title = f'{report_lib.METHOD_NAMES[config.method]} {arch.name} on {config.data.name}'
     report_lib.write_report(workdir, rows, title, method=config.method,
-                            baseline_workdir=options['baseline_workdir'])
+                            baseline_workdir=options.baseline_workdir)
     step = (checkpoint.done_info(net_dir) or {}).get('step', 0)
     writer = TrainMetrics('eval', directory, num_steps=max(step, 1), first_step=step,
                           log_every_steps=1)
@@ -171,18 +179,44 @@ def run_eval(config: Any, workdir: str, arch, shape, mesh, *,
     return rows
 
 
+def saved_settings(workdir: str, **overrides: Any) -> Settings:
+    """The settings that trained ``workdir``'s final network (its ``config.json``), with
+    ``overrides`` of ``eval.*`` / ``data.*`` fields (e.g. where the data is on this machine)."""
+    path = os.path.join(checkpoint.final_network_dir(workdir), checkpoint.CONFIG)
+    if not os.path.exists(path):
+        raise ConfigError(f'{workdir} has no slimmable network with its config ({path}); give '
+                          'the --workdir of a main.py run whose slim stage has finished.')
+    config = ml_collections.ConfigDict(checkpoint.read_json_file(path))
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        in_data = name in config.data and name not in config.eval
+        (config.data if in_data else config.eval)[name] = value
+    config.stages = 'eval'
+    return Settings.from_config(config)
+
+
+def evaluate_workdir(workdir: str, **overrides: Any) -> list[dict[str, Any]]:
+    """Evaluates ``workdir``'s finished network (even when its eval stage has finished) and
+    writes its report; returns the report rows. ``overrides``: ``eval.*`` or ``data.*``
+    fields (``baseline_workdir``, ``latency_batch``, ``batch_size``,
+    ``bn_calibration_batches``, ``data_dir``, ...)."""
+    config = saved_settings(workdir, **overrides)
+    validate.check_workdir(config, workdir)
+    logging.info('Evaluating %s on %d devices.', workdir, jax.device_count())
+    return run_eval(config, workdir, input_shape(config), sharding.make_mesh(), force=True)
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """Runs the configured stages in ``workdir``; returns what each stage did.
 
-    The result maps each stage folder's name to its ``done.json`` info (with
-    ``'skipped': True`` for stages finished earlier), and ``'report'`` to the report rows
-    when the eval stage ran.
+    ``config``: a ConfigDict (every field of configs/default.py) or its `Settings`. The
+    result maps each stage folder's name to its ``done.json`` info (with ``'skipped': True``
+    for stages finished earlier), and ``'report'`` to the report rows when eval ran.
     """
-    stages = validate.check_config(config)
-    validate.check_workdir(config, workdir, stages)
-    if 'eval' in stages:
-        evaluate_lib.report_options(config.eval)
-    arch = build_arch(config)
+    config = validate.check_config(config)
+    stages = config.stages
+    validate.check_workdir(config, workdir)
     shape = input_shape(config)
     mesh = sharding.make_mesh()
     logging.info('Stages %s on %d devices (%d processes); workdir %s.', ','.join(stages),
@@ -190,15 +224,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if 'base' in stages:
         for index, width in enumerate(config.base.widths):
-            summary[f'base_{float(width)}'] = run_base(config, workdir, arch, index, width,
-                                                       shape, mesh)
+            summary[f'base_{float(width)}'] = run_base(config, workdir, index, width, shape,
+                                                       mesh)
     if 'prune' in stages:
-        summary['pruned'] = run_prune(config, workdir, arch, shape)
+        summary['pruned'] = run_prune(config, workdir, shape)
     if 'slim' in stages:
-        summary['slim'] = train_network(slim_job(config, workdir, arch, shape), config, mesh)
-        published = run_publish(config, workdir, arch)
+        summary['slim'] = train_network(slim_job(config, workdir, shape), config, mesh)
+        published = run_publish(config, workdir)
         if published is not None:
             summary[PUBLISHED] = published
     if 'eval' in stages:
-        summary['report'] = run_eval(config, workdir, arch, shape, mesh)
+        summary['report'] = run_eval(config, workdir, shape, mesh)
     return summary

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from spnet_jax.channels import ChannelTable
-from spnet_jax.errors import ConfigError
-from spnet_jax.structure import Structure
+from spnet_jax.core.channels import ChannelTable
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
 
 
 def _flat(tree) -> dict[str, Any]:

@@ -16,8 +16,8 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 
-from spnet_jax.channels import ChannelTable
-from spnet_jax.errors import ConfigError
+from spnet_jax.core.channels import ChannelTable
+from spnet_jax.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

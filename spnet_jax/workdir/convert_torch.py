@@ -29,8 +29,8 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from spnet_jax.errors import ConfigError
-from spnet_jax.models import mobilenet_v2, resnet
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.models import mobilenet_v1, mobilenet_v2, resnet, vgg
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -67,10 +67,8 @@ def module_names(arch) -> dict[str, str]:
             names[f'features.{b}.shortcut.0'] = f'{spec.name}/proj_conv'
             names[f'features.{b}.shortcut.1'] = f'{spec.name}/proj_bn'
     elif arch.name == 'vgg19':
-        from spnet_jax.models.vgg import VGG19
-
         index, conv = 0, 0
-        for c in VGG19:
+        for c in vgg.VGG19:
             if c == 'M':
                 index += 1
                 continue
@@ -88,10 +86,8 @@ def module_names(arch) -> dict[str, str]:
                 names[f'features.{b.index}.body.{3 * i}'] = f'{b.name}/{part}_conv'
                 names[f'features.{b.index}.body.{3 * i + 1}'] = f'{b.name}/{part}_bn'
     elif arch.name == 'mobilenet_v1':
-        from spnet_jax.models.mobilenet_v1 import BLOCKS
-
         names.update({'features.0.0': 'stem_conv', 'features.0.1': 'stem_bn'})
-        for b in range(1, len(BLOCKS) + 1):
+        for b in range(1, len(mobilenet_v1.BLOCKS) + 1):
             for i, part in enumerate(['dw', 'pw']):
                 names[f'features.{b}.body.{3 * i}'] = f'block{b}/{part}_conv'
                 names[f'features.{b}.body.{3 * i + 1}'] = f'block{b}/{part}_bn'

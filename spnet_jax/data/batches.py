@@ -28,9 +28,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.data import fashion_mnist, in_memory, tfds_input
 from spnet_jax.data.specs import DataSettings, parse_settings
-from spnet_jax.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
 

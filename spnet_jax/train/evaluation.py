@@ -1,8 +1,8 @@
-"""Evaluation of every sub-network: top-1/top-5, measured latency, optional BN calibration."""
+"""Evaluation of every sub-network: top-1/top-5, measured latency, optional BN calibration
+(the library the eval stage and `spnet_jax.train.stages.evaluate_workdir` use)."""
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Any
@@ -13,30 +13,8 @@ from absl import logging
 from jax.sharding import Mesh
 
 from spnet_jax import data as data_lib
-from spnet_jax.errors import ConfigError
-from spnet_jax.train import sharding
+from spnet_jax.core import sharding
 from spnet_jax.train import step as step_lib
-
-# ``config.eval`` options of the report, with the values runs made before they existed get.
-REPORT_OPTIONS = {'latency_batch': 32, 'latency_runs': 10, 'latency_warmup': 2,
-                  'baseline_workdir': None}
-
-
-def report_options(eval_config: Any) -> dict[str, Any]:
-    """``REPORT_OPTIONS`` as ``eval_config`` sets them, checked (`ConfigError` naming the
-    field otherwise)."""
-    options = {k: eval_config.get(k, v) for k, v in REPORT_OPTIONS.items()}
-    for name, least in (('latency_batch', 0), ('latency_runs', 1), ('latency_warmup', 0)):
-        value = options[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ConfigError(f'eval.{name}={value!r} must be an int >= {least}'
-                              + (' (0: no latency measurement).' if least == 0 and
-                                 name == 'latency_batch' else '.'))
-    baseline = options['baseline_workdir']
-    if baseline is not None and not os.path.isdir(baseline):
-        raise ConfigError(f'eval.baseline_workdir={baseline!r} is not a directory; give the '
-                          'workdir of a finished baseline run (e.g. configs/*_snet.py).')
-    return options
 
 
 def evaluate(model, variables: dict[str, Any], num_subnets: int, config: Any, mesh: Mesh,

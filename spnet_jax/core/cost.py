@@ -17,8 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from spnet_jax import layers
-from spnet_jax.structure import Structure
+from spnet_jax.core import layers
+from spnet_jax.core.structure import Structure
 
 
 @dataclasses.dataclass(frozen=True)

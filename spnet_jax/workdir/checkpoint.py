@@ -8,6 +8,7 @@ Every stage writes one folder under the workdir (``base_0.75/``, ``base_1.0/``, 
     <stage>/checkpoints/<step>/integrity   a fingerprint of every saved array (JSON)
     <stage>/damaged/<step>                 checkpoints found damaged, moved out of the way
     <stage>/structure.json                 the network's `Structure`
+    <stage>/architecture.json              what builds its model (`Architecture.spec`)
     <stage>/config.json                    the config that made it
     <stage>/done.json                      written last: the stage is finished
 
@@ -39,14 +40,18 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from spnet_jax.errors import ConfigError
-from spnet_jax.structure import Structure
-from spnet_jax.train import sharding
+from spnet_jax.core import sharding
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
+from spnet_jax.models import Architecture, arch_from_spec
 
 CHECKPOINTS = 'checkpoints'
 INTEGRITY = 'integrity'
 DAMAGED = 'damaged'
 STRUCTURE = 'structure.json'
+ARCHITECTURE = 'architecture.json'
+PRUNE_INFO = 'prune_info.json'
+REPORT = 'report.json'
 CONFIG = 'config.json'
 DONE = 'done.json'
 
@@ -88,6 +93,15 @@ def read_json(path: str) -> Any:
         return json.load(fh)
 
 
+def read_json_file(path: str) -> Any:
+    """A run's JSON file, or one `ConfigError` sentence naming it if it is damaged."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f'{path} cannot be read ({type(e).__name__}: {e}); restore it from a '
+                          'copy or rerun the stage that wrote it.') from None
+
+
 def is_done(directory: str) -> bool:
     return os.path.exists(os.path.join(directory, DONE))
 
@@ -125,8 +139,10 @@ def check_stage_structure(directory: str, structure: Structure | None) -> None:
             'or the config that made it.')
 
 
-def write_stage_files(directory: str, structure: Structure | None, config: Any = None) -> None:
-    """Writes structure.json and config.json; refuses a folder made for another structure."""
+def write_stage_files(directory: str, structure: Structure | None, config: Any = None,
+                      arch: Architecture | None = None) -> None:
+    """Writes structure.json, architecture.json and config.json; refuses a folder made for
+    another structure."""
     path = os.path.join(directory, STRUCTURE)
     check_stage_structure(directory, structure)
     os.makedirs(directory, exist_ok=True)
@@ -135,8 +151,19 @@ def write_stage_files(directory: str, structure: Structure | None, config: Any =
             tmp = f'{path}.tmp{os.getpid()}'
             structure.save(tmp)
             os.replace(tmp, path)
+        if arch is not None:
+            write_json(os.path.join(directory, ARCHITECTURE), arch.spec)
         if config is not None:
             write_json(os.path.join(directory, CONFIG), config_to_json(config))
+
+
+def load_architecture(directory: str) -> Architecture | None:
+    """The architecture saved in a stage folder (None in folders written before
+    architecture.json existed)."""
+    path = os.path.join(directory, ARCHITECTURE)
+    if not os.path.exists(path):
+        return None
+    return arch_from_spec(read_json_file(path), path)
 
 
 def manager(directory: str, *, save_every_steps: int = 1, max_to_keep: int | None = 2,
@@ -190,12 +217,14 @@ def restore_args(abstract_items: dict[str, Any] | None = None,
 
 
 def save_network(directory: str, structure: Structure, variables: dict[str, Any],
-                 config: Any = None, *, step: int = 0) -> None:
-    """Writes a finished network (no optimizer state) in the stage layout, then ``done.json``.
+                 config: Any = None, *, step: int = 0, arch: Architecture | None = None,
+                 done: dict[str, Any] | None = None) -> None:
+    """Writes a finished network (no optimizer state) in the stage layout, then ``done.json``
+    (``{'step', 'kind': 'network'}`` plus ``done``).
 
     ``variables`` = ``{'params', 'batch_stats', 'masks'?}``. Loaded back by `load_network`.
     """
-    write_stage_files(directory, structure, config)
+    write_stage_files(directory, structure, config, arch)
     variables = {k: v for k, v in variables.items() if k == 'params' or v}
     if jax.process_count() > 1:  # every process holds the same values: save them as one
         variables = sharding.replicate(sharding.to_host(variables), sharding.make_mesh())
@@ -207,7 +236,19 @@ def save_network(directory: str, structure: Structure, variables: dict[str, Any]
         mngr.wait_until_finished()
     finally:
         mngr.close()
-    mark_done(directory, {'step': step, 'kind': 'network'})
+    mark_done(directory, {'step': step, 'kind': 'network', **(done or {})})
+
+
+def save_pruned(directory: str, structure: Structure, variables: dict[str, Any],
+                info: dict[str, Any], config: Any, arch: Architecture) -> None:
+    """The pruned slimmable network (``<workdir>/pruned``) with ``prune_info.json`` (keep
+    ratios, thresholds, MACs, which base each sub-network came from). A folder holding
+    another network is refused before anything is written."""
+    check_stage_structure(directory, structure)
+    os.makedirs(directory, exist_ok=True)
+    write_json(os.path.join(directory, PRUNE_INFO),
+               json.loads(json.dumps(info, default=lambda o: np.asarray(o).tolist())))
+    save_network(directory, structure, variables, config, arch=arch)
 
 
 def step_dir(directory: str, step: int) -> str:

@@ -1,0 +1,92 @@
+"""The one entry of every command (``main.py`` and ``python -m spnet_jax.<tool>``).
+
+A tool is a module with ``define_flags()`` (its absl flags) and ``main(argv)``; `run` gives
+every tool the same behaviour:
+
+* library logs quiet on the terminal (Orbax and friends narrate at INFO; warnings stay);
+* flag parsing and config loading inside the error handling: a missing or broken config
+  file, an unknown ``--config.<field>`` override or a bad flag value is one sentence;
+* `ConfigError` (bad input of any kind) -> ``error: <sentence>`` on stderr, exit status 2,
+  before any work; a non-finite loss or a preemption -> its sentence, exit status 1.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+from types import ModuleType
+from typing import Any
+
+from absl import app, flags, logging
+
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.train.loop import Preempted
+from spnet_jax.train.metrics import NonFiniteLossError
+
+FLAGS = flags.FLAGS
+
+
+class QuietLibraries(std_logging.Filter):
+    """Keeps the terminal to the project's lines: drops the libraries' INFO chatter (Orbax's
+    checkpoint reads and writes, JAX's backend notes); their warnings stay."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return (record.levelno >= std_logging.WARNING
+                or f'{os.sep}spnet_jax{os.sep}' in record.pathname
+                or record.pathname.endswith('main.py'))
+
+
+def fail(message: str, status: int = 2) -> None:
+    """Prints ``error: <message>`` (one line) and exits."""
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(status)
+
+
+def load_config(name: str = 'config') -> Any:
+    """The ``--<name>`` flag's ConfigDict (None if not given), or a `ConfigError` naming the
+    file: config_flags defers a file's load errors to the first attribute access."""
+    try:
+        config = getattr(FLAGS, name)
+        if config is not None:
+            config.keys()  # forces the deferred load error, if any
+        return config
+    except (OSError, ImportError, SyntaxError, AttributeError, ValueError, TypeError) as e:
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        detail = ' '.join(line.strip() for line in lines[-3:])
+        raise ConfigError(f'--{name} could not be loaded ({detail}); give an existing '
+                          'configs/<name>.py file.') from None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(f'{first.rstrip(".")}; see --help for the flags.')
+    except (OSError, ImportError, SyntaxError, AttributeError, ValueError, TypeError,
+            KeyError) as e:  # a config file that fails while the flags are parsed
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        fail(f'the config could not be loaded or overridden ({first}); check --config and '
+             'the --config.<field> overrides against configs/default.py.')
+    return []  # not reached
+
+
+def run(tool: ModuleType) -> None:
+    """Defines ``tool``'s flags and runs its ``main`` under the common behaviour."""
+    tool.define_flags()
+
+    def main(argv: list[str]) -> None:
+        logging.get_absl_logger().addFilter(QuietLibraries())
+        std_logging.getLogger().addFilter(QuietLibraries())
+        try:
+            tool.main(argv)
+        except ConfigError as e:
+            fail(str(e))
+        except NonFiniteLossError as e:
+            fail(f'training stopped: {e}', status=1)
+        except Preempted as e:  # not an error: the state is saved, the same command resumes
+            print(str(e), file=sys.stderr)
+            sys.exit(1)
+
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,61 @@
+r"""Export one sub-network of a slimmable network as a standalone network.
+
+    python -m spnet_jax.export --workdir=W --subnet=0 --out=DIR     # index, or a width label
+    python -m spnet_jax.export --workdir=W --all --out=DIR          # DIR/subnet_<k>/ for each k
+
+What ``DIR`` holds: see `spnet_jax.workdir.export`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.workdir.export import ARTIFACT, PLATFORMS, export_all, export_subnet
+
+FLAGS = flags.FLAGS
+
+
+def parse_subnet(text: str | None) -> int | float:
+    if text is None or not text.strip():
+        raise ConfigError('give --subnet=K (an index, 0 = smallest, -1 = full, or a width) '
+                          'or --all.')
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise ConfigError(f'--subnet={text!r} is neither an index nor a width; e.g. --subnet=0.')
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    if not FLAGS.workdir or not FLAGS.out:
+        raise ConfigError('give --workdir=W (the network) and --out=DIR (where to write).')
+    if FLAGS.all and FLAGS.subnet is not None:
+        raise ConfigError('give either --subnet=K or --all, not both.')
+    kw = dict(overwrite=FLAGS.overwrite, image_size=FLAGS.image_size, platforms=FLAGS.platforms)
+    if FLAGS.all:
+        infos = export_all(FLAGS.workdir, FLAGS.out, **kw)
+        where = [os.path.join(FLAGS.out, f'subnet_{i["subnet"]}') for i in infos]
+    else:
+        infos = [export_subnet(FLAGS.workdir, parse_subnet(FLAGS.subnet), FLAGS.out, **kw)]
+        where = [FLAGS.out]
+    for info, folder in zip(infos, where, strict=True):
+        print(f'{info["arch"]} sub-network {info["subnet"]}: {info["macs"] / 1e6:.1f}M MACs, '
+              f'{info["params"] / 1e6:.3f}M params -> {folder} ({ARTIFACT}, input '
+              f'{info["input_shape"]})')
+
+
+def define_flags() -> None:
+    flags.DEFINE_string('workdir', None, 'Workdir (or stage folder) of the network to export.')
+    flags.DEFINE_string('subnet', None, 'Sub-network: index (0 = smallest, -1 = full) or width.')
+    flags.DEFINE_bool('all', False, 'Export every sub-network, into OUT/subnet_<k>/.')
+    flags.DEFINE_string('out', None, 'Folder to write the export to (new or empty).')
+    flags.DEFINE_bool('overwrite', False, 'Replace an earlier export in --out.')
+    flags.DEFINE_integer('image_size', None, 'Input height/width of the artifact (default: the '
+                         "network's config, else 224).")
+    flags.DEFINE_list('platforms', list(PLATFORMS), 'Platforms the artifact may run on.')

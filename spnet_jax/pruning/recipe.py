@@ -1,0 +1,222 @@
+"""The pruning recipe: SP-Net's whole chain on trained base networks, and its settings.
+
+    importance -> global threshold -> per-layer counts (per base) -> multi-base plan
+    -> SCS (sort) -> ZPM masks -> the slimmable network's variables
+
+`prune` runs the chain with explicit arguments; `PruneSettings` is the config's ``prune``
+section, parsed and checked once, and gives `prune` its arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.pruning import multibase, scs, targets
+from spnet_jax.pruning.importance import IMPORTANCE
+from spnet_jax.pruning.multibase import Plan, plan
+
+STARTS = ('finetune', 'reinit')  # fine-tune the largest base's weights, or re-initialise
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSettings:
+    """The ``prune`` section of a config (see configs/default.py for each field's meaning).
+
+    Exactly one of ``keep_ratios`` and ``macs_targets`` is used: MACs targets, when given,
+    replace the keep ratios.
+    """
+
+    keep_ratios: tuple[float, ...]
+    macs_targets: tuple[float, ...]
+    zpm: bool
+    min_channels_ratio: float
+    importance: str
+    start: str
+
+    @classmethod
+    def from_config(cls, section: Any) -> PruneSettings:
+        """Reads and checks the section (each problem one `ConfigError` sentence)."""
+        ratios = tuple(section.keep_ratios or ())
+        targets_ = tuple(section.macs_targets or ())
+        if not (ratios or targets_):
+            raise ConfigError('set prune.keep_ratios (or prune.macs_targets), one per base width.')
+        if not targets_ and not all(_number(r) and 0 < r <= 1 for r in ratios):
+            raise ConfigError(f'prune.keep_ratios={ratios} must each lie in (0, 1] (a fraction '
+                              'of BN channels kept).')
+        if targets_ and not (all(_number(t) and t > 0 for t in targets_) and all(
+                b > a for a, b in zip(targets_, targets_[1:], strict=False))):
+            raise ConfigError(f'prune.macs_targets={targets_} must be positive and ascending.')
+        if not isinstance(section.zpm, bool):
+            raise ConfigError(f'prune.zpm={section.zpm!r} must be True or False.')
+        ratio = section.min_channels_ratio
+        if not (_number(ratio) and 0 <= ratio < 1):
+            raise ConfigError(f'prune.min_channels_ratio={ratio!r} must be in [0, 1).')
+        if section.importance not in IMPORTANCE:
+            raise ConfigError(f'prune.importance={section.importance!r} is unknown; choose one '
+                              f'of {sorted(IMPORTANCE)}.')
+        if section.start not in STARTS:
+            raise ConfigError(f'prune.start={section.start!r} is unknown; choose one of '
+                              f'{list(STARTS)}.')
+        return cls(tuple(float(r) for r in ratios), tuple(float(t) for t in targets_),
+                   section.zpm, float(ratio), section.importance, section.start)
+
+    @property
+    def sizes(self) -> tuple[float, ...]:
+        """What each pruned sub-network aims at: its MACs target, else its keep ratio."""
+        return self.macs_targets or self.keep_ratios
+
+    def arguments(self, *, seed: int, bn_scale_init: float) -> dict[str, Any]:
+        """Keyword arguments of `prune` (``seed`` draws the fresh weights of re-init recipes,
+        whose BN scales start at ``bn_scale_init``)."""
+        return dict(
+            keep_ratios=None if self.macs_targets else self.keep_ratios,
+            macs_targets=self.macs_targets or None, zpm=self.zpm,
+            min_channels_ratio=self.min_channels_ratio, importance=self.importance,
+            reinit_rng=(jax.random.fold_in(jax.random.key(seed), 1000)
+                        if self.start == 'reinit' else None),
+            bn_scale_init=bn_scale_init)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    return {jax.tree_util.keystr(p): tuple(np.shape(x))
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_base_variables(arch, variables: dict, width: float, label: str) -> None:
+    """Refuses a base checkpoint whose parameters are not ``arch`` at ``width``."""
+    module = arch.module(arch.plain_structure(width))
+    want = _shapes(jax.eval_shape(lambda: module.init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3))))['params'])
+    got = _shapes(variables.get('params', {}))
+    if got.keys() != want.keys():
+        missing = sorted(set(want) - set(got))[:2]
+        raise ConfigError(f'{label} is not a {arch.name} checkpoint (missing {missing}); check '
+                          'the base path and model.name.')
+    # The stem's input channels depend on the data, not the width: ignore that axis.
+    for key, shape in want.items():
+        first = f"['{arch.first_conv}']['kernel']"
+        if got[key] != shape and not (key == first and got[key][:2] + got[key][3:]
+                                      == shape[:2] + shape[3:]):
+            raise ConfigError(
+                f'{label} does not match {arch.name} at width {width}: {key} has shape '
+                f'{got[key]}, expected {shape}; check the base widths and their order.')
+
+
+def slimmable_variables(arch, the_plan: Plan, largest_base: dict, *, in_channels: int = 3,
+                        reinit_rng: jax.Array | None = None, bn_scale_init: float = 1.0) -> dict:
+    """The slimmable network's variables: the largest base sorted by SCS (or, with
+    ``reinit_rng``, freshly initialised with BN scales ``bn_scale_init``: the release's
+    ``init_bn_val``), fresh BN statistics (mean 0, variance 1) for every sub-network, and
+    the ZPM masks."""
+    module = arch.module(the_plan.structure, bn_scale_init=bn_scale_init)
+    x = jnp.zeros((1, 32, 32, in_channels))
+    if reinit_rng is not None:  # jitted: eager init of a deep network takes many seconds
+        params = jax.jit(module.init)(reinit_rng, x)['params']
+    else:
+        params = scs.permute(largest_base, arch.table(zpm=the_plan.structure.zpm),
+                             the_plan.orders)['params']
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
+    fresh = jax.tree_util.tree_map_with_path(
+        lambda p, s: (jnp.ones if 'var_' in jax.tree_util.keystr(p) else jnp.zeros)(
+            s.shape, s.dtype), shapes.get('batch_stats', {}))
+    variables = {'params': jax.tree.map(jnp.asarray, params), 'batch_stats': fresh}
+    if the_plan.structure.zpm:
+        variables['masks'] = jax.tree.map(lambda m: jnp.asarray(m, jnp.int32), the_plan.masks)
+    if _shapes(variables['params']) != _shapes(shapes['params']):
+        raise ConfigError('the largest base does not have the full network\'s shapes; is the '
+                          'last base width the full width?')
+    return variables
+
+
+def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
+          keep_ratios: Sequence[float] | None = None,
+          macs_targets: Sequence[float] | None = None, image_size: int = 224,
+          in_channels: int = 3, zpm: bool = True, min_channels_ratio: float = 0.1,
+          importance: str = 'bn', reinit_rng: jax.Array | None = None,
+          bn_scale_init: float = 1.0, tolerance: float = 0.01) -> tuple:
+    """SP-Net pruning of trained bases into one slimmable network.
+
+    Args:
+      arch: the architecture at the full width (the largest base's width).
+      base_variables: per base, ``{'params', 'batch_stats'}`` of the plain network at that
+        width, ascending widths.
+      base_widths: the bases' width multipliers, ascending.
+      keep_ratios: per pruned sub-network, the fraction of BN channels kept (one per base, or
+        any number with a single base). Exclusive with ``macs_targets``.
+      macs_targets: per pruned sub-network, MACs per image to reach (within ``tolerance``);
+        the keep ratio is found by bisection and returned in ``info``.
+      zpm: zero-padding-match pruning of residual streams.
+      min_channels_ratio: floor per layer, as a fraction of its channels in the base being
+        pruned (halved for ZPM block ends and shortcuts; VGG: of its x1.0 channels).
+      importance: a name in `IMPORTANCE`.
+      reinit_rng: re-train-from-scratch recipes (VGG, MobileNetV1): fresh weights, with BN
+        scales ``bn_scale_init``.
+
+    Returns:
+      ``(structure, variables, info)``: info has 'keep_ratios', 'thresholds', 'macs'.
+    """
+    if (keep_ratios is None) == (macs_targets is None):
+        raise ConfigError('prune: give exactly one of prune.keep_ratios and prune.macs_targets.')
+    if importance not in IMPORTANCE:
+        raise ConfigError(f'prune.importance={importance!r} is unknown; choose one of '
+                          f'{sorted(IMPORTANCE)}.')
+    if not 0 <= min_channels_ratio < 1:
+        raise ConfigError(f'prune.min_channels_ratio={min_channels_ratio} must be in [0, 1).')
+    base_widths = [float(w) for w in base_widths]
+    if len(base_variables) != len(base_widths):
+        raise ConfigError(f'{len(base_variables)} base checkpoints for base widths '
+                          f'{base_widths}: give one checkpoint per width.')
+    # Widths ascending, one ratio or target per base, ratios in (0, 1]; MACs targets are
+    # checked for reach later. ``which[k]``: the base sub-network k is pruned from.
+    which = multibase.check_bases(
+        base_widths, keep_ratios if keep_ratios is not None else [1.0] * len(macs_targets))
+    wider_full = arch.full_width > base_widths[-1] + 1e-9
+    retrain_wider = wider_full and reinit_rng is not None
+    if abs(arch.full_width - base_widths[-1]) > 1e-9 and not retrain_wider:
+        raise ConfigError(
+            f'model.full_width={arch.full_width} must equal the largest base width '
+            f'{base_widths[-1]} (a wider full network needs prune.start="reinit").')
+    for i, (v, w) in enumerate(zip(base_variables, base_widths, strict=True)):
+        check_base_variables(arch, v, w, f'base checkpoint {i} (width {w})')
+    score_fn = IMPORTANCE[importance]
+    base_scores = [score_fn(v, arch.table(width=w, zpm=zpm))
+                   for v, w in zip(base_variables, base_widths, strict=True)]
+    table = arch.table(zpm=zpm)
+    macs_of = targets.macs_function(arch, table, image_size, in_channels)
+    if wider_full:  # re-train recipe: which channels is immaterial, keep the identity
+        orders = {g.name: np.arange(g.size) for g in table.groups}
+    else:
+        orders = scs.sort_orders(base_scores[-1][0])
+    if macs_targets is not None:
+        ratios = []
+        for k, (target, b) in enumerate(zip(macs_targets, which, strict=True)):
+            counts_macs = lambda c: macs_of(c, targets.zpm_stream_sizes(table, c, orders))
+            floors = multibase.base_floors(arch, base_widths[b], zpm, min_channels_ratio)
+            r, _ = targets.ratio_for_target(float(target), *base_scores[b], floors, counts_macs,
+                                            tolerance=tolerance,
+                                            what=f'sub-network {k} (base {base_widths[b]})')
+            ratios.append(r)
+        keep_ratios = ratios
+    the_plan = plan(arch, base_scores, base_widths, list(keep_ratios), zpm_on=zpm,
+                    min_channels_ratio=min_channels_ratio, orders=orders)
+    variables = slimmable_variables(arch, the_plan, base_variables[-1], in_channels=in_channels,
+                                    reinit_rng=reinit_rng, bn_scale_init=bn_scale_init)
+    S = the_plan.structure
+    macs = [macs_of(dict(zip(S.groups, S.counts[k], strict=True)),
+                    dict(zip(S.junctions, S.stream_sizes[k], strict=True)) if S.zpm else {})
+            for k in range(S.num_subnets)]
+    info = {'keep_ratios': [float(r) for r in keep_ratios],
+            'thresholds': list(the_plan.thresholds), 'macs': macs,
+            'base_of_subnet': list(the_plan.base_of_subnet), 'base_widths': base_widths}
+    return S, variables, info

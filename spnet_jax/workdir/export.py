@@ -1,0 +1,224 @@
+r"""Export one sub-network of a slimmable network as a standalone network
+(`export_subnet`, `export_all`; the command: ``python -m spnet_jax.export``).
+
+The output folder then holds:
+
+* the standalone network, saved like any other (``structure.json``, ``config.json``, an Orbax
+  checkpoint under ``checkpoints/``, ``done.json``): a single-sub-network `Structure` whose
+  layers have exactly sub-network k's channels, and its variables. Nothing in it is sliced or
+  switched any more: each parameter has the shape sub-network k uses, the BN statistics are
+  k's private ones (S-Net: also k's private affine), and every layer that reads a ZPM stream
+  has its input rows gathered once by k's fused index, so it reads the compact stream densely
+  (the junction's fused index becomes the identity; its placement of the two branches stays);
+* ``model.jax_export``: the eval-mode forward pass, weights included as constants, serialized
+  by `jax.export` (StableHLO). Float32 NHWC images with any batch size in, logits out::
+
+      exported = jax.export.deserialize(open('DIR/model.jax_export', 'rb').read())
+      logits = exported.call(images)     # no spnet_jax (or Flax) needed
+
+* ``export.json``: what was exported (architecture, sub-network, MACs, params, input shape,
+  classes), written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spnet_jax.core.cost import subnet_costs
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
+from spnet_jax.pruning.subnets import _flat, standalone_structure, standalone_variables
+from spnet_jax.workdir import checkpoint
+from spnet_jax.workdir.loading import SlimmableNetwork, load
+
+ARTIFACT = 'model.jax_export'
+INFO = 'export.json'
+# What an export writes into its folder (a re-export with overwrite=True replaces only these).
+_OUTPUTS = (checkpoint.CHECKPOINTS, checkpoint.STRUCTURE, checkpoint.ARCHITECTURE,
+            checkpoint.CONFIG, checkpoint.DONE, ARTIFACT, INFO)
+_SUBNET_DIR = re.compile(r'subnet_\d+$')
+# The artifact runs on any of these, whichever machine exported it (jax.export lowers for
+# each; the weights are stored once).
+PLATFORMS = ('cpu', 'cuda', 'tpu')
+KNOWN_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+
+
+# --------------------------------------------------------------- the standalone network
+def standalone(net: SlimmableNetwork, subnet: int | float) -> tuple[Structure, dict[str, Any]]:
+    """``(structure, variables)`` of sub-network ``subnet`` of ``net`` as a standalone
+    network; checked against the shapes its model expects."""
+    S = net.structure
+    k = S.subnet_index(subnet)
+    structure = standalone_structure(S, k)
+    variables = standalone_variables(net.arch.table(zpm=S.zpm), S, net.variables, k)
+    model = net.arch.module(structure)
+    in_channels = net.arch.input_channels(net.variables['params'])
+    x = jax.ShapeDtypeStruct((1, 32, 32, in_channels), jnp.float32)
+    want = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    got_shapes, want_shapes = _shapes(variables), _shapes(want)
+    if got_shapes != want_shapes:  # a table that misses a parameter: a bug, not user input
+        diff = sorted(set(got_shapes.items()) ^ set(want_shapes.items()))[:3]
+        raise AssertionError(f'standalone variables of {S.arch} do not fit its model: {diff}')
+    return structure, variables
+
+
+# --------------------------------------------------------------- the jax.export artifact
+def export_forward(arch, structure: Structure, variables: dict[str, Any],
+                   input_shape: Sequence[int],
+                   platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
+    """The eval-mode forward of a standalone network with its weights as constants, for
+    float32 NHWC inputs of shape ``(batch, *input_shape)`` with a symbolic batch."""
+    model = arch.module(structure)
+    consts = jax.tree.map(jnp.asarray, variables)
+    forward = jax.jit(lambda images: model.apply(consts, images, subnet=0, train=False))
+    dims = ', '.join(str(int(d)) for d in input_shape)
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'batch, {dims}'), jnp.float32)
+    return jax.export.export(forward, platforms=tuple(platforms))(spec)
+
+
+# --------------------------------------------------------------- writing a folder
+def export_subnet(net_or_path: SlimmableNetwork | str | os.PathLike, subnet: int | float,
+                  out_dir: str | os.PathLike, *, overwrite: bool = False,
+                  image_size: int | None = None,
+                  platforms: Sequence[str] = PLATFORMS) -> dict[str, Any]:
+    """Writes sub-network ``subnet`` of a network (or of the one saved at a path) to
+    ``out_dir`` as a standalone network plus its `jax.export` artifact; returns export.json's
+    contents.
+
+    Args:
+      net_or_path: a loaded `SlimmableNetwork`, or a workdir / stage folder for
+        `spnet_jax.load`.
+      subnet: the sub-network's index (smallest first, -1 the full one) or width label.
+      out_dir: a new or empty folder (or an earlier export's, with ``overwrite``).
+      image_size: the artifact's input height and width (default: the network's config).
+      platforms: where the artifact may run (jax.export platform names).
+    """
+    _check_options(image_size, platforms)
+    net = _as_network(net_or_path)
+    k = net.structure.subnet_index(subnet)
+    out_dir = os.fspath(out_dir)
+    _prepare_out_dir(out_dir, overwrite, _source(net_or_path))
+    return _write(net, k, out_dir, image_size, platforms, _source(net_or_path))
+
+
+def export_all(net_or_path: SlimmableNetwork | str | os.PathLike, out_dir: str | os.PathLike,
+               *, overwrite: bool = False, image_size: int | None = None,
+               platforms: Sequence[str] = PLATFORMS) -> list[dict[str, Any]]:
+    """`export_subnet` for every sub-network, into ``out_dir/subnet_<k>/``."""
+    _check_options(image_size, platforms)
+    net = _as_network(net_or_path)
+    out_dir = os.fspath(out_dir)
+    _prepare_out_dir(out_dir, overwrite, _source(net_or_path))
+    return [_write(net, k, os.path.join(out_dir, f'subnet_{k}'), image_size, platforms,
+                   _source(net_or_path))
+            for k in range(net.structure.num_subnets)]
+
+
+def _write(net: SlimmableNetwork, k: int, out_dir: str, image_size: int | None,
+           platforms: Sequence[str], source: str | None) -> dict[str, Any]:
+    structure, variables = standalone(net, k)
+    size = int(net.image_size if image_size is None else image_size)
+    in_channels = net.arch.input_channels(variables['params'])
+    exported = export_forward(net.arch, structure, variables, (size, size, in_channels),
+                              platforms)
+    (cost,) = subnet_costs(net.arch, structure, size, in_channels)
+    os.makedirs(out_dir, exist_ok=True)
+    checkpoint.save_network(out_dir, structure, variables, net.config, arch=net.arch)
+    _write_atomic(os.path.join(out_dir, ARTIFACT), bytes(exported.serialize()))
+    S = net.structure
+    info = {
+        'arch': net.arch.name,
+        'subnet': k,
+        'width': None if S.widths is None else S.widths[k],
+        'num_subnets': S.num_subnets,
+        'method': S.method,
+        'zpm': S.zpm,
+        'macs': cost.macs,
+        'params': cost.params,
+        'input_shape': ['batch', size, size, in_channels],
+        'input_dtype': 'float32',
+        'layout': 'NHWC',
+        'num_classes': net.arch.num_classes,
+        'artifact': ARTIFACT,
+        'platforms': list(exported.platforms),
+        'jax_version': jax.__version__,
+        'source': source,
+    }
+    _write_atomic(os.path.join(out_dir, INFO), (json.dumps(info, indent=1) + '\n').encode())
+    return info
+
+
+def _check_options(image_size: int | None, platforms: Sequence[str]) -> None:
+    if image_size is not None and image_size < 1:
+        raise ConfigError(f'--image_size={image_size} must be a positive number of pixels.')
+    bad = [p for p in platforms if p not in KNOWN_PLATFORMS]
+    if bad or not platforms:
+        raise ConfigError(f'--platforms={",".join(platforms)} names no jax.export platform '
+                          f'({bad[0] if bad else "empty"}); choose from '
+                          f'{",".join(KNOWN_PLATFORMS)}.')
+
+
+def _as_network(net_or_path) -> SlimmableNetwork:
+    if isinstance(net_or_path, SlimmableNetwork):
+        return net_or_path
+    if isinstance(net_or_path, str | os.PathLike):
+        return load(os.fspath(net_or_path))
+    raise ConfigError(f'export needs a SlimmableNetwork or a workdir path, got '
+                      f'{type(net_or_path).__name__}.')
+
+
+def _source(net_or_path) -> str | None:
+    return None if isinstance(net_or_path, SlimmableNetwork) else os.path.abspath(net_or_path)
+
+
+def _prepare_out_dir(out_dir: str, overwrite: bool, source: str | None) -> None:
+    """Refuses a non-empty ``out_dir`` (unless ``overwrite`` and it holds only export
+    outputs, which are then removed) and one that would hold the network being exported."""
+    out = os.path.realpath(out_dir)
+    if source is not None:
+        src = os.path.realpath(source)
+        if src == out or src.startswith(out + os.sep):
+            raise ConfigError(f'--out={out_dir} holds the network being exported; choose a '
+                              'folder outside the workdir.')
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f'--out={out_dir} is a file; give a folder to write the export to.')
+    entries = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    if not entries:
+        return
+    if not overwrite:
+        raise ConfigError(f'--out={out_dir} is not empty; choose a new folder or pass '
+                          '--overwrite to replace an earlier export there.')
+    foreign = [e for e in entries if e not in _OUTPUTS and not _SUBNET_DIR.match(e)]
+    if foreign:
+        raise ConfigError(f'--out={out_dir} holds files that no export wrote ({foreign[0]}); '
+                          '--overwrite only replaces an earlier export, so choose another folder.')
+    if INFO not in entries and not all(_SUBNET_DIR.match(e) for e in entries):
+        raise ConfigError(f'--out={out_dir} holds a network that is not an export (no {INFO}); '
+                          '--overwrite only replaces an earlier export, so choose another folder.')
+    for e in entries:
+        path = os.path.join(out_dir, e)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _shapes(variables) -> dict[str, tuple]:
+    return {f'{c}/{p}': tuple(np.shape(x)) for c, tree in variables.items()
+            for p, x in _flat(tree).items()}
