@@ -58,7 +58,7 @@ def _fresh_variables(model, seed: int, shape: tuple[int, int, int], stream: int)
     return lambda: jax.jit(lambda r: state_lib.init_variables(model, r, shape))(rng)
 
 
-def run_base(config: Settings, workdir: str, index: int, width: float, shape, mesh):
+def base_stage(config: Settings, workdir: str, index: int, width: float, shape, mesh):
     arch = config.arch.at_width(width)
     structure = arch.plain_structure()
     model = arch.module(structure, dtype=dtype_of(config.compute_dtype),
@@ -79,7 +79,7 @@ def prune_bases(config: Settings, bases: list[dict], image_size: int, in_channel
         **config.prune.arguments(seed=config.seed, bn_scale_init=config.slim.bn_scale_init))
 
 
-def run_prune(config: Settings, workdir: str, shape) -> dict[str, Any]:
+def prune_stage(config: Settings, workdir: str, shape) -> dict[str, Any]:
     directory = checkpoint.stage_dir(workdir, 'pruned')
     if checkpoint.is_done(directory):
         logging.info('[pruned] finished earlier; skipping.')
@@ -114,7 +114,7 @@ def slim_job(config: Settings, workdir: str, shape) -> TrainJob:
                     distillation=(config.slim.kd_alpha, config.slim.kd_temperature))
 
 
-def run_publish(config: Settings, workdir: str) -> dict[str, Any] | None:
+def publish_stage(config: Settings, workdir: str) -> dict[str, Any] | None:
     """With ``slim.drop_scaffold``: the trained network without its last sub-network (the
     release's ``eliminate_width``: MobileNetV1's x1.5 scaffold), saved as ``published/``.
 
@@ -138,7 +138,7 @@ def run_publish(config: Settings, workdir: str) -> dict[str, Any] | None:
     return checkpoint.done_info(directory)
 
 
-def run_eval(config: Settings, workdir: str, shape, mesh, *,
+def eval_stage(config: Settings, workdir: str, shape, mesh, *,
              force: bool = False) -> list[dict[str, Any]]:
     """The eval stage; skipped when finished earlier unless ``force`` (`evaluate_workdir`)."""
     arch, options = config.arch, config.eval
@@ -147,7 +147,7 @@ def run_eval(config: Settings, workdir: str, shape, mesh, *,
     if not force and checkpoint.is_done(directory) and os.path.exists(report_path):
         logging.info('[eval] finished earlier; skipping (report in %s).', report_path)
         return checkpoint.read_json_file(report_path)
-    run_publish(config, workdir)  # a no-op unless the recipe drops a scaffold
+    publish_stage(config, workdir)  # a no-op unless the recipe drops a scaffold
     net_dir = checkpoint.final_network_dir(workdir)
     structure, variables, _ = checkpoint.load_network(net_dir)
     model = arch.module(structure, dtype=dtype_of(config.compute_dtype))
@@ -204,7 +204,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> list[dict[str, Any]]:
     config = saved_settings(workdir, **overrides)
     validate.check_workdir(config, workdir)
     logging.info('Evaluating %s on %d devices.', workdir, jax.device_count())
-    return run_eval(config, workdir, input_shape(config), sharding.make_mesh(), force=True)
+    return eval_stage(config, workdir, input_shape(config), sharding.make_mesh(), force=True)
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -224,15 +224,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if 'base' in stages:
         for index, width in enumerate(config.base.widths):
-            summary[f'base_{float(width)}'] = run_base(config, workdir, index, width, shape,
+            summary[f'base_{float(width)}'] = base_stage(config, workdir, index, width, shape,
                                                        mesh)
     if 'prune' in stages:
-        summary['pruned'] = run_prune(config, workdir, shape)
+        summary['pruned'] = prune_stage(config, workdir, shape)
     if 'slim' in stages:
         summary['slim'] = train_network(slim_job(config, workdir, shape), config, mesh)
-        published = run_publish(config, workdir)
+        published = publish_stage(config, workdir)
         if published is not None:
             summary[PUBLISHED] = published
     if 'eval' in stages:
-        summary['report'] = run_eval(config, workdir, shape, mesh)
+        summary['report'] = eval_stage(config, workdir, shape, mesh)
     return summary
