@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import re
 import sys
 from types import ModuleType
 from typing import Any
@@ -58,15 +59,31 @@ def load_config(name: str = 'config') -> Any:
                           'configs/<name>.py file.') from None
 
 
+def _not_a_field(name: str, argv: list[str]) -> None:
+    given = [a.split('=')[0] for a in argv[1:]
+             if a.startswith('--config') and a.split('=')[0].split('.')[-1] == name]
+    what = given[0] if given else f'--config.{name}'
+    fail(f'{what} is not a field of the config; see configs/default.py for the fields and '
+         'their meaning.')
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        unknown = re.match(r"Unknown command line flag '(config\.[\w.]+)'", text)
+        if unknown:
+            _not_a_field(unknown.group(1).split('.')[-1], argv)
+        first = text.splitlines()[0] if text else type(e).__name__
         fail(f'{first.rstrip(".")}; see --help for the flags.')
-    except (OSError, ImportError, SyntaxError, AttributeError, ValueError, TypeError,
-            KeyError) as e:  # a config file that fails while the flags are parsed
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    except (OSError, ImportError, SyntaxError, AttributeError, KeyError, ValueError,
+            TypeError) as e:  # a config file that fails while the flags are parsed
+        text = str(e).strip()
+        field = re.fullmatch(r"""["']*(\w+)["']*""", text)
+        if isinstance(e, AttributeError | KeyError) and field:
+            _not_a_field(field.group(1), argv)
+        first = text.splitlines()[-1] if text else type(e).__name__
         fail(f'the config could not be loaded or overridden ({first}); check --config and '
              'the --config.<field> overrides against configs/default.py.')
     return []  # not reached
