@@ -2,6 +2,7 @@
 the Fashion-MNIST files' marker."""
 
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,25 @@ needs_fashion_mnist = pytest.mark.skipif(
     not all(os.path.exists(os.path.join(FASHION_MNIST, f'{split}-images-idx3-ubyte.gz'))
             for split in ('train', 't10k')),
     reason='needs the Debian dataset-fashion-mnist package')
+
+
+# The release's reference outputs: ../shared/reference beside the clone (CI has it, with the
+# large MobileNetV2 weights); the small BN-only cases are also bundled in tests/data/reference.
+SHARED_REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
+BUNDLED_REFERENCE = Path(__file__).resolve().parent / 'data' / 'reference'
+
+
+def reference_case(name: str) -> Path:
+    """The folder of reference case ``name``: ../shared's, else the bundled copy (may not
+    exist: mark the test with `needs_reference`)."""
+    shared = SHARED_REFERENCE / name
+    return shared if shared.is_dir() else BUNDLED_REFERENCE / name
+
+
+def needs_reference(name: str):
+    return pytest.mark.skipif(
+        not reference_case(name).is_dir(),
+        reason=f'needs the release reference case {name} (../shared/reference, beside the clone)')
 
 
 def random_variables(model, x, seed=0, masks=None, **init_kwargs):

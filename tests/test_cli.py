@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import reference_case
 
 from spnet_jax.cli.profile import profile_config
 from spnet_jax.core.cost import subnet_costs
@@ -67,7 +68,7 @@ def test_prune_refuses_bad_bases(tmp_path):
     assert wrong_widths.returncode == 2
     assert 'base.widths' in wrong_widths.stderr
     # A VGG checkpoint given as ResNet-50 bases.
-    vgg = ROOT.parent / 'shared' / 'reference' / 'vgg19_cifar_singlebase' / 'base_1.0_bn.npz'
+    vgg = reference_case('vgg19_cifar_singlebase') / 'base_1.0_bn.npz'
     other = run('spnet_jax.prune', '--config=configs/resnet50.py', f'--workdir={tmp_path}',
                 f'--bases=0.75={vgg},1.0={vgg}')
     assert other.returncode == 2

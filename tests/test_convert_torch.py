@@ -1,16 +1,16 @@
 """The release's `torch.save({'model': state_dict, ...})` checkpoints read into our trees."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import reference_case
 
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import check_base_variables
 from spnet_jax.workdir import convert_torch
 
-CASE = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'mobilenet_v2_multibase_zpm'
+CASE = reference_case('mobilenet_v2_multibase_zpm')
 needs_reference = pytest.mark.skipif(not CASE.is_dir(), reason=f'needs the reference files {CASE}')
 
 

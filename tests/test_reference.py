@@ -1,4 +1,5 @@
-"""Parity with the original PyTorch release on ../shared/reference, through the prune
+"""Parity with the original PyTorch release on its reference outputs (../shared/reference;
+the small BN-only cases are bundled in tests/data/reference), through the prune
 command and `spnet_jax.load` (what a user runs), not only the internal functions."""
 
 import json
@@ -11,13 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import needs_reference, reference_case
 
 import spnet_jax
 from spnet_jax.models import get_arch
 from spnet_jax.workdir import convert_torch
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / 'shared' / 'reference'
+MBV2 = 'mobilenet_v2_multibase_zpm'
 
 
 def _list(value):
@@ -99,8 +101,9 @@ def check_structure_and_masks(net, case_dir: Path, bn_file: Path):
     return checked
 
 
+@needs_reference('resnet50_singlebase_zpm')
 def test_resnet50_single_base_zpm(tmp_path):
-    case = REFERENCE / 'resnet50_singlebase_zpm'
+    case = reference_case('resnet50_singlebase_zpm')
     arch = get_arch('resnet50')
     base = release_checkpoint(arch, case / 'base_1.0_bn.npz', tmp_path / 'base.npz')
     out = run_prune(tmp_path / 'run', 'resnet50.py', [(1.0, base)], '--config.base.widths=1.0,',
@@ -118,10 +121,11 @@ def test_resnet50_single_base_zpm(tmp_path):
     assert 'sub-networks' in out and 'MACs' in out
 
 
+@needs_reference('resnet50_multibase_zpm_floor')
 def test_resnet50_multibase_zpm_floors_are_relative_to_each_base(tmp_path):
     """The release floors each layer at int(C * 0.1) (ZPM ends/shortcuts: half) of its channels
     in the base being pruned: 10 layers of sub-network 0 (x0.75 base) sit at that floor."""
-    case = REFERENCE / 'resnet50_multibase_zpm_floor'
+    case = reference_case('resnet50_multibase_zpm_floor')
     bases = [(w, release_checkpoint(get_arch('resnet50', full_width=w),
                                     case / f'base_{w}_bn.npz', tmp_path / f'base_{w}.npz'))
              for w in (0.75, 1.0)]
@@ -155,8 +159,9 @@ def test_resnet50_multibase_zpm_floors_are_relative_to_each_base(tmp_path):
         assert sub['macs'] == w['own_count']['conv_fc_macs_per_image']
 
 
+@needs_reference('vgg19_cifar_singlebase')
 def test_vgg19_cifar_single_base(tmp_path):
-    case = REFERENCE / 'vgg19_cifar_singlebase'
+    case = reference_case('vgg19_cifar_singlebase')
     arch = get_arch('vgg19', num_classes=10)
     base = release_checkpoint(arch, case / 'base_1.0_bn.npz', tmp_path / 'base.npz')
     run_prune(tmp_path / 'run', 'vgg19_cifar10.py', [(1.0, base)], '--config.base.widths=1.0,',
@@ -171,15 +176,16 @@ def test_vgg19_cifar_single_base(tmp_path):
 
 @pytest.fixture(scope='module')
 def mobilenet_v2_net(tmp_path_factory):
-    case = REFERENCE / 'mobilenet_v2_multibase_zpm'
+    case = reference_case(MBV2)
     work = tmp_path_factory.mktemp('mbv2')
     run_prune(work, 'mobilenet_v2.py', [(1.0, case / 'base_1.0.npz'),
                                         (1.3, case / 'base_1.3.npz')])
     return spnet_jax.load(str(work))
 
 
+@needs_reference(MBV2)
 def test_mobilenet_v2_multibase_structure_and_weights(mobilenet_v2_net):
-    case = REFERENCE / 'mobilenet_v2_multibase_zpm'
+    case = reference_case(MBV2)
     net = mobilenet_v2_net
     assert check_structure_and_masks(net, case, case / 'base_1.3.npz') == 52
     widths = json.loads((case / 'widths.json').read_text())['per_width']
@@ -195,8 +201,9 @@ def test_mobilenet_v2_multibase_structure_and_weights(mobilenet_v2_net):
 
 
 @pytest.mark.parametrize('mode', ['eval_asis', 'eval_randstats', 'train_mode'])
+@needs_reference(MBV2)
 def test_mobilenet_v2_logits_of_every_subnet(mobilenet_v2_net, mode):
-    case = REFERENCE / 'mobilenet_v2_multibase_zpm'
+    case = reference_case(MBV2)
     net = mobilenet_v2_net
     io = np.load(case / 'io.npz')
     x = io['x'].transpose(0, 2, 3, 1)  # NCHW -> NHWC

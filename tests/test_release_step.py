@@ -39,12 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from helpers import reference_case
 
 from spnet_jax.models import get_arch
 from spnet_jax.workdir import convert_torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CASE = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'mobilenet_v2_multibase_zpm'
+CASE = reference_case('mobilenet_v2_multibase_zpm')
 sys.path.insert(0, str(ROOT))
 from configs import mobilenet_v2 as recipe  # noqa: E402
 
@@ -75,7 +76,8 @@ def float64_step(structure_file: str, masks_file: str, out_file: str) -> None:
     variables = {**jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), start), 'masks': masks}
     model = arch.module(structure, dtype=loop.dtype_of('float64'))
     tx, schedule = optim.make_optimizer(config.slim, steps_per_epoch=1,
-                                        num_steps=int(config.slim.epochs))
+                                        num_steps=int(config.slim.epochs),
+                                        table=arch.table(zpm=structure.zpm))
     mesh = sharding.make_mesh()
     state = state_lib.create_state(variables, tx)
     step = loop.jit_train_step(model, structure.num_subnets, tx, schedule, mesh,
