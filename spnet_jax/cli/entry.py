@@ -96,6 +96,8 @@ def run(tool: ModuleType) -> None:
     def main(argv: list[str]) -> None:
         logging.get_absl_logger().addFilter(QuietLibraries())
         std_logging.getLogger().addFilter(QuietLibraries())
+        if len(argv) > 1:
+            fail(f'unexpected arguments {argv[1:]}; every input is a --flag (see --help).')
         try:
             tool.main(argv)
         except ConfigError as e:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from spnet_jax.train import report
 from spnet_jax.train.stages import evaluate_workdir
@@ -42,8 +42,7 @@ def define_flags() -> None:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    del argv  # entry.run refuses positional arguments
     rows = evaluate_workdir(
         FLAGS.workdir, baseline_workdir=FLAGS.baseline_workdir,
         latency_batch=FLAGS.latency_batch, latency_runs=FLAGS.latency_runs,

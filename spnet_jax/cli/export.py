@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.workdir.export import ARTIFACT, PLATFORMS, export_all, export_subnet
@@ -31,8 +31,7 @@ def parse_subnet(text: str | None) -> int | float:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    del argv  # entry.run refuses positional arguments
     if not FLAGS.workdir or not FLAGS.out:
         raise ConfigError('give --workdir=W (the network) and --out=DIR (where to write).')
     if FLAGS.all and FLAGS.subnet is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from spnet_jax.cli import entry
@@ -44,8 +44,7 @@ def summary(arch, written: dict, image_size: int, in_channels: int = 3) -> str:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    del argv  # entry.run refuses positional arguments
     config = entry.load_config()
     if config is None or not FLAGS.workdir:
         raise ConfigError('give --config=configs/<model>.py, --checkpoint=PATH and '

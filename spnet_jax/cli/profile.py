@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from spnet_jax.cli import entry
@@ -72,8 +72,7 @@ def table(title: str, rows: list[dict]) -> str:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    del argv  # entry.run refuses positional arguments
     config = entry.load_config()
     if FLAGS.workdir:
         title, rows = profile_workdir(FLAGS.workdir)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from spnet_jax.cli import entry
@@ -37,16 +37,6 @@ def settings_for(config, stage: str) -> Settings:
     return Settings.from_config(config)
 
 
-def checked_bases(settings: Settings, text: str | None) -> list[tuple[float, str]]:
-    """``--bases``, one existing path per ``base.widths`` entry, in that order."""
-    bases = parse_bases(text)
-    widths, expected = [w for w, _ in bases], list(settings.base.widths)
-    if widths != expected:
-        raise ConfigError(f'--bases widths {widths} differ from config base.widths {expected}; '
-                          'give one checkpoint per configured base width, in the same order.')
-    return bases
-
-
 def summary(arch, structure, info: dict, image_size: int, in_channels: int) -> str:
     costs = subnet_costs(arch, structure, image_size, in_channels)
     lines = ['subnet  keep_ratio  base   channels  min/mean/max per layer   MACs        params']
@@ -65,13 +55,12 @@ def summary(arch, structure, info: dict, image_size: int, in_channels: int) -> s
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    del argv  # entry.run refuses positional arguments
     config = entry.load_config()
     if config is None or not FLAGS.workdir:
         raise ConfigError('give --config=configs/<model>.py and --workdir=OUT.')
     settings = settings_for(config, 'prune')
-    bases = checked_bases(settings, FLAGS.bases)
+    bases = parse_bases(FLAGS.bases, settings.base.widths)
     arch = settings.arch
     variables = [load_base(path, arch, w) for w, path in bases]
     image_size, in_channels = settings.data.image_size, arch.input_channels(

@@ -12,7 +12,7 @@ training with the step and sub-network named (exit status 1).
 from __future__ import annotations
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from spnet_jax.cli import entry
@@ -36,8 +36,7 @@ def define_flags() -> None:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    del argv  # entry.run refuses positional arguments
     config = entry.load_config()
     if config is None or not FLAGS.workdir:
         raise ConfigError('give --config=configs/<name>.py and --workdir=DIR.')

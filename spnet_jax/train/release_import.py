@@ -91,12 +91,7 @@ def parse_bases(config: Settings, text: str | None) -> list[tuple[float, str]]:
             "an SP-Net (config method='spnet') needs --bases=WIDTH=PATH,..., the base "
             'checkpoints it was pruned from (they give each sub-network\'s channel counts), '
             f'one per base.widths={tuple(config.base.widths)}.')
-    bases = parse_base_paths(text)
-    widths, expected = [w for w, _ in bases], list(config.base.widths)
-    if widths != expected:
-        raise ConfigError(f'--bases widths {widths} differ from config base.widths {expected}; '
-                          'give one checkpoint per configured base width, in the same order.')
-    return bases
+    return parse_base_paths(text, config.base.widths)
 
 
 # --------------------------------------------------------------- the structure to fill

@@ -282,9 +282,9 @@ def load_base(path: str, arch, width: float) -> dict[str, Any]:
     return convert_torch.convert(convert_torch.read_state_dict(path), arch.at_width(width))
 
 
-def parse_bases(text: str | None) -> list[tuple[float, str]]:
-    """``--bases=WIDTH=PATH,...`` (the prune and import commands) -> ``[(width, path)]``;
-    every path must exist."""
+def parse_bases(text: str | None, widths: Sequence[float]) -> list[tuple[float, str]]:
+    """``--bases=WIDTH=PATH,...`` (the prune and import commands) -> ``[(width, path)]``:
+    every path exists, and the widths are ``widths`` (the config's ``base.widths``), in order."""
     if not text:
         raise ConfigError('--bases is empty; give WIDTH=PATH pairs, e.g. '
                           '--bases=0.75=/ckpt/base_0.75,1.0=/ckpt/base_1.0.')
@@ -300,4 +300,8 @@ def parse_bases(text: str | None) -> list[tuple[float, str]]:
         if not os.path.exists(path):
             raise ConfigError(f'--bases: base checkpoint {path} (width {width}) does not exist.')
         out.append((w, path))
+    if [w for w, _ in out] != list(widths):
+        raise ConfigError(f'--bases widths {[w for w, _ in out]} differ from config base.widths '
+                          f'{list(widths)}; give one checkpoint per configured base width, in the '
+                          'same order.')
     return out
