@@ -160,6 +160,16 @@ def to_cifar(config: ml_collections.ConfigDict, name: str, *,
     return config
 
 
+def retrain_with_base_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Re-train recipes (``prune.start='reinit'``) train the slimmable network with the
+    bases' schedule, optimizer and sparsity, as the release's VGG and MobileNetV1 CIFAR
+    recipes do; the slim section keeps its own distillation and BN-scale init."""
+    config.slim.update({k: config.base[k] for k in (
+        'epochs', 'batch_size', 'lr', 'schedule', 'lr_boundaries', 'lr_decay', 'warmup_epochs',
+        'weight_decay', 'optimizer', 'label_smoothing', 'sparsity')})
+    return config
+
+
 CIFAR_VARIANTS = ('release', 'snet')
 
 

@@ -15,9 +15,8 @@ def get_config(variant: str = ''):
     config = default.to_cifar(mobilenet_v1.get_config(), 'cifar100',
                               release_resolution='release' in variants)
     config.base.update(dict(optimizer='sgd_dw', label_smoothing=0.0))
-    config.slim.update({k: config.base[k] for k in (
-        'epochs', 'batch_size', 'lr', 'schedule', 'lr_boundaries', 'lr_decay', 'warmup_epochs',
-        'weight_decay', 'optimizer', 'label_smoothing', 'sparsity')})
+    # Re-training from scratch: the base schedule, sparsity on, in-place distillation.
+    default.retrain_with_base_recipe(config)
     if 'snet' in variants:
         config = default.to_snet(config, (0.5, 0.75, 1.0))
     return config

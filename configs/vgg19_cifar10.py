@@ -20,9 +20,7 @@ def cifar_vgg19(dataset: str, variant: str):
     config.base.sparsity = 1e-4
     config.prune.keep_ratios = (0.6453, 0.8202)
     # Re-training from scratch: the base schedule, sparsity on, in-place distillation.
-    config.slim.update({k: config.base[k] for k in (
-        'epochs', 'batch_size', 'lr', 'schedule', 'lr_boundaries', 'lr_decay', 'warmup_epochs',
-        'weight_decay', 'optimizer', 'label_smoothing', 'sparsity')})
+    default.retrain_with_base_recipe(config)
     if 'snet' in variants:
         config = default.to_snet(config, (0.25, 0.5, 1.0))
     return config
