@@ -4,8 +4,11 @@ Uses `configs/tiny.py` (a thin ResNet-20, a few steps per stage). Programs that 
 compile identically come from JAX's persistent compilation cache (a per-session folder).
 """
 
+import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 
 import jax
@@ -107,6 +110,50 @@ def test_rerun_of_a_finished_workdir_does_no_training(spnet_run, monkeypatch):
     assert summary['slim']['skipped']
     assert summary['report'] == checkpoint.read_json(os.path.join(workdir, 'report.json'))
     assert _listing(workdir) == before
+
+
+@pytest.mark.parametrize('field,value', [('slim.lr', 3.0), ('base.sparsity', 0.0),
+                                         ('prune.keep_ratios', (0.3,)), ('seed', 7)])
+def test_rerun_with_another_recipe_is_refused_naming_the_field(spnet_run, field, value):
+    """A finished (or interrupted) stage is never resumed or skipped under a recipe it was
+    not made with: one sentence with the field and both values, nothing written."""
+    workdir, config, _ = spnet_run
+    before = _listing(workdir)
+    changed = config.copy_and_resolve_references()
+    section, _, name = field.rpartition('.')
+    old = (changed[section] if section else changed)[name]
+    (changed[section] if section else changed)[name] = value
+    with pytest.raises(ConfigError) as error:
+        train_and_evaluate(changed, workdir)
+    message = str(error.value)
+    assert f'made with {field}={old!r}, but the config now says {field}={value!r}' in message
+    assert '\n' not in message
+    assert _listing(workdir) == before
+
+
+def test_one_process_per_workdir_and_a_stale_lock_is_taken_over(spnet_run, tmp_path):
+    workdir, config, _ = spnet_run
+    lock = os.path.join(workdir, checkpoint.LOCK)
+    holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        with open(lock, 'w') as fh:
+            json.dump({'host': socket.gethostname(), 'pid': holder.pid, 'since': 0}, fh)
+        with pytest.raises(ConfigError, match=f'is in use by process {holder.pid} on '
+                                              f'{socket.gethostname()}'):
+            train_and_evaluate(config, workdir)
+        assert os.path.exists(lock)  # the holder's lock is left alone
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone: its lock is stale, taken over, and released at the end.
+    summary = train_and_evaluate(config, workdir)
+    assert summary['slim']['skipped'] and not os.path.exists(lock)
+    # While a run holds it, a second one on the same workdir is refused.
+    with checkpoint.workdir_lock(str(tmp_path)):
+        with pytest.raises(ConfigError, match=f'in use by process {os.getpid()}'):
+            with checkpoint.workdir_lock(str(tmp_path)):
+                pass
+    assert not os.path.exists(os.path.join(tmp_path, checkpoint.LOCK))
 
 
 class Crash(RuntimeError):

@@ -67,7 +67,8 @@ def main(argv) -> None:
         variables[-1]['params'])
     structure, pruned, info = prune_bases(settings, variables, image_size, in_channels)
     directory = os.path.join(FLAGS.workdir, 'pruned')
-    checkpoint.save_pruned(directory, structure, pruned, info, settings.to_json(), arch)
+    with checkpoint.workdir_lock(FLAGS.workdir):
+        checkpoint.save_pruned(directory, structure, pruned, info, settings.to_json(), arch)
     print(f'Pruned {arch.name} into {structure.num_subnets} sub-networks '
           f'(ZPM {"on" if structure.zpm else "off"}) -> {directory}')
     print(summary(arch, structure, info, image_size, in_channels))

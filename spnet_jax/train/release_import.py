@@ -209,8 +209,9 @@ def import_release(config: Any, checkpoint_path: str, workdir: str,
     # Everything is checked: write.
     source = {'kind': 'imported', 'checkpoint': os.path.abspath(checkpoint_path),
               'bases': {str(w): os.path.abspath(p) for w, p in base_list}}
-    for name, (s, v) in networks.items():
-        checkpoint.save_network(os.path.join(workdir, name), s, v, config.to_json(),
-                                arch=arch, done=source)
+    with checkpoint.workdir_lock(workdir):
+        for name, (s, v) in networks.items():
+            checkpoint.save_network(os.path.join(workdir, name), s, v, config.to_json(),
+                                    arch=arch, done=source)
     return {'stages': {name: s for name, (s, _) in networks.items()}, 'arch': arch,
             'in_channels': in_channels}

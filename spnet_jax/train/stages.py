@@ -204,7 +204,9 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> list[dict[str, Any]]:
     config = saved_settings(workdir, **overrides)
     validate.check_workdir(config, workdir)
     logging.info('Evaluating %s on %d devices.', workdir, jax.device_count())
-    return eval_stage(config, workdir, input_shape(config), sharding.make_mesh(), force=True)
+    with checkpoint.workdir_lock(workdir):
+        return eval_stage(config, workdir, input_shape(config), sharding.make_mesh(),
+                          force=True)
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -215,8 +217,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     for stages finished earlier), and ``'report'`` to the report rows when eval ran.
     """
     config = validate.check_config(config)
-    stages = config.stages
     validate.check_workdir(config, workdir)
+    with checkpoint.workdir_lock(workdir):
+        return _run_stages(config, workdir)
+
+
+def _run_stages(config: Settings, workdir: str) -> dict[str, Any]:
+    stages = config.stages
     shape = input_shape(config)
     mesh = sharding.make_mesh()
     logging.info('Stages %s on %d devices (%d processes); workdir %s.', ','.join(stages),

@@ -62,10 +62,61 @@ def _check_existing_structures(config: Settings, workdir: str) -> None:
                'run that made it, or use a fresh --workdir.')
 
 
+# What each stage's result depends on, as dotted config fields (a trailing '.' is the whole
+# section): a stage folder made with other values is never resumed or skipped as if it were
+# this config's. Where the data is (data.data_dir, manual_dir) is not part of a recipe.
+RECIPES = {
+    'base': ('method', 'seed', 'compute_dtype', 'model.', 'data.', 'base.'),
+    'pruned': ('method', 'seed', 'model.', 'data.image_size', 'base.widths', 'prune.',
+               'slim.bn_scale_init'),
+    'slim': ('method', 'seed', 'compute_dtype', 'model.', 'data.', 'prune.', 'slim.'),
+}
+NOT_RECIPE = ('data.data_dir', 'data.manual_dir', 'base.widths@base', 'slim.drop_scaffold')
+
+
+def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f'{prefix}{key}.'))
+        else:
+            out[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def check_same_recipe(config: Settings, directory: str, stage: str) -> None:
+    """A stage folder (finished or not) whose config.json differs from ``config`` in a field
+    its result depends on is refused, naming the field and both values."""
+    path = os.path.join(directory, checkpoint.CONFIG)
+    if not os.path.exists(path):
+        return
+    saved, now = _flat(checkpoint.read_json_file(path)), _flat(config.to_json())
+    for field in sorted(now):
+        if field in NOT_RECIPE or f'{field}@{stage}' in NOT_RECIPE or field not in saved:
+            continue  # not part of this stage's recipe, or a field added since that run
+        if not any(field == r or (r.endswith('.') and field.startswith(r))
+                   for r in RECIPES[stage]):
+            continue
+        if saved[field] != now[field]:
+            raise ConfigError(
+                f'{directory} was made with {field}={saved[field]!r}, but the config now says '
+                f'{field}={now[field]!r}; rerun with the value it was made with, or use a fresh '
+                '--workdir for the new recipe.')
+
+
 def check_workdir(config: Settings, workdir: str, stages: Sequence[str] | None = None) -> None:
-    """The workdir is writable and holds what the first requested stage needs (``stages``:
-    default the config's); a baseline for the report is a finished run."""
+    """Before anything is written: stage folders already in the workdir hold this config's
+    networks and recipes, the requested stages' inputs are there, a baseline for the report
+    is a folder, and the workdir is writable (``stages``: default the config's)."""
     stages = config.stages if stages is None else stages
+    _check_existing_structures(config, workdir)
+    if 'base' in stages and config.method == 'spnet':
+        for width in config.base.widths:
+            check_same_recipe(config, checkpoint.base_dir(workdir, width), 'base')
+    if 'prune' in stages:
+        check_same_recipe(config, checkpoint.stage_dir(workdir, 'pruned'), 'pruned')
+    if 'slim' in stages:
+        check_same_recipe(config, checkpoint.stage_dir(workdir, 'slim'), 'slim')
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
@@ -75,7 +126,6 @@ def check_workdir(config: Settings, workdir: str, stages: Sequence[str] | None =
     except OSError as e:
         raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror}); pick a folder '
                           'you can write to.') from None
-    _check_existing_structures(config, workdir)
     needs = {
         'prune': [checkpoint.base_dir(workdir, w) for w in config.base.widths],
         'slim': [checkpoint.stage_dir(workdir, 'pruned')] if config.method == 'spnet' else [],
