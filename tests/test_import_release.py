@@ -128,7 +128,8 @@ def test_fine_tuned_spnet_of_the_release_imports_with_its_logits(tmp_path):
     x = io['x'].transpose(0, 2, 3, 1)  # NCHW -> NHWC
     for k in range(3):  # eval mode; the file's statistics are mean 0, variance 1
         want = io[f'logits_eval_asis_w{k}']
-        rel = np.abs(np.asarray(net(x, subnet=k)) - want).max() / np.abs(want).max()
+        got = np.asarray(net(x, subnet=k, normalized=True))
+        rel = np.abs(got - want).max() / np.abs(want).max()
         assert rel < 1e-4, (k, rel)
 
 
@@ -180,7 +181,7 @@ def test_snet_imports_each_widths_own_batch_norm(snet):
     images = np.asarray(jax.random.normal(jax.random.key(4), (3, 28, 28, 1)))
     model = snet['arch'].module(snet['structure'])
     for k in (0, 1):
-        np.testing.assert_allclose(net(images, subnet=k),
+        np.testing.assert_allclose(net(images, subnet=k, normalized=True),
                                    model.apply(snet['variables'], images, subnet=k),
                                    rtol=1e-5, atol=1e-5)
 
@@ -204,7 +205,8 @@ def test_imported_snet_evaluates_and_exports(snet, tmp_path):
     assert info['subnet'] == 0 and info['method'] == 'snet'
     exported = jax.export.deserialize((tmp_path / 'small' / export.ARTIFACT).read_bytes())
     images = np.asarray(jax.random.normal(jax.random.key(5), (2, 28, 28, 1)))
-    np.testing.assert_allclose(exported.call(images), net(images, subnet=0), rtol=1e-5,
+    np.testing.assert_allclose(exported.call(images), net(images, subnet=0, normalized=True),
+                               rtol=1e-5,
                                atol=1e-5)
 
 
@@ -282,10 +284,11 @@ def test_mobilenet_v1_after_eliminate_width_imports_as_the_published_network(v1)
     assert_trees_equal(slim.variables['params'], v1['variables']['params'])
     images = np.asarray(jax.random.normal(jax.random.key(6), (3, 32, 32, 3)))
     for k in (0, 1):
-        np.testing.assert_allclose(eliminated(images, subnet=k), slim(images, subnet=k),
+        np.testing.assert_allclose(eliminated(images, subnet=k, normalized=True),
+                                   slim(images, subnet=k, normalized=True),
                                    rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match='out of range'):
-        eliminated(images, subnet=2)
+        eliminated(images, subnet=2, normalized=True)
     # `spnet_jax.evaluate` reads that run's config and network from published/ (no slim/).
     config = saved_settings(str(folder / 'eliminated'))
     assert (config.model.name, config.model.full_width) == ('mobilenet_v1', 0.75)

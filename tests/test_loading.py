@@ -26,7 +26,7 @@ IMAGES = np.asarray(jax.random.normal(jax.random.key(1), (5, SIZE, SIZE, CHANNEL
 
 def _config(full_width):
     return ml_collections.ConfigDict({'model': {'full_width': full_width},
-                                      'data': {'image_size': SIZE}})
+                                      'data': {'image_size': SIZE, 'name': 'fashion_mnist'}})
 
 
 def _save_steps(directory, structure, variables_per_step, config):
@@ -108,7 +108,7 @@ def test_any_checkpoint_of_an_unfinished_stage_loads(run, step):
         assert net.structure == run['structure'] and net.config.model.full_width == 0.5
         for k in (0, 1):
             np.testing.assert_allclose(
-                net(IMAGES, subnet=k),
+                net(IMAGES, subnet=k, normalized=True),
                 _logits(run['arch'], run['structure'], run['steps'][step], k),
                 rtol=1e-5, atol=1e-5)
         assert [s['top1'] for s in net.subnets] == [None, None]  # never evaluated
@@ -120,7 +120,8 @@ def test_finished_workdir_loads_its_last_step_with_the_report(finished):
     assert net.step == 4 and net.path == str(workdir / 'slim')
     assert net.structure.widths == (0.25, 0.5)
     other = _logits(finished['arch'], finished['structure'], finished['steps'][2], 1)
-    got = np.asarray(net(IMAGES, subnet=0.5))  # the width label selects sub-network 1
+    # The width label selects sub-network 1.
+    got = np.asarray(net(IMAGES, subnet=0.5, normalized=True))
     np.testing.assert_allclose(
         got, _logits(finished['arch'], finished['structure'], finished['steps'][4], 1),
         rtol=1e-5, atol=1e-5)
@@ -140,7 +141,7 @@ def test_base_stage_folder_loads_with_its_own_evaluation(finished):
     structure, variables, base_eval = finished['base']
     net = spnet_jax.load(finished['workdir'] / 'base_0.5')
     assert net.structure == structure and net.step == 4
-    np.testing.assert_allclose(net(IMAGES),
+    np.testing.assert_allclose(net(IMAGES, normalized=True),
                                _logits(finished['arch'], structure, variables, 0),
                                rtol=1e-5, atol=1e-5)
     assert (net.subnets[0]['top1'], net.subnets[0]['top5']) == (0.31, 0.72)
@@ -171,7 +172,8 @@ def test_published_network_is_preferred_with_the_report(finished, tmp_path):
     checkpoint.save_network(str(workdir / 'published'), structure, variables, _config(0.5))
     net = spnet_jax.load(workdir)
     assert net.path == str(workdir / 'published') and net.structure == structure
-    np.testing.assert_allclose(net(IMAGES, subnet=0), slim(IMAGES, subnet=0), rtol=1e-5,
+    np.testing.assert_allclose(net(IMAGES, subnet=0, normalized=True),
+                               slim(IMAGES, subnet=0, normalized=True), rtol=1e-5,
                                atol=1e-5)
     assert [s['top1'] for s in net.subnets] == [0.5]  # report.json's row of sub-network 0
     assert spnet_jax.load(workdir / 'slim').structure.num_subnets == 2
@@ -189,13 +191,13 @@ def test_errors_are_one_sentence(finished, tmp_path):
     for subnet in (2, -3):
         with pytest.raises(ConfigError, match=rf'^subnet={subnet} is out of range: this '
                                               r'network has 2 sub-networks, indices 0..1'):
-            net(IMAGES, subnet=subnet)
+            net(IMAGES, subnet=subnet, normalized=True)
     with pytest.raises(ConfigError, match=r'subnet=0.75 matches no sub-network; use an index '
                                           r'0..1 or one of the widths \[0.25, 0.5\]'):
-        net(IMAGES, subnet=0.75)
+        net(IMAGES, subnet=0.75, normalized=True)
     with pytest.raises(ConfigError, match=r'images must be a \[batch, height, width, '
                                           r'channels\] array, got shape \(16, 16, 1\)'):
-        net(IMAGES[0])
+        net(IMAGES[0], normalized=True)
 
 
 def test_logits_on_8_devices_equal_one_device(finished, tmp_path):
@@ -213,9 +215,10 @@ def test_logits_on_8_devices_equal_one_device(finished, tmp_path):
     net = spnet_jax.load(finished['workdir'])
     assert net.mesh.size == jax.local_device_count() == 1
     for k in (0, 1):
-        np.testing.assert_allclose(eight[f'five_{k}'], net(IMAGES, subnet=k), rtol=1e-5,
+        np.testing.assert_allclose(eight[f'five_{k}'], net(IMAGES, subnet=k, normalized=True),
+                                   rtol=1e-5,
                                    atol=1e-5)
-        np.testing.assert_allclose(eight[f'three_{k}'], net(IMAGES[2:], subnet=k),
+        np.testing.assert_allclose(eight[f'three_{k}'], net(IMAGES[2:], subnet=k, normalized=True),
                                    rtol=1e-5, atol=1e-5)
 
 
@@ -224,10 +227,10 @@ def _eight_devices(workdir, out):
     assert net.mesh.size == 8, net.mesh
     result = {'num_devices': jax.device_count()}
     for k in (0, 1):
-        five = net(IMAGES, subnet=k)
+        five = net(IMAGES, subnet=k, normalized=True)
         assert five.shape == (5, CLASSES)
         result[f'five_{k}'] = np.asarray(five)
-        three = net(jnp.asarray(IMAGES[2:]), subnet=k)  # a jax.Array input too
+        three = net(jnp.asarray(IMAGES[2:]), subnet=k, normalized=True)  # a jax.Array input too
         result[f'three_{k}'] = np.asarray(three)
         padded = net.device_variables, jax.device_put(
             np.zeros((8, SIZE, SIZE, CHANNELS), np.float32), net._batch_sharded)
@@ -263,3 +266,30 @@ checkpoint.save_network({str(tmp_path / 'net')!r}, structure, dict(v))
     with pytest.raises(ConfigError, match='64-bit arrays') as error:
         checkpoint.load_network(str(tmp_path / 'net'))
     assert 'jax_enable_x64' in str(error.value) and 'damaged' not in str(error.value)
+
+
+def test_the_network_takes_pixels_as_the_dataset_stores_them(finished):
+    """uint8 pixels get the training normalisation inside; floats need normalized=True; a
+    wrong layout, channel count or size is one sentence (resizing is the caller's job)."""
+    net = spnet_jax.load(finished['workdir'])
+    spec = net.input_spec
+    assert spec['shape'] == (SIZE, SIZE, CHANNELS)
+    assert (spec['mean'], spec['std']) == ((0.2860,), (0.3530,))  # Fashion-MNIST's
+    pixels = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, CHANNELS), np.uint8)
+    by_hand = (pixels.astype(np.float32) / 255 - 0.2860) / 0.3530
+    for k in (0, 1):
+        np.testing.assert_allclose(net(pixels, subnet=k),
+                                   net(by_hand, subnet=k, normalized=True), rtol=1e-5,
+                                   atol=1e-5)
+    refusals = [
+        (pixels.astype(np.float32) / 255, {}, r'images are float32; give uint8 pixels'),
+        (pixels, {'normalized': True}, r'images are uint8 but normalized=True'),
+        (pixels.transpose(0, 3, 1, 2), {}, r'channels first; .* transpose them'),
+        (np.zeros((3, SIZE + 4, SIZE + 4, CHANNELS), np.uint8), {},
+         r'\(its height and width differ\); resize or crop'),
+        (np.zeros((3, SIZE, SIZE, 3), np.uint8), {}, r'\(its channels differ\)'),
+    ]
+    for images, kw, message in refusals:
+        with pytest.raises(ConfigError, match=message) as error:
+            net(images, subnet=0, **kw)
+        assert '\n' not in str(error.value)

@@ -215,7 +215,7 @@ def test_mobilenet_v2_logits_of_every_subnet(mobilenet_v2_net, mode):
     for k in range(net.structure.num_subnets):
         want = io[f'logits_{mode}_w{k}']
         if mode == 'eval_asis':
-            got = net(x, subnet=k)
+            got = net(x, subnet=k, normalized=True)
         else:
             apply = jax.jit(lambda v, x, k=k: net.model.apply(
                 v, x, subnet=k, train=mode == 'train_mode', mutable=['batch_stats'])[0])

@@ -87,7 +87,7 @@ def test_report_agrees_with_the_profiler_and_the_networks_predictions(evaluated)
     assert batch['mask'].all()
     net = spnet_jax.load(workdir)
     for r in rows:
-        logits = np.asarray(net(batch['image'], subnet=r['subnet']))
+        logits = np.asarray(net(batch['image'], subnet=r['subnet'], normalized=True))
         top5 = np.argsort(-logits, axis=1)[:, :5]
         assert r['top1'] == np.mean(logits.argmax(1) == batch['label'])
         assert r['top5'] == np.mean((top5 == batch['label'][:, None]).any(1))

@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from spnet_jax.core import sharding
 from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
+from spnet_jax.data import DATASETS
 from spnet_jax.models import get_arch
 from spnet_jax.workdir import checkpoint, convert_torch
 from spnet_jax.workdir.checkpoint import CHECKPOINTS, REPORT, STRUCTURE
@@ -171,14 +172,68 @@ class SlimmableNetwork:
         """The variables replicated on every device of ``mesh``."""
         return jax.device_put(self.variables, self._replicated)
 
-    def __call__(self, images, subnet: int | float = -1) -> jax.Array:
-        """Logits ``[batch, classes]`` of sub-network ``subnet`` (index or width label)."""
-        k = self.structure.subnet_index(subnet)
-        xp = jnp if isinstance(images, jax.Array) else np
-        images = xp.asarray(images, xp.float32)
-        if images.ndim != 4:
+    @functools.cached_property
+    def input_spec(self) -> dict[str, Any]:
+        """What ``net(images)`` takes: ``shape`` (height, width, channels; NHWC), the dataset's
+        per-channel ``mean`` and ``std`` (in [0, 1] units) the training normalised with, or
+        None where the network's config does not name its dataset."""
+        channels = self.arch.input_channels(self.variables['params'])
+        spec = None
+        if self.config is not None and 'data' in self.config:
+            spec = DATASETS.get(self.config.data.get('name'))
+        return {'shape': (self.image_size, self.image_size, channels),
+                'mean': None if spec is None else spec.mean,
+                'std': None if spec is None else spec.std}
+
+    def _checked_images(self, images, normalized: bool):
+        """``images`` as the model's float input, or one sentence saying what is wrong."""
+        shape = tuple(images.shape)
+        want = self.input_spec['shape']
+        if len(shape) != 4:
             raise ConfigError(f'images must be a [batch, height, width, channels] array, got '
-                              f'shape {tuple(images.shape)}.')
+                              f'shape {shape}.')
+        if shape[1:] != want:
+            if shape[1] == want[2] and shape[2:] == want[:2]:
+                raise ConfigError(f'images have shape {shape}, channels first; this network '
+                                  f'takes [batch, {want[0]}, {want[1]}, {want[2]}] (NHWC): '
+                                  'transpose them, e.g. images.transpose(0, 2, 3, 1).')
+            what = ('channels' if shape[1:3] == want[:2] else 'height and width')
+            raise ConfigError(f'images have shape {shape}, but this network takes [batch, '
+                              f'{want[0]}, {want[1]}, {want[2]}] (its {what} differ); '
+                              'resize or crop them to that size first.')
+        dtype = np.dtype(images.dtype)
+        xp = jnp if isinstance(images, jax.Array) else np
+        if normalized:
+            if dtype.kind != 'f':
+                raise ConfigError(f'images are {dtype} but normalized=True says they are '
+                                  'already normalised floats; give the uint8 pixels without '
+                                  'normalized=True.')
+            return xp.asarray(images, xp.float32)
+        if dtype != np.uint8:
+            raise ConfigError(
+                f'images are {dtype}; give uint8 pixels (0-255) as the dataset stores them, '
+                'or pass normalized=True for images already normalised as in training '
+                '((pixels / 255 - mean) / std, see net.input_spec).')
+        mean, std = self.input_spec['mean'], self.input_spec['std']
+        if mean is None:
+            raise ConfigError('this network\'s config names no known dataset, so its input '
+                              'normalisation is unknown; pass images normalised as in its '
+                              'training with normalized=True.')
+        return ((xp.asarray(images, xp.float32) / 255.0 - xp.asarray(mean, xp.float32))
+                / xp.asarray(std, xp.float32))
+
+    def __call__(self, images, subnet: int | float = -1, *, normalized: bool = False
+                 ) -> jax.Array:
+        """Logits ``[batch, classes]`` of sub-network ``subnet`` (index or width label).
+
+        ``images``: uint8 pixels ``[batch, height, width, channels]`` as the dataset stores
+        them, at the network's image size (resizing is the caller's job); the training
+        normalisation is applied here. With ``normalized=True``, float images already
+        normalised that way. Anything else is refused with one sentence (`ConfigError`).
+        """
+        k = self.structure.subnet_index(subnet)
+        images = self._checked_images(images, normalized)
+        xp = jnp if isinstance(images, jax.Array) else np
         count, devices = images.shape[0], self.mesh.size
         padding = -count % devices  # every device gets the same number of rows
         if padding:
