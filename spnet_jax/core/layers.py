@@ -11,10 +11,18 @@ conv and BN the same way (``out_index``: the conv's output columns and the BN's 
 gathered, absent positions get zero weights), so the conv writes the stream layout directly
 and the junction is a plain add. Only an identity shortcut whose stream grows, and a
 stream's entry, still move activations (`ZPMAdd`).
+
+This module also owns the names of the variables a layer keeps one of per sub-network (the
+running statistics ``mean_k``/``var_k``, S-Net's private affine ``scale_k``/``bias_k``, the
+ZPM masks ``fused_k``/``body_k``/``short_k``) and the collections they live in: the rest of
+the package names and finds them only through `subnet_variable`, `subnet_of`,
+`is_bn_scale`, `bn_affine` and the constants below.
 """
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -23,6 +31,72 @@ import jax.numpy as jnp
 
 Array = jax.Array
 Dtype = Any
+
+# ------------------------------------------------------------ per-sub-network variables
+# The collections of a network's variables besides Flax's 'params'.
+BATCH_STATS = 'batch_stats'  # `SlimBatchNorm`'s running statistics, private per sub-network
+MASKS = 'masks'  # `ZPMAdd`'s index arrays, one set per sub-network
+# Where `SlimBatchNorm` reports each training-mode call's batch statistics (the values its
+# running statistics move towards), when the caller makes the collection mutable.
+BATCH_MOMENTS = 'batch_moments'
+
+# The kinds of variable a layer may keep one of per sub-network k, named
+# ``subnet_variable(kind, k)``:
+MEAN, VAR = 'mean', 'var'  # `SlimBatchNorm`'s statistics (BATCH_STATS and BATCH_MOMENTS)
+STATISTICS = (MEAN, VAR)
+# `SlimBatchNorm`'s affine: one shared vector named SCALE / BIAS (SP-Net), or private ones
+# (S-Net's switchable BN) named ``subnet_variable(SCALE, k)``.
+SCALE, BIAS = 'scale', 'bias'
+FUSED, BODY, SHORT = 'fused', 'body', 'short'  # `ZPMAdd`'s masks (MASKS)
+SUBNET_KINDS = (MEAN, VAR, SCALE, BIAS, FUSED, BODY, SHORT)
+# The name the models give a residual block's `ZPMAdd` (its masks sit under
+# ``masks[<block path>][JUNCTION]``).
+JUNCTION = 'zpm'
+
+
+def subnet_variable(kind: str, subnet: int) -> str:
+    """The name of sub-network ``subnet``'s own variable of ``kind`` (one of
+    `SUBNET_KINDS`), e.g. ``subnet_variable(MEAN, 2) == 'mean_2'``."""
+    if kind not in SUBNET_KINDS:
+        raise ValueError(f'{kind!r} is not a per-sub-network variable; one of {SUBNET_KINDS}.')
+    k = operator.index(subnet)
+    if k < 0:
+        raise ValueError(f'a sub-network index is >= 0, got {subnet!r}.')
+    return f'{kind}_{k}'
+
+
+def subnet_of(name: str) -> tuple[str, int] | None:
+    """``(kind, k)`` when ``name`` (a variable's name, the last key of its path) is
+    sub-network k's own variable of ``kind`` (the inverse of `subnet_variable`); None for
+    any other name (a shared ``scale``, a ``kernel``, a module name such as ``layer1_0``)."""
+    kind, sep, k = str(name).rpartition('_')
+    if sep and kind in SUBNET_KINDS and k.isdigit() and str(int(k)) == k:
+        return kind, int(k)
+    return None
+
+
+def is_bn_scale(name: str) -> bool:
+    """Whether a `SlimBatchNorm` parameter named ``name`` is a scale (gamma): the shared
+    ``scale`` or a private one."""
+    parsed = subnet_of(name)
+    return name == SCALE or (parsed is not None and parsed[0] == SCALE)
+
+
+def bn_affine(bn_params: Mapping[str, Any], kind: str, subnet: int = -1) -> Any:
+    """A `SlimBatchNorm`'s ``kind`` (SCALE or BIAS) vector as stored for sub-network
+    ``subnet`` (-1: the full network, the last): the shared full-width one, or the
+    sub-network's private one. ``bn_params`` is the BN's own parameters (a mapping from
+    names to arrays)."""
+    if kind not in (SCALE, BIAS):
+        raise ValueError(f'a BatchNorm affine is {SCALE!r} or {BIAS!r}, not {kind!r}.')
+    if kind in bn_params:
+        return bn_params[kind]
+    private = sorted(parsed[1] for parsed in map(subnet_of, bn_params)
+                     if parsed is not None and parsed[0] == kind)
+    if not private:
+        raise KeyError(f'no {kind} among the BatchNorm parameters {sorted(bn_params)}.')
+    return bn_params[subnet_variable(kind, private[subnet])]
+
 
 # He-normal on fan_out, as torchvision initialises convs.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -90,11 +164,6 @@ class SlimConv(nn.Module):
         )
 
 
-# The collection `SlimBatchNorm` reports each training-mode call's batch statistics to (the
-# values its running statistics move towards), when the caller makes it mutable.
-BATCH_MOMENTS = 'batch_moments'
-
-
 def statistics_dtype(dtype: Dtype) -> Any:
     """The dtype BatchNorm statistics (and losses) are computed in: the wider of ``dtype`` and
     float32 (float32 for bfloat16/float32 compute, float64 for float64 compute).
@@ -148,18 +217,18 @@ class SlimBatchNorm(nn.Module):
         const = nn.initializers.constant
         if self.shared:
             full = max(self.counts)
-            scale = self.param('scale', const(self.scale_init), (full,))[:n]
-            bias = self.param('bias', nn.initializers.zeros, (full,))[:n]
+            scale = self.param(SCALE, const(self.scale_init), (full,))[:n]
+            bias = self.param(BIAS, nn.initializers.zeros, (full,))[:n]
         else:
             scale = bias = None
             for k, c in enumerate(self.counts):
-                s = self.param(f'scale_{k}', const(self.scale_init), (c,))
-                b = self.param(f'bias_{k}', nn.initializers.zeros, (c,))
+                s = self.param(subnet_variable(SCALE, k), const(self.scale_init), (c,))
+                b = self.param(subnet_variable(BIAS, k), nn.initializers.zeros, (c,))
                 if k == subnet:
                     scale, bias = s, b
         stats = [
-            (self.variable('batch_stats', f'mean_{k}', jnp.zeros, (c,), stat_dtype),
-             self.variable('batch_stats', f'var_{k}', jnp.ones, (c,), stat_dtype))
+            (self.variable(BATCH_STATS, subnet_variable(MEAN, k), jnp.zeros, (c,), stat_dtype),
+             self.variable(BATCH_STATS, subnet_variable(VAR, k), jnp.ones, (c,), stat_dtype))
             for k, c in enumerate(self.counts)
         ]
         ra_mean, ra_var = stats[subnet]
@@ -183,8 +252,10 @@ class SlimBatchNorm(nn.Module):
                 ra_mean.value = m * ra_mean.value + (1 - m) * new_mean
                 ra_var.value = m * ra_var.value + (1 - m) * new_var
                 keep_last = lambda _, value: value
-                self.sow(BATCH_MOMENTS, f'mean_{subnet}', new_mean, reduce_fn=keep_last)
-                self.sow(BATCH_MOMENTS, f'var_{subnet}', new_var, reduce_fn=keep_last)
+                self.sow(BATCH_MOMENTS, subnet_variable(MEAN, subnet), new_mean,
+                         reduce_fn=keep_last)
+                self.sow(BATCH_MOMENTS, subnet_variable(VAR, subnet), new_var,
+                         reduce_fn=keep_last)
         else:
             mean, var = ra_mean.value, ra_var.value
             if out_index is not None:
@@ -239,15 +310,16 @@ class ZPMAdd(nn.Module):
             return lambda: jnp.where(jnp.arange(size) < n, jnp.arange(size), n).astype(jnp.int32)
 
         self.fused = [
-            self.variable('masks', f'fused_{k}', lambda s=s: jnp.arange(s, dtype=jnp.int32))
+            self.variable(MASKS, subnet_variable(FUSED, k),
+                          lambda s=s: jnp.arange(s, dtype=jnp.int32))
             for k, s in enumerate(self.stream_sizes)
         ]
         self.body = [
-            self.variable('masks', f'body_{k}', prefix(b, s))
+            self.variable(MASKS, subnet_variable(BODY, k), prefix(b, s))
             for k, (b, s) in enumerate(zip(self.body_counts, self.stream_sizes, strict=True))
         ]
         self.short = [
-            self.variable('masks', f'short_{k}', prefix(c, s))
+            self.variable(MASKS, subnet_variable(SHORT, k), prefix(c, s))
             for k, (c, s) in enumerate(zip(self.short_counts, self.stream_sizes, strict=True))
         ]
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 from flax import traverse_util
 
+from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelTable
 
 Importance = Callable[[dict, ChannelTable], tuple[dict[str, np.ndarray], np.ndarray]]
@@ -23,13 +24,13 @@ def flat_params(variables: dict) -> dict[str, np.ndarray]:
             traverse_util.flatten_dict(variables['params'], sep='/').items()}
 
 
-def bn_scale(params: dict[str, np.ndarray], bn: str) -> np.ndarray:
-    """A BN's scale; for S-Net's private affines, the full network's (the last)."""
-    if f'{bn}/scale' in params:
-        return params[f'{bn}/scale']
-    private = sorted((k for k in params if k.startswith(f'{bn}/scale_')),
-                     key=lambda k: int(k.rsplit('_', 1)[1]))
-    return params[private[-1]]
+def bn_scale(variables: dict, bn: str) -> np.ndarray:
+    """The scale of the BN at path ``bn``; for S-Net's private affines, the full network's
+    (the last)."""
+    module = variables['params']
+    for key in bn.split('/'):
+        module = module[key]
+    return np.asarray(layers.bn_affine(module, layers.SCALE))
 
 
 def bn_importance(variables: dict, table: ChannelTable):
@@ -40,12 +41,11 @@ def bn_importance(variables: dict, table: ChannelTable):
     The pool holds |gamma| of every BN in the network, depthwise BNs included, as the
     release's global threshold does.
     """
-    params = flat_params(variables)
     scores, pool = {}, []
     for g in table.groups:
-        gammas = [np.abs(bn_scale(params, bn)) for bn in g.bns]
+        gammas = [np.abs(bn_scale(variables, bn)) for bn in g.bns]
         pool.extend(gammas)
-        scored = [np.abs(bn_scale(params, bn)) for bn in g.scored_by]
+        scored = [np.abs(bn_scale(variables, bn)) for bn in g.scored_by]
         scores[g.name] = np.max(np.stack(scored), axis=0)
     return scores, np.concatenate(pool)
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spnet_jax.core import layers
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.pruning import multibase, scs, targets
 from spnet_jax.pruning.importance import IMPORTANCE
@@ -127,12 +128,17 @@ def slimmable_variables(arch, the_plan: Plan, largest_base: dict, *, in_channels
         params = scs.permute(largest_base, arch.table(zpm=the_plan.structure.zpm),
                              the_plan.orders)['params']
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x))
-    fresh = jax.tree_util.tree_map_with_path(
-        lambda p, s: (jnp.ones if 'var_' in jax.tree_util.keystr(p) else jnp.zeros)(
-            s.shape, s.dtype), shapes.get('batch_stats', {}))
-    variables = {'params': jax.tree.map(jnp.asarray, params), 'batch_stats': fresh}
+
+    def fresh_statistic(path, s):  # running means 0, variances 1
+        kind_k = layers.subnet_of(path[-1].key)
+        return (jnp.ones if kind_k and kind_k[0] == layers.VAR else jnp.zeros)(s.shape, s.dtype)
+
+    fresh = jax.tree_util.tree_map_with_path(fresh_statistic,
+                                             shapes.get(layers.BATCH_STATS, {}))
+    variables = {'params': jax.tree.map(jnp.asarray, params), layers.BATCH_STATS: fresh}
     if the_plan.structure.zpm:
-        variables['masks'] = jax.tree.map(lambda m: jnp.asarray(m, jnp.int32), the_plan.masks)
+        variables[layers.MASKS] = jax.tree.map(lambda m: jnp.asarray(m, jnp.int32),
+                                               the_plan.masks)
     if _shapes(variables['params']) != _shapes(shapes['params']):
         raise ConfigError('the largest base does not have the full network\'s shapes; is the '
                           'last base width the full width?')

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from flax import traverse_util
 
+from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelTable
 
 
@@ -27,7 +28,7 @@ def _take(x, order, axis):
 def permute(variables: dict, table: ChannelTable, orders: dict[str, np.ndarray]) -> dict:
     """New variables with every group permuted by ``orders`` (inputs are not modified)."""
     params = traverse_util.flatten_dict(variables['params'], sep='/')
-    stats = traverse_util.flatten_dict(variables.get('batch_stats', {}), sep='/')
+    stats = traverse_util.flatten_dict(variables.get(layers.BATCH_STATS, {}), sep='/')
     params, stats = dict(params), dict(stats)
     for g in table.groups:
         order = orders[g.name]
@@ -42,6 +43,6 @@ def permute(variables: dict, table: ChannelTable, orders: dict[str, np.ndarray])
             params[f'{path}/kernel'] = _take(params[f'{path}/kernel'], order, axis)
     out = dict(variables)
     out['params'] = traverse_util.unflatten_dict(params, sep='/')
-    if 'batch_stats' in variables:
-        out['batch_stats'] = traverse_util.unflatten_dict(stats, sep='/')
+    if layers.BATCH_STATS in variables:
+        out[layers.BATCH_STATS] = traverse_util.unflatten_dict(stats, sep='/')
     return out

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelTable
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import Structure
@@ -31,6 +32,12 @@ def _flat(tree) -> dict[str, Any]:
 
 def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
     return traverse_util.unflatten_dict(flat, sep='/')
+
+
+def _at(module: str, name: str, subnet: int | None = None) -> str:
+    """The flat key of variable ``name`` of ``module`` (a '/'-joined path), or with
+    ``subnet`` of that sub-network's own variable of kind ``name``."""
+    return f'{module}/{name if subnet is None else layers.subnet_variable(name, subnet)}'
 
 
 def _cutter(params: dict[str, Any]):
@@ -74,8 +81,8 @@ def standalone_variables(table: ChannelTable, structure: Structure, variables: d
     """
     k = structure.subnet_index(subnet)
     params = _flat(variables['params'])
-    stats = _flat(variables.get('batch_stats', {}))
-    masks = _flat(variables.get('masks', {}))
+    stats = _flat(variables.get(layers.BATCH_STATS, {}))
+    masks = _flat(variables.get(layers.MASKS, {}))
     cut = _cutter(params)
 
     new_stats: dict[str, Any] = {}
@@ -86,29 +93,29 @@ def standalone_variables(table: ChannelTable, structure: Structure, variables: d
         for path, axis in group.consumers:
             cut(path, axis, n)
         for bn in group.bns:
-            for leaf in ('scale', 'bias'):
+            for leaf in (layers.SCALE, layers.BIAS):
                 if structure.method == 'snet':  # switchable BN: k's own affine
-                    params[f'{bn}/{leaf}'] = params[f'{bn}/{leaf}_{k}']
+                    params[_at(bn, leaf)] = params[_at(bn, leaf, k)]
                     for i in range(structure.num_subnets):
-                        del params[f'{bn}/{leaf}_{i}']
+                        del params[_at(bn, leaf, i)]
                 else:
-                    params[f'{bn}/{leaf}'] = params[f'{bn}/{leaf}'][:n]
-            new_stats[f'{bn}/mean_0'] = stats[f'{bn}/mean_{k}']
-            new_stats[f'{bn}/var_0'] = stats[f'{bn}/var_{k}']
+                    params[_at(bn, leaf)] = params[_at(bn, leaf)][:n]
+            for stat in layers.STATISTICS:
+                new_stats[_at(bn, stat, 0)] = stats[_at(bn, stat, k)]
 
     new_masks: dict[str, Any] = {}
     for junction in table.junctions:
-        prefix = f'{junction.name}/zpm'
-        fused = jnp.asarray(masks[f'{prefix}/fused_{k}'])
+        module = _at(junction.name, layers.JUNCTION)
+        fused = jnp.asarray(masks[_at(module, layers.FUSED, k)])
         for path, axis in junction.consumers:
             cut(path, axis, fused)
-        new_masks[f'{prefix}/fused_0'] = jnp.arange(fused.shape[0], dtype=fused.dtype)
-        new_masks[f'{prefix}/body_0'] = masks[f'{prefix}/body_{k}']
-        new_masks[f'{prefix}/short_0'] = masks[f'{prefix}/short_{k}']
+        new_masks[_at(module, layers.FUSED, 0)] = jnp.arange(fused.shape[0], dtype=fused.dtype)
+        for branch in (layers.BODY, layers.SHORT):
+            new_masks[_at(module, branch, 0)] = masks[_at(module, branch, k)]
 
-    out = {'params': _unflat(params), 'batch_stats': _unflat(new_stats)}
+    out = {'params': _unflat(params), layers.BATCH_STATS: _unflat(new_stats)}
     if new_masks:
-        out['masks'] = _unflat(new_masks)
+        out[layers.MASKS] = _unflat(new_masks)
     return out
 
 
@@ -161,7 +168,7 @@ def keep_first(table: ChannelTable, structure: Structure, variables: dict[str, A
     """
     new = keep_first_structure(structure, count)
     params = _flat(variables['params'])
-    stats = _flat(variables.get('batch_stats', {}))
+    stats = _flat(variables.get(layers.BATCH_STATS, {}))
     cut = _cutter(params)
     new_stats: dict[str, Any] = {}
     for group in table.groups:
@@ -171,13 +178,13 @@ def keep_first(table: ChannelTable, structure: Structure, variables: dict[str, A
         for path, axis in group.consumers:
             cut(path, axis, n)
         for bn in group.bns:
-            for leaf in ('scale', 'bias'):
+            for leaf in (layers.SCALE, layers.BIAS):
                 if structure.method == 'snet':
                     for i in range(count, structure.num_subnets):
-                        del params[f'{bn}/{leaf}_{i}']
+                        del params[_at(bn, leaf, i)]
                 else:
-                    params[f'{bn}/{leaf}'] = params[f'{bn}/{leaf}'][:n]
+                    params[_at(bn, leaf)] = params[_at(bn, leaf)][:n]
             for k in range(count):
-                new_stats[f'{bn}/mean_{k}'] = stats[f'{bn}/mean_{k}']
-                new_stats[f'{bn}/var_{k}'] = stats[f'{bn}/var_{k}']
-    return new, {'params': _unflat(params), 'batch_stats': _unflat(new_stats)}
+                for stat in layers.STATISTICS:
+                    new_stats[_at(bn, stat, k)] = stats[_at(bn, stat, k)]
+    return new, {'params': _unflat(params), layers.BATCH_STATS: _unflat(new_stats)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelTable
 
 
@@ -40,10 +41,10 @@ def zpm_masks(table: ChannelTable, counts: list[dict[str, int]],
                 body = orders[j.body][:c[j.body]]
                 short = orders[j.shortcut][:c[j.shortcut]] if j.shortcut else prev
                 fused = np.union1d(body, short).astype(np.int32)
-                entry = masks.setdefault(j.name, {}).setdefault('zpm', {})
-                entry[f'fused_{k}'] = fused
-                entry[f'body_{k}'] = _positions(body, fused)
-                entry[f'short_{k}'] = _positions(short, fused)
+                entry = masks.setdefault(j.name, {}).setdefault(layers.JUNCTION, {})
+                entry[layers.subnet_variable(layers.FUSED, k)] = fused
+                entry[layers.subnet_variable(layers.BODY, k)] = _positions(body, fused)
+                entry[layers.subnet_variable(layers.SHORT, k)] = _positions(short, fused)
                 sizes[k].append(len(fused))
                 fused_all[k][j.name] = fused
                 prev = fused

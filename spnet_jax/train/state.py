@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-COLLECTIONS = ('params', 'batch_stats', 'masks')
+from spnet_jax.core import layers
+
+COLLECTIONS = ('params', layers.BATCH_STATS, layers.MASKS)
 
 
 @flax.struct.dataclass
@@ -39,13 +41,14 @@ class TrainState:
     @classmethod
     def from_checkpoint(cls, items: dict[str, dict[str, Any]]) -> TrainState:
         v, t = items['variables'], items['train']
-        return cls(step=t['step'], params=v['params'], batch_stats=v.get('batch_stats', {}),
-                   masks=v.get('masks', {}), opt_state=t['opt_state'])
+        return cls(step=t['step'], params=v['params'],
+                   batch_stats=v.get(layers.BATCH_STATS, {}), masks=v.get(layers.MASKS, {}),
+                   opt_state=t['opt_state'])
 
 
 def network_variables(params: Any, batch_stats: Any, masks: Any) -> dict[str, Any]:
     """``{'params', 'batch_stats', 'masks'}`` without the empty collections."""
-    out = {'params': params, 'batch_stats': batch_stats, 'masks': masks}
+    out = {'params': params, layers.BATCH_STATS: batch_stats, layers.MASKS: masks}
     return {k: v for k, v in out.items() if k == 'params' or v}
 
 
@@ -53,8 +56,8 @@ def create_state(variables: dict[str, Any], tx: optax.GradientTransformation) ->
     """A fresh state at step 0 around ``variables`` (pure; jit it to place it on devices)."""
     params = variables['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get('batch_stats', {}),
-                      masks=variables.get('masks', {}), opt_state=tx.init(params))
+                      batch_stats=variables.get(layers.BATCH_STATS, {}),
+                      masks=variables.get(layers.MASKS, {}), opt_state=tx.init(params))
 
 
 def init_variables(model, rng: jax.Array, input_shape: tuple[int, ...]) -> dict[str, Any]:

@@ -4,8 +4,8 @@ The training step (SPEC section 8) runs every sub-network on the same batch, the
 first. The full network learns from the labels; each smaller one by in-place distillation
 from the full network's logits (gradients stopped there). The losses are summed, so the
 gradients of all sub-networks accumulate, and the optimizer makes one update. Each
-sub-network updates only its own running BN statistics (``mean_k``/``var_k``), threaded
-functionally from one forward pass to the next.
+sub-network updates only its own running BN statistics (``mean_k``/``var_k``, see
+`layers.subnet_variable`), threaded functionally from one forward pass to the next.
 
 The functions here are pure and unjitted; `spnet_jax.train.loop` jits them with shardings.
 """
@@ -76,8 +76,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_sub
         for k in reversed(range(num_subnets)):  # the full network first: it is the teacher
             variables = network_variables(params, batch_stats, state.masks)
             logits, updated = model.apply(variables, images, subnet=k, train=True,
-                                          mutable=['batch_stats'])
-            batch_stats = updated['batch_stats']
+                                          mutable=[layers.BATCH_STATS])
+            batch_stats = updated[layers.BATCH_STATS]
             if teacher is None:
                 loss = cross_entropy(logits, labels, label_smoothing)
                 teacher = jax.lax.stop_gradient(logits)
@@ -117,8 +117,8 @@ def eval_step(variables: dict[str, Any], batch: dict[str, jax.Array], *, model, 
 
 def _is_stat_of(path, subnet: int) -> bool:
     """Whether ``path`` (a tree path or a flattened-dict key) ends at ``subnet``'s mean/var."""
-    name = str(getattr(path[-1], 'key', path[-1]))
-    return name in (f'mean_{subnet}', f'var_{subnet}')
+    kind_k = layers.subnet_of(str(getattr(path[-1], 'key', path[-1])))
+    return kind_k is not None and kind_k[0] in layers.STATISTICS and kind_k[1] == subnet
 
 
 def batch_statistics(variables: dict[str, Any], images: jax.Array, *, model, subnet: int):
@@ -131,12 +131,12 @@ def batch_statistics(variables: dict[str, Any], images: jax.Array, *, model, sub
     zeros. Used for BN calibration (SPEC section 7).
     """
     _, updated = model.apply(variables, images, subnet=subnet, train=True,
-                             mutable=['batch_stats', layers.BATCH_MOMENTS])
+                             mutable=[layers.BATCH_STATS, layers.BATCH_MOMENTS])
     moments = traverse_util.flatten_dict(updated.get(layers.BATCH_MOMENTS, {}))
     # A layer the sub-network does not run (none in the model zoo) keeps its statistics.
     return traverse_util.unflatten_dict({
         key: moments.get(key, x) if _is_stat_of(key, subnet) else jnp.zeros_like(x)
-        for key, x in traverse_util.flatten_dict(variables['batch_stats']).items()})
+        for key, x in traverse_util.flatten_dict(variables[layers.BATCH_STATS]).items()})
 
 
 def replace_subnet_stats(batch_stats: Any, new_stats: Any, subnet: int) -> Any:

@@ -29,6 +29,7 @@ import re
 import numpy as np
 from flax import traverse_util
 
+from spnet_jax.core import layers
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import mobilenet_v1, mobilenet_v2, resnet, vgg
 
@@ -98,9 +99,12 @@ def module_names(arch) -> dict[str, str]:
 
 _PRIVATE = re.compile(
     r'^(?P<mod>.+)\.bn\.(?P<k>\d+)\.(?P<leaf>weight|bias|running_mean|running_var)$')
-# A private (``bn.<k>``) entry of the release -> ours: (collection, name before ``_k``).
-_PRIVATE_LEAF = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
-                 'running_mean': ('stats', 'mean'), 'running_var': ('stats', 'var')}
+# A BN entry of the release -> ours: (collection, the kind of variable).
+_BN_LEAF = {'weight': ('params', layers.SCALE), 'bias': ('params', layers.BIAS),
+            'running_mean': (layers.BATCH_STATS, layers.MEAN),
+            'running_var': (layers.BATCH_STATS, layers.VAR)}
+# Ours -> the release's: the kind of a BN variable -> its entry's name.
+_RELEASE_LEAF = {kind: leaf for leaf, (_, kind) in _BN_LEAF.items()}
 
 
 def convert(state: dict[str, np.ndarray], arch, num_subnets: int = 1) -> dict:
@@ -122,9 +126,9 @@ def convert(state: dict[str, np.ndarray], arch, num_subnets: int = 1) -> dict:
         if m:
             if m['mod'] not in names:
                 raise ConfigError(f'checkpoint key {key!r} is not part of {arch.name}.')
-            collection, name = _PRIVATE_LEAF[m['leaf']]
+            collection, kind = _BN_LEAF[m['leaf']]
             (params if collection == 'params' else stats)[
-                f"{names[m['mod']]}/{name}_{m['k']}"] = value
+                f"{names[m['mod']]}/{layers.subnet_variable(kind, int(m['k']))}"] = value
             continue
         if mod not in names:
             raise ConfigError(f'checkpoint key {key!r} is not part of {arch.name}; is it a '
@@ -136,17 +140,15 @@ def convert(state: dict[str, np.ndarray], arch, num_subnets: int = 1) -> dict:
             params['head/kernel'] = value.T
         elif leaf == 'bias' and path == 'head':
             params['head/bias'] = value
-        elif leaf == 'weight':
-            params[f'{path}/scale'] = value
-        elif leaf == 'bias':
-            params[f'{path}/bias'] = value
+        elif leaf in ('weight', 'bias'):  # a BN's shared affine
+            params[f'{path}/{_BN_LEAF[leaf][1]}'] = value
         elif leaf in ('running_mean', 'running_var'):
-            stats[f"{path}/{leaf.removeprefix('running_')}_{last}"] = value
+            stats[f'{path}/{layers.subnet_variable(_BN_LEAF[leaf][1], last)}'] = value
         else:
             raise ConfigError(f'checkpoint key {key!r} has an unknown entry {leaf!r}.')
     as_f32 = lambda d: {k: np.asarray(v, np.float32) for k, v in d.items()}
     return {'params': traverse_util.unflatten_dict(as_f32(params), sep='/'),
-            'batch_stats': traverse_util.unflatten_dict(as_f32(stats), sep='/')}
+            layers.BATCH_STATS: traverse_util.unflatten_dict(as_f32(stats), sep='/')}
 
 
 def release_shapes(arch, shapes: dict, num_subnets: int = 1, *,
@@ -169,16 +171,24 @@ def release_shapes(arch, shapes: dict, num_subnets: int = 1, *,
             out[f'{name}.weight'] = (shape[3], shape[2], shape[0], shape[1])
         elif leaf == 'kernel':
             out[f'{name}.weight'] = shape[::-1]
-        elif leaf in ('scale', 'bias'):
-            out[f"{name}.{'weight' if leaf == 'scale' else 'bias'}"] = shape
-        else:  # scale_k / bias_k of a switchable BN
-            kind, _, k = leaf.rpartition('_')
-            out[f"{name}.bn.{k}.{'weight' if kind == 'scale' else 'bias'}"] = shape
-    for path, x in flat(shapes.get('batch_stats')).items():
-        mod, _, leaf = path.rpartition('/')
-        stat, _, k = leaf.rpartition('_')
-        if method == 'spnet' and int(k) == num_subnets - 1:
-            out[f'{release[mod]}.running_{stat}'] = tuple(np.shape(x))
+        elif leaf in (layers.SCALE, layers.BIAS):  # a BN's shared affine (or the head's bias)
+            out[f'{name}.{_RELEASE_LEAF[leaf]}'] = shape
+        else:  # a switchable BN's private affine
+            kind, k = _private(path)
+            out[f'{name}.bn.{k}.{_RELEASE_LEAF[kind]}'] = shape
+    for path, x in flat(shapes.get(layers.BATCH_STATS)).items():
+        kind, k = _private(path)
+        name = release[path.rpartition('/')[0]]
+        if method == 'spnet' and k == num_subnets - 1:
+            out[f'{name}.{_RELEASE_LEAF[kind]}'] = tuple(np.shape(x))
         else:
-            out[f'{release[mod]}.bn.{k}.running_{stat}'] = tuple(np.shape(x))
+            out[f'{name}.bn.{k}.{_RELEASE_LEAF[kind]}'] = tuple(np.shape(x))
     return out
+
+
+def _private(path: str) -> tuple[str, int]:
+    """``(kind, k)`` of the per-sub-network variable at ``path`` ('/'-joined)."""
+    parsed = layers.subnet_of(path.rpartition('/')[2])
+    if parsed is None:
+        raise ValueError(f'{path} is not a per-sub-network variable of a BatchNorm.')
+    return parsed

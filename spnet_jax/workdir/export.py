@@ -32,11 +32,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import Structure
-from spnet_jax.pruning.subnets import _flat, standalone_structure, standalone_variables
+from spnet_jax.pruning.subnets import standalone_structure, standalone_variables
 from spnet_jax.workdir import checkpoint
 from spnet_jax.workdir.loading import SlimmableNetwork, load
 
@@ -220,5 +221,5 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 def _shapes(variables) -> dict[str, tuple]:
-    return {f'{c}/{p}': tuple(np.shape(x)) for c, tree in variables.items()
-            for p, x in _flat(tree).items()}
+    return {'/'.join((c, *path)): tuple(np.shape(x)) for c, tree in variables.items()
+            for path, x in traverse_util.flatten_dict(dict(tree)).items()}
