@@ -77,7 +77,8 @@ def random_base(config, width: float, in_channels: int, seed: int) -> dict:
 def compiled_step(arch, structure, variables, config, batch_size, image_size, in_channels):
     """``(run, compile_s)``: ``run()`` does one step on a fixed batch and returns seconds."""
     model = arch.module(structure, bn_scale_init=config.slim.bn_scale_init)
-    tx, schedule = make_optimizer(config.slim, steps_per_epoch=100, num_steps=1000)
+    tx, schedule = make_optimizer(config.slim, steps_per_epoch=100, num_steps=1000,
+                                  table=arch.table(zpm=structure.zpm))
     mesh = sharding.make_mesh()
     fn = step_lib.bind(step_lib.train_step, model=model, num_subnets=structure.num_subnets,
                        tx=tx, schedule=schedule, kd_alpha=float(config.slim.kd_alpha),

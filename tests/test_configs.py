@@ -133,7 +133,8 @@ def _one_step(name, manual_dir):
         section, structure = config.base, arch.plain_structure(config.base.widths[-1])
     model = arch.module(structure, bn_scale_init=section.bn_scale_init)
     mesh = sharding.make_mesh()
-    tx, schedule = optim.make_optimizer(section, steps_per_epoch=10, num_steps=10)
+    tx, schedule = optim.make_optimizer(section, steps_per_epoch=10, num_steps=10,
+                                        table=arch.table(zpm=structure.zpm))
     variables = jax.jit(lambda r: state_lib.init_variables(model, r, (32, 32, 3)))(
         jax.random.key(0, impl='rbg'))
     state = jax.jit(lambda v: state_lib.create_state(v, tx))(variables)

@@ -8,7 +8,9 @@ import optax
 import pytest
 from flax import traverse_util
 
+from spnet_jax.core.channels import ChannelGroup, ChannelTable
 from spnet_jax.core.errors import ConfigError
+from spnet_jax.core.structure import Structure
 from spnet_jax.models import get_arch
 from spnet_jax.train import optim
 
@@ -26,6 +28,15 @@ def _tree():
     }
 
 
+def _table(*bns):
+    """A channel table whose groups' BatchNorms are ``bns`` (one group each)."""
+    return ChannelTable('toy', tuple(ChannelGroup(bn, 1, (), (bn,), (bn,)) for bn in bns))
+
+
+# The BatchNorms of `_tree`, as its network's channel table lists them.
+TABLE = _table('stem_bn', 'layer1_0/bn1')
+
+
 def _section(**kw):
     base = dict(lr=0.1, schedule='constant', lr_boundaries=(), lr_decay=0.1, warmup_epochs=0.0,
                 weight_decay=0.0, optimizer='sgd', momentum=0.0, nesterov=False, sparsity=0.0)
@@ -34,7 +45,7 @@ def _section(**kw):
 
 
 def test_mask_selects_bn_scales_only():
-    mask = optim.bn_scale_mask(_tree())
+    mask = optim.bn_scale_mask(_tree(), TABLE)
     selected = sorted(jax.tree_util.keystr(p) for p, m in
                       jax.tree_util.tree_flatten_with_path(mask)[0] if m)
     assert selected == ["['layer1_0']['bn1']['scale_0']", "['layer1_0']['bn1']['scale_1']",
@@ -45,7 +56,7 @@ def test_sparsity_adds_s_sign_gamma_to_bn_scale_gradients_and_nothing_else():
     params = _tree()
     grads = jax.tree.map(lambda x: jnp.full_like(x, 0.125), params)
     s = 1e-2
-    tx = optim.bn_scale_sparsity(s)
+    tx = optim.bn_scale_sparsity(s, lambda p: optim.bn_scale_mask(p, TABLE))
     out, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_array_equal(out['stem_bn']['scale'],
                                   np.float32(0.125) + np.float32(s) * np.array([1, -1, 0, 1],
@@ -68,7 +79,7 @@ def test_sparsity_adds_s_sign_gamma_to_bn_scale_gradients_and_nothing_else():
 def test_zero_rate_is_the_identity():
     params = _tree()
     grads = jax.tree.map(lambda x: x * 3.0, params)
-    tx = optim.bn_scale_sparsity(0.0)
+    tx = optim.bn_scale_sparsity(0.0, lambda p: optim.bn_scale_mask(p, TABLE))
     out, _ = tx.update(grads, tx.init(params), params)
     jax.tree.map(np.testing.assert_array_equal, out, grads)
 
@@ -77,7 +88,7 @@ def test_optimizer_step_moves_only_bn_scales_by_lr_s_sign_with_zero_gradients():
     params = _tree()
     lr, s = 0.1, 1e-3
     tx, _ = optim.make_optimizer(_section(lr=lr, sparsity=s, momentum=0.9, nesterov=True),
-                                 steps_per_epoch=10, num_steps=10)
+                                 steps_per_epoch=10, num_steps=10, table=TABLE)
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero, tx.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -86,7 +97,7 @@ def test_optimizer_step_moves_only_bn_scales_by_lr_s_sign_with_zero_gradients():
     np.testing.assert_allclose(updates['stem_bn']['scale'], expect, rtol=1e-6)
     np.testing.assert_allclose(updates['layer1_0']['bn1']['scale_1'],
                                -lr * 1.9 * s * np.array([-1, 0, 1]), rtol=1e-6)
-    mask = optim.bn_scale_mask(params)
+    mask = optim.bn_scale_mask(params, TABLE)
     for m, a, b in zip(jax.tree.leaves(mask), jax.tree.leaves(new), jax.tree.leaves(params),
                        strict=True):
         if not m:
@@ -100,7 +111,8 @@ def test_sgd_chain_matches_pytorch_update_rule():
              {'bn': {'scale': jnp.array([-0.2, 0.05])}, 'conv': {'kernel': jnp.array([0.0, 0.4])}}]
     lr, m, wd, s = 0.1, 0.9, 1e-2, 1e-3
     tx, _ = optim.make_optimizer(_section(lr=lr, momentum=m, nesterov=True, weight_decay=wd,
-                                          sparsity=s), steps_per_epoch=1, num_steps=10)
+                                          sparsity=s), steps_per_epoch=1, num_steps=10,
+                                 table=_table('bn'))
     state, p = tx.init(params), params
     ref = {k: {kk: np.asarray(v, np.float64) for kk, v in d.items()} for k, d in params.items()}
     buf = {k: {kk: 0.0 for kk in d} for k, d in params.items()}
@@ -239,7 +251,7 @@ def test_no_bias_decay_step_decays_only_conv_and_classifier_kernels():
     lr, wd = 0.1, 1e-2
     tx, _ = optim.make_optimizer(_section(lr=lr, weight_decay=wd, momentum=0.9, nesterov=True,
                                           optimizer='sgd_no_bias_decay'),
-                                 steps_per_epoch=1, num_steps=10)
+                                 steps_per_epoch=1, num_steps=10, table=TABLE)
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     flat, p = traverse_util.flatten_dict(updates, sep='/'), traverse_util.flatten_dict(
         params, sep='/')
@@ -251,4 +263,42 @@ def test_no_bias_decay_step_decays_only_conv_and_classifier_kernels():
 
 def test_unknown_optimizer_is_a_config_error():
     with pytest.raises(ConfigError, match='optimizer'):
-        optim.make_optimizer(_section(optimizer='adam'), steps_per_epoch=1, num_steps=1)
+        optim.make_optimizer(_section(optimizer='adam'), steps_per_epoch=1, num_steps=1,
+                             table=TABLE)
+
+
+ZOO = [('resnet50', dict(full_width=0.25)), ('resnet20', dict(stem='small')),
+       ('mobilenet_v2', dict(full_width=1.0)), ('mobilenet_v1', dict(full_width=0.25)),
+       ('vgg19', dict(full_width=0.125))]
+
+
+@pytest.mark.parametrize('name,kw,method', [
+    (name, kw, method) for name, kw in ZOO for method in ('spnet', 'snet', 'zpm')
+    if method != 'zpm' or name.startswith(('resnet', 'mobilenet_v2'))])
+def test_table_mask_selects_every_bn_scale_of_the_model_zoo(name, kw, method):
+    """The sparsity mask comes from the channel table (each group's BNs); it selects every
+    BatchNorm scale of the network (shared or private), and nothing else."""
+    arch = get_arch(name, num_classes=10, **kw)
+    structure = (arch.snet_structure((arch.full_width / 2, arch.full_width))
+                 if method == 'snet' else arch.plain_structure())
+    table = arch.table(zpm=method == 'zpm')
+    if method == 'zpm':  # one sub-network: the full network, its ZPM junctions unpruned
+        sizes = tuple(s.size for s in table.streams for _ in s.junctions)
+        structure = Structure(arch.name, 'spnet', table.group_names,
+                              tuple(g.size for g in table.groups),
+                              (tuple(g.size for g in table.groups),),
+                              tuple(j.name for j in table.junctions), (sizes,))
+    model = arch.module(structure)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                               jnp.zeros((1, 32, 32, 3))))['params']
+    flat = traverse_util.flatten_dict(optim.bn_scale_mask(params, table))
+    selected = {k for k, m in flat.items() if m}
+    scales = {k for k in flat if k[-1] == 'scale' or k[-1].startswith('scale_')}
+    assert selected == scales and scales
+    if method == 'snet':
+        assert all(k[-1] in ('scale_0', 'scale_1') for k in selected)
+
+
+def test_a_table_of_another_network_is_refused():
+    with pytest.raises(ValueError, match='no_bn'):
+        optim.bn_scale_mask(_tree(), _table('stem_bn', 'no_bn'))

@@ -47,7 +47,8 @@ def build():
     rng = np.random.default_rng(0)
     batch = {'image': rng.normal(size=(BATCH, SIZE, SIZE, 1)).astype(np.float32),
              'label': rng.integers(0, CLASSES, size=BATCH).astype(np.int32)}
-    tx, schedule = optim.make_optimizer(section(), steps_per_epoch=10, num_steps=10)
+    tx, schedule = optim.make_optimizer(section(), steps_per_epoch=10, num_steps=10,
+                                        table=arch.table())
     return model, structure, variables, batch, tx, schedule
 
 
@@ -255,7 +256,8 @@ def test_bfloat16_compute_runs_convs_in_bfloat16_with_float32_params():
     model = arch.module(structure, dtype=jnp.bfloat16)
     shapes = jax.eval_shape(lambda: state_lib.init_variables(model, jax.random.key(0),
                                                              (SIZE, SIZE, 1)))
-    tx, schedule = optim.make_optimizer(section(), steps_per_epoch=10, num_steps=10)
+    tx, schedule = optim.make_optimizer(section(), steps_per_epoch=10, num_steps=10,
+                                        table=arch.table())
     state = jax.eval_shape(lambda v: state_lib.create_state(v, tx), shapes)
     batch = {'image': jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 1), jnp.float32),
              'label': jax.ShapeDtypeStruct((BATCH,), jnp.int32)}

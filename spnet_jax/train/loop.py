@@ -134,7 +134,8 @@ def train_network(job: TrainJob, config: Settings, mesh: Mesh) -> dict[str, Any]
     section = job.section
     info = data_lib.dataset_info(config.data)
     steps_per_epoch, num_steps = schedule_length(section, info.num_train)
-    tx, schedule = make_optimizer(section, steps_per_epoch, num_steps)
+    tx, schedule = make_optimizer(section, steps_per_epoch, num_steps,
+                                  job.arch.table(zpm=job.structure.zpm))
     abstract = abstract_state(job, tx, mesh)
     repl = sharding.replicated(mesh)
 

@@ -4,47 +4,71 @@ SP-Net trains with SGD (Nesterov momentum 0.9, weight decay as PyTorch's
 ``SGD(weight_decay=...)`` on the parameter groups the release's ``optimizer`` field names,
 see `weight_decay_mask`) and adds ``s * sign(gamma)`` to the gradient of every BatchNorm
 scale before the optimizer sees it (SPEC section 2). That sub-gradient is an optax
-`GradientTransformation` selected by parameter path, so it chains like any other rule:
+`GradientTransformation` on the BatchNorm scales the network's `ChannelTable` lists, so it
+chains like any other rule:
 
-    chain(bn_scale_sparsity(s), add_decayed_weights(wd, mask), sgd(lr, 0.9, nesterov=True))
+    chain(bn_scale_sparsity(s, mask), add_decayed_weights(wd, mask), sgd(lr, 0.9, nesterov=True))
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from spnet_jax.core import layers
+from spnet_jax.core.channels import ChannelTable
 from spnet_jax.core.errors import ConfigError
 
-# `SlimBatchNorm` names its shared scale 'scale' (SP-Net) and its private ones 'scale_k'
-# (S-Net's switchable BN); nothing else in the model zoo is called that.
-BN_SCALE_NAME = re.compile(r'^scale(_\d+)?$')
 SCHEDULES = ('multistep', 'cosine', 'constant')
 # Which parameters weight decay applies to, by the release's name (see `weight_decay_mask`).
 OPTIMIZERS = ('sgd', 'sgd_no_bias_decay', 'sgd_dw')
 
 
+def _key(entry) -> str:
+    """One entry of a tree path (a dict key or an attribute name) as a string."""
+    return str(getattr(entry, 'key', getattr(entry, 'name', entry)))
+
+
 def _leaf_name(path) -> str:
-    last = path[-1]
-    return str(getattr(last, 'key', getattr(last, 'name', last)))
+    return _key(path[-1])
 
 
-def bn_scale_mask(params: Any) -> Any:
-    """A tree of bools mirroring ``params``: True at BatchNorm scales (by path name)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: bool(BN_SCALE_NAME.match(_leaf_name(path))), params)
+def bn_scale_mask(params: Any, table: ChannelTable) -> Any:
+    """A tree of bools mirroring ``params``: True at the scale (gamma) of every BatchNorm
+    of ``table`` (each channel group's ``bns``): its shared ``scale`` (SP-Net) or its
+    private ``scale_k`` (S-Net's switchable BN). Raises ValueError when a BatchNorm of the
+    table has no scale in ``params`` (a table of another architecture)."""
+    bns = {tuple(bn.split('/')) for group in table.groups for bn in group.bns}
+    found = set()
+
+    def is_scale(path) -> bool:
+        keys = tuple(map(_key, path))
+        if keys[:-1] in bns and layers.is_bn_scale(keys[-1]):
+            found.add(keys[:-1])
+            return True
+        return False
+
+    mask = jax.tree_util.tree_map_with_path(lambda path, _: is_scale(path), params)
+    if found != bns:
+        missing = '/'.join(sorted(bns - found)[0])
+        raise ValueError(f'the {table.arch} table\'s BatchNorm {missing!r} has no scale in '
+                         'these parameters; is the table of this network?')
+    return mask
 
 
-def bn_scale_sparsity(rate: float) -> optax.GradientTransformation:
+def bn_scale_sparsity(rate: float, mask: Any | Callable[[Any], Any]
+                      ) -> optax.GradientTransformation:
     """Adds ``rate * sign(gamma)`` to the gradient of every BN scale; leaves the rest alone.
 
     This is the sub-gradient of the penalty ``rate * sum(|gamma|)`` of network slimming
     (Liu et al. 2017) with ``sign(0) = 0``, applied to the raw gradient before momentum,
     weight decay and the learning rate (SPEC section 2). ``rate = 0`` is the identity.
+    ``mask`` selects the scales: a tree of bools mirroring the params, or a function of the
+    params giving one (e.g. ``lambda p: bn_scale_mask(p, table)``), as optax's masks.
     """
 
     def init_fn(params):
@@ -56,10 +80,10 @@ def bn_scale_sparsity(rate: float) -> optax.GradientTransformation:
             return updates, state
         if params is None:
             raise ValueError('bn_scale_sparsity needs the params to take sign(gamma).')
-        mask = bn_scale_mask(params)
+        selected = mask(params) if callable(mask) else mask
         updates = jax.tree.map(
             lambda g, p, m: g + rate * jnp.sign(p).astype(g.dtype) if m else g,
-            updates, params, mask)
+            updates, params, selected)
         return updates, state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -145,11 +169,12 @@ def weight_decay_mask(params: Any, optimizer: str) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, x: rule(_leaf_name(path), x), params)
 
 
-def make_optimizer(section: Any, steps_per_epoch: int,
-                   num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(section: Any, steps_per_epoch: int, num_steps: int, table: ChannelTable
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The training section's optimizer and its schedule (for logging the lr).
 
-    ``bn_scale_sparsity(sparsity)`` -> weight decay on the parameters
+    ``bn_scale_sparsity(sparsity)`` on the BatchNorm scales of ``table`` (the trained
+    network's channel table, `bn_scale_mask`) -> weight decay on the parameters
     `weight_decay_mask` selects for ``section.optimizer`` (default 'sgd': all) -> SGD with
     the lr schedule and (Nesterov) momentum, which is PyTorch's SGD step.
     """
@@ -159,7 +184,8 @@ def make_optimizer(section: Any, steps_per_epoch: int,
         raise ConfigError(f'optimizer={optimizer!r} is unknown; choose one of '
                           f'{list(OPTIMIZERS)}.')
     tx = optax.chain(
-        bn_scale_sparsity(float(section.sparsity)),
+        bn_scale_sparsity(float(section.sparsity),
+                          lambda params: bn_scale_mask(params, table)),
         optax.add_decayed_weights(float(section.weight_decay),
                                   mask=lambda params: weight_decay_mask(params, optimizer)),
         optax.sgd(schedule, momentum=float(section.momentum), nesterov=bool(section.nesterov)),
