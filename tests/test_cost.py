@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from spnet_jax.core.cost import subnet_costs
+from spnet_jax.core import layers
+from spnet_jax.core.cost import call_arguments, subnet_costs
 from spnet_jax.models import get_arch
 
 G, M = 1e9, 1e6
@@ -91,3 +92,17 @@ def test_macs_agree_with_xla_cost_analysis(name, widths, size):
         assert conv_macs <= xla_macs <= 1.05 * conv_macs
         # Our MACs differ from XLA's convs only by the padding taps.
         assert cost.macs >= conv_macs
+
+
+def test_layer_calls_are_read_by_argument_name():
+    """How a layer is called (positions or keywords) does not change what the count reads."""
+    conv = layers.SlimConv(in_features=4, features=6, kernel_size=1)
+    x, index = jnp.ones((1, 2, 2, 4)), jnp.arange(6)
+    positional = call_arguments(conv, (x, 3, None, index), {})
+    keywords = call_arguments(conv, (x,), {'n_out': 3, 'out_index': index})
+    assert positional.keys() == keywords.keys() == {'self', 'x', 'n_out', 'in_index',
+                                                    'out_index'}
+    assert positional['n_out'] == keywords['n_out'] == 3 and keywords['in_index'] is None
+    assert keywords['out_index'] is index
+    bn = layers.SlimBatchNorm(counts=(2, 4))
+    assert call_arguments(bn, (x,), {'subnet': 1, 'train': False})['out_index'] is None

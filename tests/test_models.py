@@ -9,7 +9,7 @@ from helpers import jitted_apply, random_variables
 from spnet_jax.core import layers
 from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.structure import Structure
-from spnet_jax.models import REGISTRY, get_arch
+from spnet_jax.models import REGISTRY, common, get_arch, mobilenet_v2, resnet
 from spnet_jax.pruning import zpm
 
 # (name, S-Net widths, image size, stem): small inputs keep CPU compile times low.
@@ -272,3 +272,35 @@ def test_mobilenet_v1_widths_are_the_releases_int_c_times_w():
     assert sizes['block6/pw_conv'] == 665  # int(512 * 1.3)
     sizes = {g.name: g.size for g in get_arch('mobilenet_v1', full_width=1.5).table().groups}
     assert (sizes['stem_conv'], sizes['block13/pw_conv']) == (48, 1536)
+
+
+@pytest.mark.parametrize('name', ['resnet20', 'resnet50', 'mobilenet_v2'])
+def test_block_wiring_follows_the_tables_junctions(name):
+    """Each block's precomputed wiring: its junction's sizes and kind of shortcut are the
+    table's (a projection, the layer the stream starts from, or the stream before)."""
+    arch = get_arch(name, num_classes=5, full_width=0.5 if name != 'resnet20' else 1.0)
+    table = arch.table(zpm=True)
+    counts = [{g.name: max(1, g.size // 2) for g in table.groups},
+              {g.name: g.size for g in table.groups}]
+    orders = {g.name: np.random.default_rng(1).permutation(g.size) for g in table.groups}
+    structure, _, _ = _zpm_structure(arch, table, counts, orders)
+    if name.startswith('resnet'):
+        _, blocks = resnet.block_specs(arch.depth, 1.0)
+        wiring = dict(zip((b.name for b in blocks), resnet.block_wiring(structure, blocks),
+                          strict=True))
+    else:
+        _, specs, _ = mobilenet_v2.block_specs(1.0)
+        wiring = dict(zip((b.name for b in specs), mobilenet_v2.block_wiring(structure, specs),
+                          strict=True))
+    junctions = {j.name: j for j in table.junctions}
+    assert {n for n, w in wiring.items() if w.junction is not None} == set(junctions)
+    for j in table.junctions:
+        w = wiring[j.name].junction
+        assert w.stream_sizes == structure.stream_sizes_of(j.name)
+        assert w.body_counts == structure.counts_of(j.body)
+        if j.shortcut is None:
+            assert w.shortcut == common.IDENTITY
+        else:
+            assert w.short_counts == structure.counts_of(j.shortcut)
+            assert w.shortcut == (common.PROJECTION if j.shortcut.endswith('proj_conv')
+                                  else common.ENTRY)

@@ -12,6 +12,8 @@ bias of that sub-network (one BN affine set, as a deployed sub-network has).
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,6 +44,14 @@ class SubnetCost:
     layers: tuple[LayerCost, ...]
 
 
+def call_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A call of ``module`` (its ``__call__``'s ``args`` and ``kwargs``) as its arguments by
+    parameter name, defaults included: how the call was written does not matter."""
+    bound = inspect.signature(type(module).__call__).bind(module, *args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
+
+
 def layer_costs(arch, structure: Structure, subnet: int, image_size: int,
                 in_channels: int = 3) -> tuple[LayerCost, ...]:
     model = arch.module(structure)
@@ -53,25 +63,27 @@ def layer_costs(arch, structure: Structure, subnet: int, image_size: int,
         if context.method_name != '__call__':
             return out
         path = '/'.join(mod.path)
-        arg = lambda i, name: args[i] if len(args) > i else kwargs.get(name)
+        if not isinstance(mod, layers.SlimConv | layers.SlimBatchNorm | layers.SlimDense):
+            return out
+        arg = call_arguments(mod, args, kwargs)
         if isinstance(mod, layers.SlimConv):
-            x = args[0]
+            x = arg['x']
             cin, cout = x.shape[-1], out.shape[-1]
-            if arg(3, 'out_index') is not None:
+            if arg['out_index'] is not None:
                 # A ZPM junction's conv writes the stream layout: its zero columns are
                 # placement, not computation; the sub-network's conv has n_out outputs.
-                cout = arg(1, 'n_out')
+                cout = arg['n_out']
             k = mod.kernel_size
             per_out = k * k * (1 if mod.depthwise else cin)
             params = per_out * cout
             records.append(LayerCost(path, 'conv', params * out.shape[1] * out.shape[2], params,
                                      x.shape[1:], out.shape[1:-1] + (cout,), k, mod.strides))
         elif isinstance(mod, layers.SlimBatchNorm):
-            n = mod.counts[arg(1, 'subnet')]
+            n = mod.counts[arg['subnet']]
             records.append(LayerCost(path, 'bn', 0, 2 * n, out.shape[1:-1] + (n,),
                                      out.shape[1:-1] + (n,)))
         elif isinstance(mod, layers.SlimDense):
-            cin, cout = args[0].shape[-1], out.shape[-1]
+            cin, cout = arg['x'].shape[-1], out.shape[-1]
             records.append(LayerCost(path, 'dense', cin * cout, cin * cout + cout, (cin,),
                                      (cout,)))
         return out

@@ -16,7 +16,8 @@ This module also owns the names of the variables a layer keeps one of per sub-ne
 running statistics ``mean_k``/``var_k``, S-Net's private affine ``scale_k``/``bias_k``, the
 ZPM masks ``fused_k``/``body_k``/``short_k``) and the collections they live in: the rest of
 the package names and finds them only through `subnet_variable`, `subnet_of`,
-`is_bn_scale`, `bn_affine` and the constants below.
+`is_bn_scale`, `bn_affine` and the constants below. And it defines `Activation`, the value
+blocks hand each other.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 Array = jax.Array
 Dtype = Any
@@ -96,6 +98,20 @@ def bn_affine(bn_params: Mapping[str, Any], kind: str, subnet: int = -1) -> Any:
     if not private:
         raise KeyError(f'no {kind} among the BatchNorm parameters {sorted(bn_params)}.')
     return bn_params[subnet_variable(kind, private[subnet])]
+
+
+# ------------------------------------------------------------ what blocks hand each other
+@struct.dataclass
+class Activation:
+    """The value one block hands the next: the activation ``x`` (NHWC); ``index``, the
+    fused index array of the ZPM stream ``x`` is (its consumers gather their input rows by
+    it), or None; and ``rows``, the input rows a consuming layer's kernel holds for it (the
+    full network's channel count of ``x``'s group, or for a ZPM stream its size in the
+    largest sub-network)."""
+
+    x: Array
+    index: Array | None
+    rows: int = struct.field(pytree_node=False)
 
 
 # He-normal on fan_out, as torchvision initialises convs.

@@ -88,20 +88,84 @@ class Architecture:
         return uniform_structure(lambda v: self.table(v), widths, method='snet')
 
 
-def conv(structure: Structure, name: str, group: str, in_features: int, kernel_size: int,
-         strides: int = 1, depthwise: bool = False, dtype: Any = jnp.float32) -> layers.SlimConv:
-    """A conv producing ``group`` (its full width from the structure)."""
-    return layers.SlimConv(in_features=in_features, features=structure.full_of(group),
+# ------------------------------------------------------------------ block wiring
+# A block is built from its wiring, precomputed from the `Structure` by its model: the
+# channels of each of its convs and its ZPM junction. It never looks a group up itself.
+@dataclasses.dataclass(frozen=True)
+class Channels:
+    """The output channels of one conv (and of its BatchNorm).
+
+    Attributes:
+      group: the channel group they belong to.
+      full: the full network's count (the parameters' size).
+      counts: ``counts[k]``: sub-network k's count.
+      shared_bn: SP-Net's BN with a shared affine (else S-Net's private ones).
+    """
+
+    group: str
+    full: int
+    counts: tuple[int, ...]
+    shared_bn: bool
+
+    @classmethod
+    def of(cls, structure: Structure, group: str) -> Channels:
+        return cls(group, structure.full_of(group), structure.counts_of(group),
+                   structure.method == 'spnet')
+
+
+# How a ZPM junction's shortcut arrives (`JunctionWiring.shortcut`).
+PROJECTION = 'projection'  # a conv (+BN) that writes the stream's layout itself
+ENTRY = 'entry'  # the sorted prefix of the layer the stream starts from; placed at the add
+IDENTITY = 'identity'  # the previous junction's stream, in the stream's channel order
+
+
+@dataclasses.dataclass(frozen=True)
+class JunctionWiring:
+    """A block's ZPM junction (`layers.ZPMAdd`): its sizes and its kind of shortcut.
+
+    Attributes:
+      shortcut: `PROJECTION`, `ENTRY` or `IDENTITY`.
+      stream_sizes: ``[k]``: channels of the stream after the junction in sub-network k.
+      body_counts: ``[k]``: channels of the block's last conv.
+      short_counts: ``[k]``: channels of the shortcut (for `IDENTITY`, the stream before).
+    """
+
+    shortcut: str
+    stream_sizes: tuple[int, ...]
+    body_counts: tuple[int, ...]
+    short_counts: tuple[int, ...]
+
+    def module(self) -> layers.ZPMAdd:
+        return layers.ZPMAdd(stream_sizes=self.stream_sizes, body_counts=self.body_counts,
+                             short_counts=self.short_counts, name=layers.JUNCTION)
+
+    def short_placed(self, subnet: int) -> bool:
+        """Whether sub-network ``subnet``'s shortcut is already in the stream's layout: a
+        projection wrote it, or an identity shortcut's stream does not grow here."""
+        if self.shortcut == IDENTITY:
+            return self.short_counts[subnet] == self.stream_sizes[subnet]
+        return self.shortcut == PROJECTION
+
+    @property
+    def rows(self) -> int:
+        """Input rows of the stream's consumers: its size in the largest sub-network (the
+        block end's full count after pruning; more in a standalone exported sub-network)."""
+        return self.stream_sizes[-1]
+
+
+def conv(channels: Channels, name: str, in_features: int, kernel_size: int, strides: int = 1,
+         depthwise: bool = False, dtype: Any = jnp.float32) -> layers.SlimConv:
+    """A conv producing ``channels``, reading ``in_features`` input rows."""
+    return layers.SlimConv(in_features=in_features, features=channels.full,
                            kernel_size=kernel_size, strides=strides, depthwise=depthwise,
                            dtype=dtype, name=name)
 
 
-def batch_norm(structure: Structure, name: str, group: str, scale_init: float = 1.0,
+def batch_norm(channels: Channels, name: str, scale_init: float = 1.0,
                dtype: Any = jnp.float32) -> layers.SlimBatchNorm:
-    """SP-Net BN (shared affine) or S-Net's switchable BN, by the structure's method."""
-    return layers.SlimBatchNorm(counts=structure.counts_of(group),
-                                shared=structure.method == 'spnet', scale_init=scale_init,
-                                dtype=dtype, name=name)
+    """SP-Net BN (shared affine) or S-Net's switchable BN over ``channels``."""
+    return layers.SlimBatchNorm(counts=channels.counts, shared=channels.shared_bn,
+                                scale_init=scale_init, dtype=dtype, name=name)
 
 
 class SlimModule(nn.Module):
@@ -115,12 +179,15 @@ class SlimModule(nn.Module):
     def n(self, group: str, subnet: int) -> int:
         return self.structure.count(group, subnet)
 
+    def channels(self, group: str) -> Channels:
+        return Channels.of(self.structure, group)
+
     def conv(self, name, group, in_features, kernel_size, strides=1, depthwise=False):
-        return conv(self.structure, name, group, in_features, kernel_size, strides, depthwise,
+        return conv(self.channels(group), name, in_features, kernel_size, strides, depthwise,
                     self.dtype)
 
     def bn(self, name: str, group: str) -> layers.SlimBatchNorm:
-        return batch_norm(self.structure, name, group, self.bn_scale_init, self.dtype)
+        return batch_norm(self.channels(group), name, self.bn_scale_init, self.dtype)
 
     def logits(self, x):
         """The classifier's output in the wider of the compute dtype and float32 (bfloat16

@@ -21,6 +21,7 @@ from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelTable
 from spnet_jax.models.common import (
     Architecture,
+    Channels,
     SlimModule,
     batch_norm,
     conv,
@@ -65,31 +66,27 @@ class MobileNetV1(SlimModule):
         x = self.conv('stem_conv', g, x.shape[-1], 3, 2)(x, self.n(g, k))
         x = layers.relu6(self.bn('stem_bn', g)(x, k, train))
         for i, (_, stride) in enumerate(BLOCKS, start=1):
-            x = DepthwiseSeparable(structure=self.structure, in_group=g,
-                                   out_group=f'block{i}/pw_conv', stride=stride,
-                                   dtype=self.dtype, bn_scale_init=self.bn_scale_init,
-                                   name=f'block{i}')(x, k, train)
+            x = DepthwiseSeparable(dw=self.channels(g), pw=self.channels(f'block{i}/pw_conv'),
+                                   stride=stride, dtype=self.dtype,
+                                   bn_scale_init=self.bn_scale_init, name=f'block{i}')(x, k, train)
             g = f'block{i}/pw_conv'
         x = jnp.mean(x, axis=(1, 2))
         return self.logits(self.head(self.structure.full_of(g))(x))
 
 
 class DepthwiseSeparable(nn.Module):
-    structure: Any
-    in_group: str
-    out_group: str
+    """A depthwise conv over the input's channels ``dw``, then a pointwise conv to ``pw``."""
+
+    dw: Channels
+    pw: Channels
     stride: int
     dtype: Any = jnp.float32
     bn_scale_init: float = 1.0
 
     @nn.compact
     def __call__(self, x, k: int, train: bool):
-        S = self.structure
-        x = conv(S, 'dw_conv', self.in_group, 1, 3, self.stride, depthwise=True,
-                 dtype=self.dtype)(x)
-        x = layers.relu6(batch_norm(S, 'dw_bn', self.in_group, self.bn_scale_init, self.dtype)(
-            x, k, train))
-        x = conv(S, 'pw_conv', self.out_group, S.full_of(self.in_group), 1, dtype=self.dtype)(
-            x, S.count(self.out_group, k))
-        return layers.relu6(batch_norm(S, 'pw_bn', self.out_group, self.bn_scale_init, self.dtype)(
-            x, k, train))
+        bn = lambda ch, name: batch_norm(ch, name, self.bn_scale_init, self.dtype)
+        x = conv(self.dw, 'dw_conv', 1, 3, self.stride, depthwise=True, dtype=self.dtype)(x)
+        x = layers.relu6(bn(self.dw, 'dw_bn')(x, k, train))
+        x = conv(self.pw, 'pw_conv', self.dw.full, 1, dtype=self.dtype)(x, self.pw.counts[k])
+        return layers.relu6(bn(self.pw, 'pw_bn')(x, k, train))

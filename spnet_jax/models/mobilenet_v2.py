@@ -10,6 +10,10 @@ projection conv, and the last conv. A run of residual blocks forms a stream that
 the projection of the block before them (the stage's entry): without ZPM the entry and the
 residual projections are one group; with ZPM each is its own, joined by junctions.
 ReLU6 everywhere except after projections.
+
+An `InvertedResidual` is built from its `BlockWiring` (its convs' channels and its ZPM
+junction, precomputed from the structure by `block_wiring`) and hands the next block a
+`layers.Activation`.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import jax.numpy as jnp
 
 from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelGroup, ChannelTable, Junction, Stream
+from spnet_jax.models import common
 from spnet_jax.models.common import (
     Architecture,
+    Channels,
+    JunctionWiring,
     SlimModule,
     batch_norm,
     conv,
@@ -113,7 +120,7 @@ class MobileNetV2Arch(Architecture):
             ends = i + 1 == len(specs) or not specs[i + 1].residual
             if ends:
                 members = [specs[m] for m in stream_members]
-                name = f'stream{members[0].index}'
+                name = stream_group(members[0])
                 if zpm:
                     junctions = tuple(
                         Junction(m.name, f'{m.name}/project_conv',
@@ -137,25 +144,52 @@ class MobileNetV2Arch(Architecture):
                            bn_scale_init=bn_scale_init)
 
 
-def project_group(structure, b: BlockSpec) -> str:
-    """The group of block b's projection: its own, or (without ZPM) its stream's."""
-    p = f'{b.name}/project_conv'
-    if p in structure.groups:
-        return p
-    return next(g for g in structure.groups if g.startswith('stream')
-                and _stream_covers(g, b.index))
+def stream_group(entry: BlockSpec) -> str:
+    """The channel group (without ZPM) of the residual stream that ``entry`` starts."""
+    return f'stream{entry.index}'
 
 
-def _stream_covers(group: str, index: int) -> bool:
-    start = int(group[len('stream'):])
-    _, specs, _ = block_specs(1.0)
-    i = start
-    while True:
-        if i == index:
-            return True
-        if i >= len(specs) or not specs[i].residual:  # specs[i] is block i+1
-            return False
-        i += 1
+@dataclasses.dataclass(frozen=True)
+class BlockWiring:
+    """A block's channels, from the structure.
+
+    Attributes:
+      hidden: the depthwise conv's channels: the expansion conv's output, or without
+        expansion the block input's.
+      project: the projection conv's (its own group, or without ZPM its stream's).
+      junction: the ZPM junction adding the projection to the stream (residual blocks with
+        ZPM), or None.
+    """
+
+    hidden: Channels
+    project: Channels
+    junction: JunctionWiring | None
+
+
+def block_wiring(structure, specs: list[BlockSpec]) -> list[BlockWiring]:
+    """The wiring of each of ``specs`` (in network order) in networks of ``structure``."""
+    S, out = structure, []
+    # The block input's group, the stream it is in (without ZPM) and its junction (with).
+    group, stream, prev = 'stem_conv', None, None
+    for b in specs:
+        hidden = Channels.of(S, f'{b.name}/expand_conv' if b.expand else group)
+        p = f'{b.name}/project_conv'
+        if p not in S.groups:  # without ZPM a stream's projections are one group
+            if stream_group(b) in S.groups:  # b starts a stream
+                stream = stream_group(b)
+            p = stream
+        project = Channels.of(S, p)
+        junction = None
+        if b.residual and S.zpm:
+            if prev is None:  # the shortcut is the stage entry's sorted prefix
+                shortcut, short_counts = common.ENTRY, S.counts_of(group)
+            else:
+                shortcut, short_counts = common.IDENTITY, S.stream_sizes_of(prev)
+            junction = JunctionWiring(shortcut, S.stream_sizes_of(b.name), project.counts,
+                                      short_counts)
+        out.append(BlockWiring(hidden, project, junction))
+        group, prev = project.group, b.name if junction is not None else None
+    return out
 
 
 class MobileNetV2(SlimModule):
@@ -166,71 +200,47 @@ class MobileNetV2(SlimModule):
         x = self.conv('stem_conv', 'stem_conv', x.shape[-1], 3, 2)(x, self.n('stem_conv', k))
         x = layers.relu6(self.bn('stem_bn', 'stem_conv')(x, k, train))
         _, specs, _ = block_specs(1.0)
-        g, x_index, prev_junction = 'stem_conv', None, None
-        for b in specs:
-            x, x_index, g, prev_junction = InvertedResidual(
-                spec=b, structure=S, in_group=g, prev_junction=prev_junction, dtype=self.dtype,
-                bn_scale_init=self.bn_scale_init, name=b.name)(x, x_index, k, train)
-        x = self.conv('last_conv', 'last_conv', stream_input_width(S, g, prev_junction, x_index),
-                      1)(x, self.n('last_conv', k), x_index)
+        a = layers.Activation(x, None, S.full_of('stem_conv'))
+        for b, wiring in zip(specs, block_wiring(S, specs), strict=True):
+            a = InvertedResidual(spec=b, wiring=wiring, dtype=self.dtype,
+                                 bn_scale_init=self.bn_scale_init, name=b.name)(a, k, train)
+        x = self.conv('last_conv', 'last_conv', a.rows, 1)(a.x, self.n('last_conv', k),
+                                                           in_index=a.index)
         x = layers.relu6(self.bn('last_bn', 'last_conv')(x, k, train))
         x = jnp.mean(x, axis=(1, 2))
         return self.logits(self.head(S.full_of('last_conv'))(x))
 
 
-def stream_input_width(structure, group: str, junction: str | None, index) -> int:
-    """Input rows of a layer reading ``group``'s output, or (``index`` set) a ZPM stream: the
-    stream's size in the largest sub-network (the group's full count after pruning; more in a
-    standalone exported sub-network)."""
-    if index is None:
-        return structure.full_of(group)
-    return structure.stream_sizes_of(junction)[-1]
-
-
 class InvertedResidual(nn.Module):
-    """Returns (output, its stream index array or None, its group, its junction or None)."""
+    """One inverted residual block: the `layers.Activation` it reads in, the block's out."""
 
     spec: BlockSpec
-    structure: Any
-    in_group: str
-    prev_junction: str | None
+    wiring: BlockWiring
     dtype: Any = jnp.float32
     bn_scale_init: float = 1.0
 
     @nn.compact
-    def __call__(self, x, x_index, k: int, train: bool):
-        b, S = self.spec, self.structure
-        bn = lambda name, grp: batch_norm(S, name, grp, self.bn_scale_init, self.dtype)
-        in_full = stream_input_width(S, self.in_group, self.prev_junction, x_index)
-        y, dw_group = x, self.in_group
+    def __call__(self, a: layers.Activation, k: int, train: bool) -> layers.Activation:
+        b, w = self.spec, self.wiring
+        bn = lambda ch, name: batch_norm(ch, name, self.bn_scale_init, self.dtype)
+        y = a.x
         if b.expand:
-            dw_group = f'{b.name}/expand_conv'
-            y = conv(S, 'expand_conv', dw_group, in_full, 1, dtype=self.dtype)(
-                y, S.count(dw_group, k), x_index)
-            y = layers.relu6(bn('expand_bn', dw_group)(y, k, train))
-        y = conv(S, 'dw_conv', dw_group, 1, 3, b.stride, depthwise=True, dtype=self.dtype)(y)
-        y = layers.relu6(bn('dw_bn', dw_group)(y, k, train))
-        pg = project_group(S, b)
+            y = conv(w.hidden, 'expand_conv', a.rows, 1, dtype=self.dtype)(
+                y, w.hidden.counts[k], in_index=a.index)
+            y = layers.relu6(bn(w.hidden, 'expand_bn')(y, k, train))
+        y = conv(w.hidden, 'dw_conv', 1, 3, b.stride, depthwise=True, dtype=self.dtype)(y)
+        y = layers.relu6(bn(w.hidden, 'dw_bn')(y, k, train))
         junction, body_at = None, None
-        if b.residual and S.zpm:
-            if self.prev_junction is None:  # the shortcut is the stage entry's sorted prefix
-                short_counts = S.counts_of(self.in_group)
-            else:
-                short_counts = S.stream_sizes_of(self.prev_junction)
-            junction = layers.ZPMAdd(stream_sizes=S.stream_sizes_of(b.name),
-                                     body_counts=S.counts_of(pg), short_counts=short_counts,
-                                     name='zpm')
+        if w.junction is not None:
+            junction = w.junction.module()
             body_at, _ = junction.placement(k)
-        y = conv(S, 'project_conv', pg, S.full_of(dw_group), 1, dtype=self.dtype)(
-            y, S.count(pg, k), None, body_at)
-        y = bn('project_bn', pg)(y, k, train, body_at)
+        y = conv(w.project, 'project_conv', w.hidden.full, 1, dtype=self.dtype)(
+            y, w.project.counts[k], out_index=body_at)
+        y = bn(w.project, 'project_bn')(y, k, train, out_index=body_at)
         if not b.residual:
-            return y, None, pg, None
-        if not S.zpm:
-            return x + y, None, pg, None
-        # An identity shortcut is already in place where the stream does not grow.
-        short_placed = (self.prev_junction is not None
-                        and short_counts[k] == S.stream_sizes_of(b.name)[k])
-        out, fused = junction(y, x, k, body_placed=body_at is not None,
-                              short_placed=short_placed)
-        return out, fused, pg, b.name
+            return layers.Activation(y, None, w.project.full)
+        if junction is None:
+            return layers.Activation(a.x + y, None, w.project.full)
+        out, fused = junction(y, a.x, k, body_placed=True,
+                              short_placed=w.junction.short_placed(k))
+        return layers.Activation(out, fused, w.junction.rows)

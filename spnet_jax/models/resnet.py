@@ -10,6 +10,10 @@ Channel groups: every conv that does not end a block is its own group, named by 
 Without ZPM a stage's residual stream (its block ends, projection, and the stem if the
 first block has an identity shortcut) is one group named ``stage{s}``; with ZPM each of those
 is a group of its own and the stage is a `Stream` of junctions.
+
+A `Block` is built from its `BlockWiring` (its convs' channels and its ZPM junction,
+precomputed from the structure by `block_wiring`) and hands the next block a
+`layers.Activation`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ import jax.numpy as jnp
 from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelGroup, ChannelTable, Junction, Stream
 from spnet_jax.models import common
-from spnet_jax.models.common import Architecture, SlimModule, plain_group, scaled
+from spnet_jax.models.common import (
+    Architecture,
+    Channels,
+    JunctionWiring,
+    SlimModule,
+    plain_group,
+    scaled,
+)
 
 IMAGENET_DEPTHS = {
     18: ('basic', (2, 2, 2, 2)),
@@ -180,13 +191,12 @@ class ResNet(SlimModule):
         x = nn.relu(self.bn('stem_bn', stem_g)(x, k, train))
         if self.stem == 'imagenet':
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-        x_full, in_index = S.full_of(stem_g), None
-        for b in blocks:
-            block = Block(spec=b, structure=S, dtype=self.dtype, bn_scale_init=self.bn_scale_init,
-                          name=b.name)
-            x, in_index, x_full = block(x, x_full, in_index, k, train)
-        x = jnp.mean(x, axis=(1, 2))
-        return self.logits(self.head(x_full)(x, in_index))
+        a = layers.Activation(x, None, S.full_of(stem_g))
+        for b, wiring in zip(blocks, block_wiring(S, blocks), strict=True):
+            a = Block(spec=b, wiring=wiring, dtype=self.dtype, bn_scale_init=self.bn_scale_init,
+                      name=b.name)(a, k, train)
+        x = jnp.mean(a.x, axis=(1, 2))
+        return self.logits(self.head(a.rows)(x, in_index=a.index))
 
 
 def group_of(structure, conv: str, stage: int) -> str:
@@ -194,61 +204,84 @@ def group_of(structure, conv: str, stage: int) -> str:
     return conv if conv in structure.groups else f'stage{stage}'
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockWiring:
+    """A block's channels, from the structure.
+
+    Attributes:
+      body: the channels of ``conv1``, ``conv2`` (and ``conv3``), the last ending the block.
+      proj: the projection shortcut's (``proj_conv``), or None for an identity shortcut.
+      junction: the ZPM junction adding body and shortcut, or None without ZPM.
+    """
+
+    body: tuple[Channels, ...]
+    proj: Channels | None
+    junction: JunctionWiring | None
+
+
+def block_wiring(structure, blocks: list[BlockSpec]) -> list[BlockWiring]:
+    """The wiring of each of ``blocks`` (in network order) in networks of ``structure``."""
+    S, out, prev = structure, [], None
+    for b in blocks:
+        channels = lambda conv, b=b: Channels.of(S, group_of(S, f'{b.name}/{conv}', b.stage))
+        body = tuple(channels(conv) for conv in BODY[:3 if b.bottleneck else 2])
+        proj = channels('proj_conv') if b.proj else None
+        junction = None
+        if S.zpm:
+            if proj is not None:
+                shortcut, short_counts = common.PROJECTION, proj.counts
+            elif prev is None:  # the stream starts at the stem
+                shortcut, short_counts = common.ENTRY, S.counts_of('stem_conv')
+            else:
+                shortcut, short_counts = common.IDENTITY, S.stream_sizes_of(prev)
+            junction = JunctionWiring(shortcut, S.stream_sizes_of(b.name), body[-1].counts,
+                                      short_counts)
+            prev = b.name
+        out.append(BlockWiring(body, proj, junction))
+    return out
+
+
+BODY = ('conv1', 'conv2', 'conv3')  # a block's convs, in order (basic blocks: the first two)
+
+
 class Block(nn.Module):
-    """One residual block; returns (output, its stream index array or None, its full width)."""
+    """One residual block: the `layers.Activation` it reads in, the block's out."""
 
     spec: BlockSpec
-    structure: Any
+    wiring: BlockWiring
     dtype: Any = jnp.float32
     bn_scale_init: float = 1.0
 
     @nn.compact
-    def __call__(self, x, x_full: int, in_index, k: int, train: bool):
-        b, S = self.spec, self.structure
-        g = lambda conv: group_of(S, f'{b.name}/{conv}', b.stage)
-        conv = lambda name, in_f, ks, st: common.conv(S, name, g(name), in_f, ks, st,
-                                                      dtype=self.dtype)
-        bn = lambda name, grp: common.batch_norm(S, name, grp, self.bn_scale_init, self.dtype)
+    def __call__(self, a: layers.Activation, k: int, train: bool) -> layers.Activation:
+        b, w = self.spec, self.wiring
+        conv = lambda ch, name, in_f, ks, st: common.conv(ch, name, in_f, ks, st,
+                                                          dtype=self.dtype)
+        bn = lambda ch, name: common.batch_norm(ch, name, self.bn_scale_init, self.dtype)
         if b.bottleneck:
-            convs = (('conv1', 1, 1), ('conv2', 3, b.stride), ('conv3', 1, 1))
+            kernels = ((1, 1), (3, b.stride), (1, 1))
         else:
-            convs = (('conv1', 3, b.stride), ('conv2', 3, 1))
+            kernels = ((3, b.stride), (3, 1))
         junction, body_at, short_at = None, None, None
-        if S.zpm:
-            if b.proj:
-                short_counts = S.counts_of(g('proj_conv'))
-            elif in_index is None:  # the stream starts at the stem
-                short_counts = S.counts_of('stem_conv')
-            else:
-                short_counts = S.stream_sizes_of(S.junctions[S.junctions.index(b.name) - 1])
-            junction = layers.ZPMAdd(stream_sizes=S.stream_sizes_of(b.name),
-                                     body_counts=S.counts_of(g(convs[-1][0])),
-                                     short_counts=short_counts, name='zpm')
+        if w.junction is not None:
+            junction = w.junction.module()
             body_at, short_at = junction.placement(k)
-        y, y_full, y_index = x, x_full, in_index
-        for i, (name, ks, st) in enumerate(convs):
-            last = i + 1 == len(convs)
-            y = conv(name, y_full, ks, st)(y, S.count(g(name), k), y_index,
-                                           body_at if last else None)
-            y = bn(name.replace('conv', 'bn'), g(name))(y, k, train, body_at if last else None)
-            if not last:
+        y, rows, index = a.x, a.rows, a.index
+        for i, (name, ch, (ks, st)) in enumerate(zip(BODY, w.body, kernels, strict=False)):
+            at = body_at if i + 1 == len(w.body) else None
+            y = conv(ch, name, rows, ks, st)(y, ch.counts[k], in_index=index, out_index=at)
+            y = bn(ch, name.replace('conv', 'bn'))(y, k, train, out_index=at)
+            if i + 1 < len(w.body):
                 y = nn.relu(y)
-            y_full, y_index = S.full_of(g(name)), None
-        if b.proj:
-            short = conv('proj_conv', x_full, 1, b.stride)(x, S.count(g('proj_conv'), k), in_index,
-                                                           short_at)
-            short = bn('proj_bn', g('proj_conv'))(short, k, train, short_at)
+            rows, index = ch.full, None
+        if w.proj is not None:
+            short = conv(w.proj, 'proj_conv', a.rows, 1, b.stride)(
+                a.x, w.proj.counts[k], in_index=a.index, out_index=short_at)
+            short = bn(w.proj, 'proj_bn')(short, k, train, out_index=short_at)
         else:
-            short = x
-        if not S.zpm:
-            return nn.relu(y + short), None, y_full
-        # An identity shortcut is already in place where the stream does not grow.
-        if b.proj:
-            short_placed = short_at is not None
-        else:
-            short_placed = in_index is not None and short_counts[k] == S.stream_sizes_of(b.name)[k]
-        out, fused = junction(y, short, k, body_placed=body_at is not None,
-                              short_placed=short_placed)
-        # A stream's consumers hold rows for the whole stream of the largest sub-network (the
-        # block end's full count after pruning; more in a standalone exported sub-network).
-        return nn.relu(out), fused, S.stream_sizes_of(b.name)[-1]
+            short = a.x
+        if junction is None:
+            return layers.Activation(nn.relu(y + short), None, rows)
+        out, fused = junction(y, short, k, body_placed=True,
+                              short_placed=w.junction.short_placed(k))
+        return layers.Activation(nn.relu(out), fused, w.junction.rows)
