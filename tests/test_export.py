@@ -102,7 +102,7 @@ def slimmable(zpm_resnet, snet_vgg):
     for name, workdir in (('zpm_resnet', zpm_resnet), ('snet_vgg', snet_vgg)):
         net, cache = spnet_jax.load(str(workdir)), {}
         logits = lambda k, net=net, cache=cache: cache.setdefault(
-            k, np.asarray(net(IMAGES, subnet=k)))
+            k, np.asarray(net(IMAGES, subnet=k, normalized=True)))
         out[name] = (net, logits)
     return out
 
@@ -195,7 +195,8 @@ def test_jax_export_artifact_runs_without_this_package(name, k, exports, slimmab
 def test_spnet_jax_load_runs_the_standalone_network(exports, slimmable):
     net, logits = slimmable['zpm_resnet']
     standalone = spnet_jax.load(str(exports['zpm_resnet', 0]))
-    np.testing.assert_allclose(standalone(IMAGES), logits(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(standalone(IMAGES, normalized=True), logits(0), rtol=1e-5,
+                               atol=1e-5)
     assert standalone.subnets[0]['params'] == net.subnets[0]['params']
 
 
@@ -273,7 +274,8 @@ def test_standalone_equals_subnetwork_other_layouts(name, width, zpm_on):
         model = arch.module(single)
         got = jax.jit(lambda v, x, model=model: model.apply(v, x, subnet=0))(
             single_variables, IMAGES)
-        np.testing.assert_allclose(got, net(IMAGES, subnet=k), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, net(IMAGES, subnet=k, normalized=True), rtol=1e-5,
+                                   atol=1e-5)
         count = sum(leaf.size for leaf in jax.tree.leaves(single_variables['params']))
         assert count == net.subnets[k]['params']
 
