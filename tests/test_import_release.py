@@ -204,9 +204,11 @@ def test_imported_snet_evaluates_and_exports(snet, tmp_path):
     info = export.export_subnet(workdir, 0, tmp_path / 'small', platforms=('cpu',))
     assert info['subnet'] == 0 and info['method'] == 'snet'
     exported = jax.export.deserialize((tmp_path / 'small' / export.ARTIFACT).read_bytes())
-    images = np.asarray(jax.random.normal(jax.random.key(5), (2, 28, 28, 1)))
-    np.testing.assert_allclose(exported.call(images), net(images, subnet=0, normalized=True),
-                               rtol=1e-5,
+    # Both take the dataset's uint8 pixels and normalise them as in training.
+    assert info['input_dtype'] == 'uint8' and info['normalization'] == {
+        'mean': [0.2860], 'std': [0.3530]}
+    pixels = np.random.default_rng(5).integers(0, 256, (2, 28, 28, 1), np.uint8)
+    np.testing.assert_allclose(exported.call(pixels), net(pixels, subnet=0), rtol=1e-5,
                                atol=1e-5)
 
 

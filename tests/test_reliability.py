@@ -19,6 +19,7 @@ from helpers import needs_fashion_mnist
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import arch_from_config
 from spnet_jax.train import loop, train_and_evaluate
+from spnet_jax.train.settings import Settings
 from spnet_jax.workdir import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,11 +156,14 @@ def test_all_checkpoints_damaged_restarts_the_stage_with_a_warning_for_each(
 
 
 def test_checkpoint_of_other_shapes_is_refused_not_loaded_or_skipped(interrupted):
-    """The same structure.json (say, copied) over checkpoints of other widths: refused."""
+    """The same structure.json and config.json (say, copied) over checkpoints of other
+    widths: refused."""
     _, workdir, slim, _ = interrupted
     other = snet_slim_config(widths=(0.125, 0.5))
     arch = arch_from_config(other.model)
     arch.snet_structure((0.125, 0.5)).save(os.path.join(slim, checkpoint.STRUCTURE))
+    checkpoint.write_json(os.path.join(slim, checkpoint.CONFIG),
+                          Settings.from_config(other).to_json())
     with pytest.raises(ConfigError) as error:
         train_and_evaluate(other, workdir)
     message = str(error.value)

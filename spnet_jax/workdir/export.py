@@ -11,10 +11,13 @@ The output folder then holds:
   has its input rows gathered once by k's fused index, so it reads the compact stream densely
   (the junction's fused index becomes the identity; its placement of the two branches stays);
 * ``model.jax_export``: the eval-mode forward pass, weights included as constants, serialized
-  by `jax.export` (StableHLO). Float32 NHWC images with any batch size in, logits out::
+  by `jax.export` (StableHLO). NHWC images with any batch size in, logits out: uint8 pixels
+  as the dataset stores them (the training normalisation is inside), or, where the
+  network's dataset is not known, float32 images normalised as in training
+  (``export.json``'s ``input_dtype``)::
 
       exported = jax.export.deserialize(open('DIR/model.jax_export', 'rb').read())
-      logits = exported.call(images)     # no spnet_jax (or Flax) needed
+      logits = exported.call(pixels)     # no spnet_jax (or Flax) needed
 
 * ``export.json``: what was exported (architecture, sub-network, MACs, params, input shape,
   classes), written last.
@@ -74,16 +77,28 @@ def standalone(net: SlimmableNetwork, subnet: int | float) -> tuple[Structure, d
 
 # --------------------------------------------------------------- the jax.export artifact
 def export_forward(arch, structure: Structure, variables: dict[str, Any],
-                   input_shape: Sequence[int],
-                   platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
+                   input_shape: Sequence[int], platforms: Sequence[str] = PLATFORMS,
+                   normalization: tuple[Sequence[float], Sequence[float]] | None = None
+                   ) -> jax.export.Exported:
     """The eval-mode forward of a standalone network with its weights as constants, for
-    float32 NHWC inputs of shape ``(batch, *input_shape)`` with a symbolic batch."""
+    NHWC inputs of shape ``(batch, *input_shape)`` with a symbolic batch.
+
+    With ``normalization`` (the training's per-channel mean and std, in [0, 1] units) the
+    artifact takes uint8 pixels as the dataset stores them and normalises them itself;
+    without it, float32 images already normalised as in training."""
     model = arch.module(structure)
     consts = jax.tree.map(jnp.asarray, variables)
-    forward = jax.jit(lambda images: model.apply(consts, images, subnet=0, train=False))
+
+    def forward(images):
+        if normalization is not None:
+            mean, std = (jnp.asarray(v, jnp.float32) for v in normalization)
+            images = (images.astype(jnp.float32) / 255.0 - mean) / std
+        return model.apply(consts, images, subnet=0, train=False)
+
     dims = ', '.join(str(int(d)) for d in input_shape)
-    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'batch, {dims}'), jnp.float32)
-    return jax.export.export(forward, platforms=tuple(platforms))(spec)
+    dtype = jnp.float32 if normalization is None else jnp.uint8
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'batch, {dims}'), dtype)
+    return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
 
 
 # --------------------------------------------------------------- writing a folder
@@ -129,8 +144,10 @@ def _write(net: SlimmableNetwork, k: int, out_dir: str, image_size: int | None,
     structure, variables = standalone(net, k)
     size = int(net.image_size if image_size is None else image_size)
     in_channels = net.arch.input_channels(variables['params'])
+    spec = net.input_spec
+    normalization = None if spec['mean'] is None else (spec['mean'], spec['std'])
     exported = export_forward(net.arch, structure, variables, (size, size, in_channels),
-                              platforms)
+                              platforms, normalization)
     (cost,) = subnet_costs(net.arch, structure, size, in_channels)
     os.makedirs(out_dir, exist_ok=True)
     checkpoint.save_network(out_dir, structure, variables, net.config, arch=net.arch)
@@ -146,7 +163,11 @@ def _write(net: SlimmableNetwork, k: int, out_dir: str, image_size: int | None,
         'macs': cost.macs,
         'params': cost.params,
         'input_shape': ['batch', size, size, in_channels],
-        'input_dtype': 'float32',
+        # uint8 pixels as the dataset stores them, normalised inside; float32 images already
+        # normalised as in training where the network's dataset is not known.
+        'input_dtype': 'float32' if normalization is None else 'uint8',
+        'normalization': None if normalization is None else {
+            'mean': list(normalization[0]), 'std': list(normalization[1])},
         'layout': 'NHWC',
         'num_classes': net.arch.num_classes,
         'artifact': ARTIFACT,
