@@ -13,7 +13,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from spnet_jax import data as data_lib
-from spnet_jax.core import sharding
+from spnet_jax.core import layers, sharding
 from spnet_jax.train import step as step_lib
 
 
@@ -60,7 +60,7 @@ def calibrate_batch_stats(model, variables: dict[str, Any], num_subnets: int, co
     the release's calibration with cumulative averaging does (SPEC section 7).
     """
     repl, split = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    batch_stats = variables['batch_stats']
+    batch_stats = variables[layers.BATCH_STATS]
     for k in range(num_subnets):
         stats_fn = jax.jit(step_lib.bind(step_lib.batch_statistics, model=model, subnet=k),
                            in_shardings=(repl, split), out_shardings=repl)
@@ -76,7 +76,7 @@ def calibrate_batch_stats(model, variables: dict[str, Any], num_subnets: int, co
         batch_stats = step_lib.replace_subnet_stats(batch_stats, acc, k)
         logging.info('[calibrate] sub-network %d: BN statistics from %d batches', k,
                      num_batches)
-    return {**variables, 'batch_stats': batch_stats}
+    return {**variables, layers.BATCH_STATS: batch_stats}
 
 
 def measure_latency(model, variables: dict[str, Any], num_subnets: int,

@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from spnet_jax.core import layers
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.pruning.subnets import keep_first, keep_first_structure
 from spnet_jax.train.settings import Settings
@@ -109,7 +110,7 @@ def candidates(config: Settings, arch, bases: list[tuple[float, str]]) -> tuple[
             out.append((keep_first_structure(structure, structure.num_subnets - 1), PUBLISHED))
         except ConfigError:
             pass  # counts that are not nested: no such checkpoint can exist
-    return out, pruned.get('masks', {})
+    return out, pruned.get(layers.MASKS, {})
 
 
 def expected_shapes(arch, structure, in_channels: int) -> dict:
@@ -197,7 +198,7 @@ def import_release(config: Any, checkpoint_path: str, workdir: str,
     structure, stage = match(config, arch, state, options, in_channels, checkpoint_path)
     variables = convert_torch.convert(state, arch, num_subnets=structure.num_subnets)
     if masks:
-        variables['masks'] = masks
+        variables[layers.MASKS] = masks
     variables = jax.tree.map(jnp.asarray, variables)
     checkpoint.check_variables(variables, expected_shapes(arch, structure, in_channels),
                                f'--checkpoint={checkpoint_path}')

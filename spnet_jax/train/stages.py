@@ -31,7 +31,7 @@ from absl import logging
 
 from spnet_jax import data as data_lib
 from spnet_jax import pruning
-from spnet_jax.core import sharding
+from spnet_jax.core import layers, sharding
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import Structure
 from spnet_jax.pruning import subnets
@@ -87,7 +87,7 @@ def prune_stage(config: Settings, workdir: str, shape) -> dict[str, Any]:
     bases = []
     for w in config.base.widths:
         _, variables, _ = checkpoint.load_network(checkpoint.base_dir(workdir, w))
-        bases.append({k: variables[k] for k in ('params', 'batch_stats')})
+        bases.append({k: variables[k] for k in ('params', layers.BATCH_STATS)})
     structure, variables, info = prune_bases(config, bases, shape[0], shape[2])
     checkpoint.save_pruned(directory, structure, variables, info, config.to_json(), config.arch)
     logging.info('[pruned] %d sub-networks; channels per sub-network: %s',

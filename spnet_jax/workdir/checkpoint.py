@@ -42,7 +42,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from spnet_jax.core import sharding
+from spnet_jax.core import layers, sharding
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import Structure
 from spnet_jax.models import Architecture, arch_from_spec
@@ -499,7 +499,7 @@ def _shape_difference(collection: str, got_shapes: dict[str, tuple],
 
 def check_variables(variables: dict[str, Any], expected: dict[str, Any], where: str) -> None:
     """Refuses variables whose tree or shapes differ from the model's (``expected``: shapes)."""
-    for collection in ('params', 'batch_stats', 'masks'):
+    for collection in ('params', layers.BATCH_STATS, layers.MASKS):
         got = jax.tree_util.tree_flatten_with_path(variables.get(collection, {}))[0]
         want = jax.tree_util.tree_flatten_with_path(expected.get(collection, {}))[0]
         detail = _shape_difference(

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from spnet_jax.core import sharding
+from spnet_jax.core import layers, sharding
 from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.data import DATASETS
@@ -333,7 +333,7 @@ def load_base(path: str, arch, width: float) -> dict[str, Any]:
     (``.pt``/``.pth``, or ``.npz`` of the same keys)."""
     if os.path.isdir(path):
         _, variables, _ = checkpoint.load_network(path)
-        return {k: variables[k] for k in ('params', 'batch_stats') if k in variables}
+        return {k: variables[k] for k in ('params', layers.BATCH_STATS) if k in variables}
     return convert_torch.convert(convert_torch.read_state_dict(path), arch.at_width(width))
 
 
