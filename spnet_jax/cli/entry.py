@@ -7,15 +7,21 @@ every tool the same behaviour:
 * flag parsing and config loading inside the error handling: a missing or broken config
   file, an unknown ``--config.<field>`` override or a bad flag value is one sentence;
 * `ConfigError` (bad input of any kind) -> ``error: <sentence>`` on stderr, exit status 2,
-  before any work; a non-finite loss or a preemption -> its sentence, exit status 1.
+  before any work; a non-finite loss or a preemption -> its sentence, exit status 1;
+* a full disk -> one sentence; any other error (a bug, a library failing) -> one line naming
+  it and ``<workdir>/error.log``, which keeps the whole traceback (exit status 1).
 """
 
 from __future__ import annotations
 
+import errno
 import logging as std_logging
 import os
 import re
 import sys
+import tempfile
+import time
+import traceback
 from types import ModuleType
 from typing import Any
 
@@ -26,6 +32,7 @@ from spnet_jax.train.loop import Preempted
 from spnet_jax.train.metrics import NonFiniteLossError
 
 FLAGS = flags.FLAGS
+ERROR_LOG = 'error.log'  # where an unexpected error's traceback goes (the workdir, if any)
 
 
 class QuietLibraries(std_logging.Filter):
@@ -89,6 +96,23 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return []  # not reached
 
 
+def _unexpected(error: BaseException) -> None:
+    """An error that is not bad input: one line on the terminal, the whole traceback in
+    ``<workdir>/error.log`` (or a temporary file), exit status 1."""
+    workdir = getattr(FLAGS, 'workdir', None) if 'workdir' in FLAGS else None
+    folder = workdir if workdir and os.path.isdir(workdir) else tempfile.gettempdir()
+    path = os.path.join(folder, ERROR_LOG)
+    try:
+        with open(path, 'a') as fh:
+            fh.write(f'--- {time.ctime()}: {" ".join(sys.argv)}\n')
+            traceback.print_exception(error, file=fh)
+    except OSError:
+        path = None
+    first = (str(error).strip().splitlines() or [''])[0][:300]
+    where = f'; the full traceback is in {path}' if path else ''
+    fail(f'{type(error).__name__}: {first}{where}.', status=1)
+
+
 def run(tool: ModuleType) -> None:
     """Defines ``tool``'s flags and runs its ``main`` under the common behaviour."""
     tool.define_flags()
@@ -107,5 +131,12 @@ def run(tool: ModuleType) -> None:
         except Preempted as e:  # not an error: the state is saved, the same command resumes
             print(str(e), file=sys.stderr)
             sys.exit(1)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                _unexpected(e)
+            fail(f'the disk is full ({e.filename or e.strerror}); free some space and rerun the '
+                 'same command: it resumes from the last checkpoint.', status=1)
+        except Exception as e:  # noqa: BLE001 - a bug or a library failure: keep its trace
+            _unexpected(e)
 
     app.run(main, flags_parser=_parse_flags)

@@ -12,7 +12,7 @@ training with the step and sub-network named (exit status 1).
 from __future__ import annotations
 
 import jax
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from spnet_jax.cli import entry
@@ -58,8 +58,6 @@ def main(argv) -> None:
         tf.config.set_visible_devices([], 'GPU')
     except (ImportError, RuntimeError):
         pass
-    logging.info('JAX process: %d / %d', jax.process_index(), jax.process_count())
-    logging.info('JAX local devices: %r', jax.local_devices())
     summary = train_and_evaluate(settings, FLAGS.workdir)
     if 'report' in summary and jax.process_index() == 0:
         print(report.markdown_table(summary['report']), end='')

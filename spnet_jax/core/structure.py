@@ -136,7 +136,13 @@ class Structure:
         p = epath.Path(path)
         if not p.exists():
             raise ConfigError(f'No structure file at {path}; is this a spnet_jax checkpoint?')
-        return cls.from_json(p.read_text())
+        try:
+            return cls.from_json(p.read_text())
+        except (ValueError, UnicodeDecodeError) as e:  # a damaged file (JSONDecodeError, ...)
+            if isinstance(e, ConfigError):
+                raise ConfigError(f'{path}: {e}') from None
+            raise ConfigError(f'{path} is damaged ({type(e).__name__}: {e}); restore it from a '
+                              'copy or rerun the stage that wrote it.') from None
 
     # ------------------------------------------------------------- validation
     def validate(self, table: ChannelTable) -> Structure:

@@ -65,8 +65,10 @@ def validate_config(data_config: Any) -> DataSettings:
     """
     settings = parse_settings(data_config)
     if settings.spec.source == 'idx':
+        # Read whole (it is cached for training anyway): a truncated or corrupt archive, or
+        # files of different lengths, are named now rather than after training started.
         for split in (settings.train_split, settings.eval_split):
-            fashion_mnist.split_paths(settings.data_dir, split)
+            fashion_mnist.load_split(settings.data_dir, split)
     else:
         tfds_input.check_source(settings)
     return settings

@@ -11,6 +11,7 @@ import functools
 import gzip
 import os
 import struct
+import zlib
 from typing import BinaryIO
 
 import numpy as np
@@ -71,14 +72,18 @@ def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
     Raises `ConfigError` if the magic number is not an IDX one (or not `expected_magic`),
     or if the file holds fewer or more bytes than its header announces.
     """
-    with _open(path) as stream:
-        magic, dtype, shape = _read_header(stream, path)
-        if expected_magic is not None and magic != expected_magic:
-            raise ConfigError(
-                f'{path} has IDX magic number {magic:#010x}, expected {expected_magic:#010x}; '
-                f'reinstall it ({INSTALL_HINT}).'
-            )
-        data = stream.read()
+    try:
+        with _open(path) as stream:
+            magic, dtype, shape = _read_header(stream, path)
+            if expected_magic is not None and magic != expected_magic:
+                raise ConfigError(
+                    f'{path} has IDX magic number {magic:#010x}, expected '
+                    f'{expected_magic:#010x}; reinstall it ({INSTALL_HINT}).'
+                )
+            data = stream.read()
+    except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt gzip (BadGzipFile)
+        raise ConfigError(f'{path} is damaged ({type(e).__name__}: {e}); reinstall it '
+                          f'({INSTALL_HINT}).') from None
     expected_bytes = int(np.prod(shape)) * dtype.itemsize
     if len(data) != expected_bytes:
         raise ConfigError(
@@ -130,10 +135,16 @@ def load_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     images_path, labels_path = split_paths(data_dir, split)
     images = read_idx(images_path, IMAGE_MAGIC)
     labels = read_idx(labels_path, LABEL_MAGIC).astype(np.int32)
-    if images.shape[1:] != IMAGE_SHAPE or images.shape[0] != labels.shape[0]:
+    if images.shape[1:] != IMAGE_SHAPE:
         raise ConfigError(
-            f'{images_path} holds images of shape {images.shape} for {labels.shape[0]} labels, '
-            f'not 28x28 Fashion-MNIST images; reinstall it ({INSTALL_HINT}).'
+            f'{images_path} holds images of shape {images.shape[1:]}, not 28x28 Fashion-MNIST '
+            f'images; reinstall it ({INSTALL_HINT}).'
+        )
+    if images.shape[0] != labels.shape[0]:
+        raise ConfigError(
+            f'{images_path} holds {images.shape[0]} images but {labels_path} '
+            f'{labels.shape[0]} labels; one of the two is from another split or damaged: '
+            f'reinstall them ({INSTALL_HINT}).'
         )
     if labels.size and not 0 <= labels.min() <= labels.max() < NUM_CLASSES:
         raise ConfigError(f'{labels_path} has labels outside 0..9; reinstall it ({INSTALL_HINT}).')

@@ -1,5 +1,7 @@
 """The final report of a workdir: ``report.json`` (one object per sub-network), ``report.md``
-(a Markdown table) and ``accuracy_vs_flops.png`` (top-1 against MACs).
+(a Markdown table, and a sentence on what its latency column measured: it says so when the
+sub-networks time alike although their MACs differ) and ``accuracy_vs_flops.png`` (top-1
+against MACs).
 
 Given the workdir of a baseline run (``eval.baseline_workdir``, e.g. the S-Net of the same
 model), the table gains the baseline's columns, the plot its curve, and
@@ -76,6 +78,38 @@ def _latency_header(rows: list[dict[str, Any]]) -> str | None:
     if not timed:
         return None
     return f'ms / batch of {timed[0]["latency_batch"]}'
+
+
+def latency_note(rows: list[dict[str, Any]]) -> str | None:
+    """One sentence on what the latency column measured; it says plainly when the
+    sub-networks time alike although their MACs differ (less than a quarter of the MACs'
+    ratio shows in the time: the device spends it on work that does not shrink with the MACs,
+    and the column does not rank them)."""
+    timed = sorted((r for r in rows if r.get('latency_ms') is not None and r.get('macs')),
+                   key=lambda r: r['macs'])
+    if not timed:
+        return None
+    first = timed[0]
+    device = first.get('latency_device') or 'one device'
+    note = (f'Latency: median wall time of one jitted forward pass of a batch of '
+            f'{first["latency_batch"]} images on {device}.')
+    if len(timed) < 2:
+        return note
+    small, large = timed[0], timed[-1]
+    macs_ratio = large['macs'] / small['macs']
+    time_ratio = large['latency_ms'] / max(small['latency_ms'], 1e-9)
+    if macs_ratio >= 1.5 and time_ratio - 1 < 0.25 * (macs_ratio - 1):
+        note += (f' The sub-networks time alike although their MACs differ '
+                 f'(x{macs_ratio:.1f} MACs, x{time_ratio:.2f} time from sub-network '
+                 f'{small["subnet"]} to {large["subnet"]}): on this device, at this batch, the '
+                 f'time goes to work that does not shrink with the MACs (per-operation '
+                 f'overhead, memory-bound element-wise layers, narrow convolutions), so this '
+                 f'column does not rank them; time a larger batch (eval.latency_batch) or the '
+                 f'target device.')
+    else:
+        note += (f' From sub-network {small["subnet"]} to {large["subnet"]}: '
+                 f'x{macs_ratio:.1f} MACs, x{time_ratio:.2f} time.')
+    return note
 
 
 def markdown_table(rows: list[dict[str, Any]],
@@ -182,6 +216,10 @@ def write_report(workdir: str, rows: list[dict[str, Any]], title: str, *,
     table = os.path.join(workdir, TABLE)
     with open(f'{table}.tmp{os.getpid()}', 'w') as fh:
         fh.write(f'# {title}\n\n{markdown_table(rows, baseline, label)}')
+        for name, table_rows in [(label, rows)] + ([baseline] if baseline else []):
+            note = latency_note(table_rows)
+            if note:
+                fh.write(f'\n{f"{name}: " if baseline and name else ""}{note}\n')
     os.replace(f'{table}.tmp{os.getpid()}', table)  # atomic, as the JSON
     curves = [(label or 'this run', rows)] + ([baseline] if baseline else [])
     try:

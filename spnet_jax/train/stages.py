@@ -226,8 +226,9 @@ def _run_stages(config: Settings, workdir: str) -> dict[str, Any]:
     stages = config.stages
     shape = input_shape(config)
     mesh = sharding.make_mesh()
-    logging.info('Stages %s on %d devices (%d processes); workdir %s.', ','.join(stages),
-                 jax.device_count(), jax.process_count(), workdir)
+    logging.info('Stages %s on %d devices (%d processes; this is process %d, local devices '
+                 '%r); workdir %s.', ','.join(stages), jax.device_count(), jax.process_count(),
+                 jax.process_index(), jax.local_devices(), workdir)
     summary: dict[str, Any] = {}
     if 'base' in stages:
         for index, width in enumerate(config.base.widths):

@@ -37,14 +37,23 @@ from spnet_jax.models import mobilenet_v1, mobilenet_v2, resnet, vgg
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """A release checkpoint (``.pt``/``.pth``, or ``.npz`` of the same keys) as numpy arrays."""
     if path.endswith('.npz'):
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
+        try:
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError) as e:  # not a zip of arrays (a text file, ...)
+            raise ConfigError(f'{path} is not a readable .npz of a state dict ({e}); give the '
+                              "release's checkpoint (.pt) or an .npz of its arrays.") from None
     try:
         import torch
     except ImportError as e:
         raise ConfigError(f'reading {path} needs PyTorch: pip install torch (only this import '
                           'uses it).') from e
-    obj = torch.load(path, map_location='cpu', weights_only=False)
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors alike
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f'{path} is not a readable PyTorch checkpoint ({first}); give the '
+                          "release's torch.save file.") from None
     state = obj.get('model', obj.get('state_dict', obj)) if isinstance(obj, dict) else obj
     out = {}
     for k, v in state.items():
