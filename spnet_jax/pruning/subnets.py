@@ -55,6 +55,15 @@ def _cutter(params: dict[str, Any]):
 
 
 # --------------------------------------------------------------- one sub-network alone
+def _cut_group(cut, group, n: int) -> None:
+    """Keeps ``n`` channels of a group: its producers' and depthwise followers' first ``n``
+    outputs and its consumers' first ``n`` input rows."""
+    for path in (*group.producers, *group.followers):
+        cut(path, -1, n)
+    for path, axis in group.consumers:
+        cut(path, axis, n)
+
+
 def standalone_structure(structure: Structure, subnet: int) -> Structure:
     """A one-sub-network structure: sub-network ``subnet``'s channels are the full network."""
     k = structure.subnet_index(subnet)
@@ -88,10 +97,7 @@ def standalone_variables(table: ChannelTable, structure: Structure, variables: d
     new_stats: dict[str, Any] = {}
     for group in table.groups:
         n = structure.count(group.name, k)
-        for path in (*group.producers, *group.followers):
-            cut(path, -1, n)
-        for path, axis in group.consumers:
-            cut(path, axis, n)
+        _cut_group(cut, group, n)
         for bn in group.bns:
             for leaf in (layers.SCALE, layers.BIAS):
                 if structure.method == 'snet':  # switchable BN: k's own affine
@@ -173,10 +179,7 @@ def keep_first(table: ChannelTable, structure: Structure, variables: dict[str, A
     new_stats: dict[str, Any] = {}
     for group in table.groups:
         n = new.full_of(group.name)
-        for path in (*group.producers, *group.followers):
-            cut(path, -1, n)
-        for path, axis in group.consumers:
-            cut(path, axis, n)
+        _cut_group(cut, group, n)
         for bn in group.bns:
             for leaf in (layers.SCALE, layers.BIAS):
                 if structure.method == 'snet':
