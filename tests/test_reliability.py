@@ -315,7 +315,7 @@ def test_two_processes_train_the_recipe_as_one_process_does(tmp_path):
     outputs = [p.communicate(timeout=1800) for p in two]
     for i, (p, (_, err)) in enumerate(zip(two, outputs, strict=True)):
         assert p.returncode == 0, err[-3000:]
-        assert f'JAX process: {i} / 2' in err
+        assert f'on 2 devices (2 processes; this is process {i},' in err
     # Process 0 alone writes the report (and prints its table).
     assert '| sub-network |' in outputs[0][0] and '| sub-network |' not in outputs[1][0]
     for stage in ('base_0.5', 'pruned', 'slim'):
