@@ -326,8 +326,8 @@ def test_refusals_name_the_problem_and_write_nothing(v1, snet, tmp_path):
     assert 'differ from config base.widths' in _refused(
         tmp_path, config, finetuned, bases=bases.replace('0.25=', '0.3='))
     (tmp_path / 'junk.pt').write_text('not a checkpoint')
-    assert 'could not be read' in _refused(tmp_path, config, str(tmp_path / 'junk.pt'),
-                                           bases=bases)
+    junk = _refused(tmp_path, config, str(tmp_path / 'junk.pt'), bases=bases)
+    assert junk.startswith(f'--checkpoint={tmp_path / "junk.pt"} ') and 'readable' in junk, junk
     # A checkpoint of another architecture, or another number of sub-networks.
     assert _refused(tmp_path, snet_config, finetuned).startswith(
         f'--checkpoint={finetuned} is not a resnet20 checkpoint: its key ')

@@ -67,8 +67,9 @@ def read_checkpoint(path: str | None) -> dict:
                           'file (.pt/.pth, or .npz of its state dict).')
     try:
         state = convert_torch.read_state_dict(path)
-    except ConfigError:
-        raise
+    except ConfigError as e:  # name the flag the file came from
+        msg = str(e)
+        raise ConfigError(f'--checkpoint={msg}' if msg.startswith(path) else msg) from None
     except Exception as e:  # noqa: BLE001 - zip, pickle and torch errors alike
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise ConfigError(f'--checkpoint={path} could not be read ({first}); give the '
