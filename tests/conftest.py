@@ -22,3 +22,15 @@ def compilation_cache(tmp_path_factory):
     jax.config.update('jax_compilation_cache_dir', None)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', min_time)
     cc.reset_cache()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say which tests did not run for want of the release's reference files, and how to run
+    them (CI has ../shared/reference beside the clone; a user's clone does not)."""
+    skipped = [r for r in terminalreporter.stats.get('skipped', [])
+               if 'release reference case' in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(
+            f'{len(skipped)} test(s) skipped without the release reference files; to run them '
+            'too, put the shared folder beside the clone (../shared/reference) and rerun '
+            '`bash scripts/test.sh`.')

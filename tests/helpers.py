@@ -1,6 +1,7 @@
 """Shared test helpers: random variables without running (and compiling) a model's init;
 the Fashion-MNIST files' marker."""
 
+import glob
 import os
 from pathlib import Path
 
@@ -77,3 +78,26 @@ def jitted_apply(model, variables, **kw):
     fns = {train: jax.jit(lambda v, x, train=train: model.apply(
         v, x, train=train, mutable=['batch_stats'], **kw)[0]) for train in (False, True)}
     return lambda x, train: fns[train](variables, x)
+
+
+# Damage done to a saved checkpoint, as a disk or a half-finished copy does it.
+def _largest_data_file(step_dir, item='variables'):
+    files = glob.glob(os.path.join(step_dir, item, '**', 'd', '*'), recursive=True)
+    return max(files, key=os.path.getsize)
+
+
+def truncate(step_dir):
+    path = _largest_data_file(step_dir)
+    with open(path, 'r+b') as fh:
+        fh.truncate(os.path.getsize(path) // 2)
+
+
+def flip_bytes(step_dir):
+    """Silent corruption: a few bytes in the middle of the largest array file flipped."""
+    path = _largest_data_file(step_dir)
+    with open(path, 'rb') as fh:
+        data = bytearray(fh.read())
+    for i in range(len(data) // 2, len(data) // 2 + 64, 8):
+        data[i] ^= 0x5A
+    with open(path, 'wb') as fh:
+        fh.write(bytes(data))

@@ -6,6 +6,7 @@ compile identically come from JAX's persistent compilation cache (a per-session 
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import needs_fashion_mnist
+from helpers import flip_bytes, needs_fashion_mnist
 
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import Structure
@@ -110,6 +111,26 @@ def test_rerun_of_a_finished_workdir_does_no_training(spnet_run, monkeypatch):
     assert summary['slim']['skipped']
     assert summary['report'] == checkpoint.read_json(os.path.join(workdir, 'report.json'))
     assert _listing(workdir) == before
+
+
+def test_rerun_of_a_finished_workdir_notices_a_damaged_network_or_config(spnet_run, tmp_path):
+    """A finished run is not taken as healthy on its done markers alone: rerunning it with a
+    damaged final network or stage config is one sentence naming the file."""
+    workdir, config, _ = spnet_run
+    copy = str(tmp_path / 'run')
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(checkpoint.LOCK))
+    slim = os.path.join(copy, 'slim')
+    flip_bytes(checkpoint.step_dir(slim, checkpoint.done_info(slim)['step']))
+    with pytest.raises(ConfigError, match=f'in {slim} is damaged') as error:
+        train_and_evaluate(config, copy)
+    assert '\n' not in str(error.value)
+    shutil.rmtree(copy)
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(checkpoint.LOCK))
+    with open(os.path.join(copy, 'pruned', 'config.json'), 'w') as fh:
+        fh.write('{"model": ')
+    with pytest.raises(ConfigError, match='pruned/config.json') as error:
+        train_and_evaluate(config, copy)
+    assert '\n' not in str(error.value)
 
 
 @pytest.mark.parametrize('field,value', [('slim.lr', 3.0), ('base.sparsity', 0.0),

@@ -145,6 +145,8 @@ def eval_stage(config: Settings, workdir: str, shape, mesh, *,
     directory = checkpoint.stage_dir(workdir, 'eval')
     report_path = os.path.join(workdir, checkpoint.REPORT)
     if not force and checkpoint.is_done(directory) and os.path.exists(report_path):
+        # What the run hands on is its final network: a damaged one is refused here too.
+        checkpoint.load_network(checkpoint.final_network_dir(workdir))
         logging.info('[eval] finished earlier; skipping (report in %s).', report_path)
         return checkpoint.read_json_file(report_path)
     publish_stage(config, workdir)  # a no-op unless the recipe drops a scaffold
