@@ -91,9 +91,32 @@ def test_an_unexpected_failure_is_one_line_with_the_traceback_kept(tmp_path):
     assert 'Traceback' in log.read_text() and 'something inside broke' in log.read_text()
 
 
+def test_library_noise_around_a_failure_goes_to_the_log_not_the_terminal(tmp_path):
+    """Exceptions nobody can catch (as Orbax's abandoned asyncio readers raise "Event loop is
+    closed" by the hundred after a damaged checkpoint) stay off the terminal: the one
+    sentence is all it shows, the log keeps them."""
+    script = (
+        'from spnet_jax.cli import entry, profile\n'
+        'class Reader:\n'
+        '    def __del__(self):\n'
+        '        raise RuntimeError("Event loop is closed")\n'
+        'def noisy(argv):\n'
+        '    for _ in range(300):\n'
+        '        Reader()\n'
+        '    raise RuntimeError("the real failure")\n'
+        'profile.main = noisy\n'
+        'entry.run(profile)\n')
+    done = subprocess.run([sys.executable, '-c', script, f'--workdir={tmp_path}'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    log = tmp_path / 'error.log'
+    assert done.stderr.strip().splitlines() == [
+        f'error: RuntimeError: the real failure; the full traceback is in {log}.']
+    assert log.read_text().count('Event loop is closed') == 300
+
+
+@needs_fashion_mnist
 def test_gzip_module_is_what_the_files_use():
     """The Debian package's files are gzip archives (the damage cases above rely on it)."""
-    if not os.path.isdir(FASHION_MNIST):
-        pytest.skip('needs the Debian dataset-fashion-mnist package')
     with gzip.open(os.path.join(FASHION_MNIST, 't10k-labels-idx1-ubyte.gz')) as fh:
         assert fh.read(4) == b'\x00\x00\x08\x01'

@@ -34,3 +34,14 @@ def test_every_method_validates(method):
         assert config.method == 'snet' and config.slim.epochs == repro.EPOCHS
     if method.startswith('individual_'):
         assert tuple(config.slim.widths) == (float(method.split('_')[1]),)
+
+
+def test_quickstart_recipe_aims_at_the_snet_x05_and_x075_macs():
+    """The first README command's pruned sub-networks aim at S-Net's x0.5 / x0.75 costs, and
+    its S-Net baseline config trains exactly those widths plus x1.0."""
+    from configs import fashion_mnist, fashion_mnist_snet
+
+    _, rows = profile_config(fashion_mnist_snet.get_config())
+    assert [r['width'] for r in rows] == [0.5, 0.75, 1.0]
+    assert fashion_mnist.get_config().prune.macs_targets == tuple(
+        float(r['macs']) for r in rows[:2])

@@ -96,12 +96,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return []  # not reached
 
 
+def _log_path() -> str:
+    """``<workdir>/error.log`` when the tool has an existing workdir, else a temporary file."""
+    workdir = getattr(FLAGS, 'workdir', None) if 'workdir' in FLAGS else None
+    folder = workdir if workdir and os.path.isdir(workdir) else tempfile.gettempdir()
+    return os.path.join(folder, ERROR_LOG)
+
+
 def _unexpected(error: BaseException) -> None:
     """An error that is not bad input: one line on the terminal, the whole traceback in
     ``<workdir>/error.log`` (or a temporary file), exit status 1."""
-    workdir = getattr(FLAGS, 'workdir', None) if 'workdir' in FLAGS else None
-    folder = workdir if workdir and os.path.isdir(workdir) else tempfile.gettempdir()
-    path = os.path.join(folder, ERROR_LOG)
+    path = _log_path()
     try:
         with open(path, 'a') as fh:
             fh.write(f'--- {time.ctime()}: {" ".join(sys.argv)}\n')
@@ -113,6 +118,18 @@ def _unexpected(error: BaseException) -> None:
     fail(f'{type(error).__name__}: {first}{where}.', status=1)
 
 
+def _unraisable_to_log(unraisable: Any) -> None:
+    """`sys.unraisablehook`: exceptions nobody can catch (Orbax's asyncio readers left
+    behind by a damaged checkpoint print "Event loop is closed" by the hundred) go to the
+    error log, not around the one sentence that matters on the terminal."""
+    try:
+        with open(_log_path(), 'a') as fh:
+            fh.write(f'--- {time.ctime()}: ignored in {unraisable.object!r}\n')
+            traceback.print_exception(unraisable.exc_value, file=fh)
+    except OSError:
+        pass
+
+
 def run(tool: ModuleType) -> None:
     """Defines ``tool``'s flags and runs its ``main`` under the common behaviour."""
     tool.define_flags()
@@ -120,6 +137,7 @@ def run(tool: ModuleType) -> None:
     def main(argv: list[str]) -> None:
         logging.get_absl_logger().addFilter(QuietLibraries())
         std_logging.getLogger().addFilter(QuietLibraries())
+        sys.unraisablehook = _unraisable_to_log
         if len(argv) > 1:
             fail(f'unexpected arguments {argv[1:]}; every input is a --flag (see --help).')
         try:
