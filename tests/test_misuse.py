@@ -71,19 +71,22 @@ def test_a_text_file_is_not_taken_for_a_checkpoint(tmp_path):
             convert_torch.read_state_dict(str(path))
 
 
+def run_tool_whose_main_is(code, workdir):
+    """Runs a command-line tool (profile's flags) through the entry wrapper with ``code``
+    defining its ``main``, in a fresh interpreter; returns the finished process."""
+    script = ('from spnet_jax.cli import entry, profile\n' + code +
+              'profile.main = main\nentry.run(profile)\n')
+    return subprocess.run([sys.executable, '-c', script, f'--workdir={workdir}'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
 def test_an_unexpected_failure_is_one_line_with_the_traceback_kept(tmp_path):
     """A failure that is not bad input (here the tool's code breaks): one line naming it and
     the log that keeps the whole traceback."""
-    script = (
-        'import sys\n'
-        'from spnet_jax.cli import entry, profile\n'
-        'def broken(argv):\n'
-        '    raise RuntimeError("something inside broke")\n'
-        'profile.main = broken\n'
-        'entry.run(profile)\n')
-    done = subprocess.run([sys.executable, '-c', script, f'--workdir={tmp_path}'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    done = run_tool_whose_main_is(
+        'def main(argv):\n'
+        '    raise RuntimeError("something inside broke")\n', tmp_path)
     lines = done.stderr.strip().splitlines()
     log = tmp_path / 'error.log'
     assert done.returncode == 1 and lines == [
@@ -95,20 +98,14 @@ def test_library_noise_around_a_failure_goes_to_the_log_not_the_terminal(tmp_pat
     """Exceptions nobody can catch (as Orbax's abandoned asyncio readers raise "Event loop is
     closed" by the hundred after a damaged checkpoint) stay off the terminal: the one
     sentence is all it shows, the log keeps them."""
-    script = (
-        'from spnet_jax.cli import entry, profile\n'
+    done = run_tool_whose_main_is(
         'class Reader:\n'
         '    def __del__(self):\n'
         '        raise RuntimeError("Event loop is closed")\n'
-        'def noisy(argv):\n'
+        'def main(argv):\n'
         '    for _ in range(300):\n'
         '        Reader()\n'
-        '    raise RuntimeError("the real failure")\n'
-        'profile.main = noisy\n'
-        'entry.run(profile)\n')
-    done = subprocess.run([sys.executable, '-c', script, f'--workdir={tmp_path}'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+        '    raise RuntimeError("the real failure")\n', tmp_path)
     log = tmp_path / 'error.log'
     assert done.stderr.strip().splitlines() == [
         f'error: RuntimeError: the real failure; the full traceback is in {log}.']
