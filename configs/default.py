@@ -90,6 +90,9 @@ def get_config() -> ml_collections.ConfigDict:
     # After training, drop the last sub-network (a training scaffold, e.g. MobileNetV1's x1.5)
     # so the published network ends at the largest pruned one (the release's eliminate_width).
     config.slim.drop_scaffold = False
+    # S-Net only: start from the trained base of the full width (stages base,slim,...; each
+    # width its prefix) instead of from scratch: the warm-start ablation of SP-Net.
+    config.slim.init_from_base = False
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 512
@@ -129,6 +132,7 @@ def to_snet(config: ml_collections.ConfigDict, widths, *,
     config.slim.kd_alpha = 0.9 if inplace_distillation else 0.0
     config.slim.kd_temperature = 1.0
     config.slim.drop_scaffold = False
+    config.slim.init_from_base = False
     config.model.full_width = float(max(widths))
     return config
 

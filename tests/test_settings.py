@@ -61,6 +61,11 @@ def test_a_config_saved_before_newer_fields_still_reads():
     (['--config=configs/tiny.py', '--config.slim.lr=fast'], 'slim.lr'),
     (['--config=configs/tiny.py', '--config.slim.optimizer=adam'],
      "slim.optimizer='adam' is unknown"),
+    (['--config=configs/tiny.py', '--config.slim.init_from_base=True'],
+     'slim.init_from_base=True starts an S-Net from a trained base; an SP-Net starts'),
+    (['--config=configs/tiny.py:snet', '--config.slim.init_from_base=True',
+      '--config.stages=base,slim,eval'],
+     'the base of its full width, but base.widths=(0.25, 0.5); set base.widths=(0.5,).'),
 ])
 def test_config_mistakes_are_one_sentence_before_anything_is_written(args, message, tmp_path):
     workdir = tmp_path / 'run'

@@ -22,7 +22,8 @@ from spnet_jax.core.structure import Structure
 from spnet_jax.models import arch_from_config
 from spnet_jax.train import loop, metrics, train_and_evaluate
 from spnet_jax.train import step as step_lib
-from spnet_jax.workdir import checkpoint
+from spnet_jax.train.settings import Settings
+from spnet_jax.workdir import checkpoint, lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -48,6 +49,39 @@ def snet_config(num_steps=4):
     config.slim.num_steps = num_steps
     config.eval.eval_bases = False
     return config
+
+
+def test_snet_started_from_the_trained_base_of_its_full_width(tmp_path):
+    """``slim.init_from_base``: the S-Net's first weights are the trained base's, so before
+    any slimmable step its full width computes exactly the base's logits, and each narrower
+    width its prefix."""
+    from spnet_jax.train import stages
+    from spnet_jax.workdir import checkpoint
+
+    config = snet_config()
+    config.stages = 'base,slim,eval'
+    config.base.widths = (0.5,)
+    config.slim.init_from_base = True
+    workdir = str(tmp_path)
+    config.stages = 'base'
+    train_and_evaluate(config, workdir)
+    settings = Settings.from_config(config)
+    job = stages.slim_job(settings, workdir, stages.input_shape(settings))
+    variables = job.initial_variables()
+    _, base, _ = checkpoint.load_network(checkpoint.base_dir(workdir, 0.5))
+    arch = arch_from_config(config.model)
+    plain = arch.module(arch.plain_structure(0.5))
+    images = np.random.default_rng(0).normal(size=(8, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        job.model.apply(variables, images, subnet=1, train=False),
+        plain.apply(base, images, subnet=0, train=False), rtol=1e-5, atol=1e-5)
+    mean = variables['batch_stats']['layer1_0']['bn1']
+    np.testing.assert_array_equal(mean['mean_0'],
+                                  base['batch_stats']['layer1_0']['bn1']['mean_0'][:4])
+    # The stage runs on from there.
+    config.stages = 'slim,eval'
+    summary = train_and_evaluate(config, workdir)
+    assert summary['slim']['step'] == 4 and len(summary['report']) == 2
 
 
 def _listing(directory):
@@ -118,14 +152,14 @@ def test_rerun_of_a_finished_workdir_notices_a_damaged_network_or_config(spnet_r
     damaged final network or stage config is one sentence naming the file."""
     workdir, config, _ = spnet_run
     copy = str(tmp_path / 'run')
-    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(checkpoint.LOCK))
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(lock.LOCK))
     slim = os.path.join(copy, 'slim')
     flip_bytes(checkpoint.step_dir(slim, checkpoint.done_info(slim)['step']))
     with pytest.raises(ConfigError, match=f'in {slim} is damaged') as error:
         train_and_evaluate(config, copy)
     assert '\n' not in str(error.value)
     shutil.rmtree(copy)
-    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(checkpoint.LOCK))
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(lock.LOCK))
     with open(os.path.join(copy, 'pruned', 'config.json'), 'w') as fh:
         fh.write('{"model": ')
     with pytest.raises(ConfigError, match='pruned/config.json') as error:
@@ -154,27 +188,27 @@ def test_rerun_with_another_recipe_is_refused_naming_the_field(spnet_run, field,
 
 def test_one_process_per_workdir_and_a_stale_lock_is_taken_over(spnet_run, tmp_path):
     workdir, config, _ = spnet_run
-    lock = os.path.join(workdir, checkpoint.LOCK)
+    path = os.path.join(workdir, lock.LOCK)
     holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
     try:
-        with open(lock, 'w') as fh:
+        with open(path, 'w') as fh:
             json.dump({'host': socket.gethostname(), 'pid': holder.pid, 'since': 0}, fh)
         with pytest.raises(ConfigError, match=f'is in use by process {holder.pid} on '
                                               f'{socket.gethostname()}'):
             train_and_evaluate(config, workdir)
-        assert os.path.exists(lock)  # the holder's lock is left alone
+        assert os.path.exists(path)  # the holder's lock is left alone
     finally:
         holder.kill()
         holder.wait()
     # The holder is gone: its lock is stale, taken over, and released at the end.
     summary = train_and_evaluate(config, workdir)
-    assert summary['slim']['skipped'] and not os.path.exists(lock)
+    assert summary['slim']['skipped'] and not os.path.exists(path)
     # While a run holds it, a second one on the same workdir is refused.
-    with checkpoint.workdir_lock(str(tmp_path)):
+    with lock.workdir_lock(str(tmp_path)):
         with pytest.raises(ConfigError, match=f'in use by process {os.getpid()}'):
-            with checkpoint.workdir_lock(str(tmp_path)):
+            with lock.workdir_lock(str(tmp_path)):
                 pass
-    assert not os.path.exists(os.path.join(tmp_path, checkpoint.LOCK))
+    assert not os.path.exists(os.path.join(tmp_path, lock.LOCK))
 
 
 class Crash(RuntimeError):

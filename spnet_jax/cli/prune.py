@@ -23,7 +23,7 @@ from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.train.settings import Settings
 from spnet_jax.train.stages import prune_bases
-from spnet_jax.workdir import checkpoint
+from spnet_jax.workdir import checkpoint, lock
 from spnet_jax.workdir.loading import load_base, parse_bases
 
 FLAGS = flags.FLAGS
@@ -67,7 +67,7 @@ def main(argv) -> None:
         variables[-1]['params'])
     structure, pruned, info = prune_bases(settings, variables, image_size, in_channels)
     directory = os.path.join(FLAGS.workdir, 'pruned')
-    with checkpoint.workdir_lock(FLAGS.workdir):
+    with lock.workdir_lock(FLAGS.workdir):
         checkpoint.save_pruned(directory, structure, pruned, info, settings.to_json(), arch)
     print(f'Pruned {arch.name} into {structure.num_subnets} sub-networks '
           f'(ZPM {"on" if structure.zpm else "off"}) -> {directory}')

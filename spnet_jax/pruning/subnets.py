@@ -5,9 +5,11 @@
   (what `spnet_jax.export` writes);
 * `keep_first`: the network of sub-networks ``0..count-1`` only, the last of them becoming
   the full network (the release's ``eliminate_width``, which drops a training scaffold such
-  as MobileNetV1's x1.5 after fine-tuning).
+  as MobileNetV1's x1.5 after fine-tuning);
+* `snet_from_plain`: an S-Net started from a trained network of its full width (each width
+  its prefix).
 
-Both read the wiring from the table only (which params produce, follow and consume each
+The first two read the wiring from the table only (which params produce, follow and consume each
 channel group), so they work for every architecture; neither changes the function of the
 sub-networks they keep.
 """
@@ -191,3 +193,35 @@ def keep_first(table: ChannelTable, structure: Structure, variables: dict[str, A
                 for stat in layers.STATISTICS:
                     new_stats[_at(bn, stat, k)] = stats[_at(bn, stat, k)]
     return new, {'params': _unflat(params), layers.BATCH_STATS: _unflat(new_stats)}
+
+
+# --------------------------------------------------------------- S-Net from a trained network
+def snet_from_plain(shapes: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    """An S-Net's variables started from a trained plain network of its full width.
+
+    ``shapes``: the S-Net's variables or their shapes (`jax.eval_shape` of its init);
+    ``plain``: the plain network's ``{'params', 'batch_stats'}``. An S-Net's width is a
+    prefix of its full network, so every shared weight is the plain network's as it is, and
+    each width's own BN scale, bias and running statistics are the prefix of the plain
+    network's (its single sub-network's). A weight of another shape than the plain one is
+    refused: the plain network is not this S-Net's full width.
+    """
+    out = {}
+    for collection, tree in shapes.items():
+        source = _flat(plain.get(collection))
+        flat = {}
+        for path, leaf in _flat(tree).items():
+            module, _, name = path.rpartition('/')
+            own = layers.subnet_of(name)
+            # A plain network's own BN variables are sub-network 0's, or shared by name.
+            value = (source.get(_at(module, own[0], 0), source.get(_at(module, own[0])))
+                     if own else source.get(path))
+            if value is None or (not own and value.shape != leaf.shape) or (
+                    own and value.shape[0] < leaf.shape[0]):
+                got = None if value is None else tuple(value.shape)
+                raise ConfigError(f'the trained network has {collection}/{path} of shape {got}, '
+                                  f'the S-Net wants {tuple(leaf.shape)}: it is not the S-Net\'s '
+                                  'full-width network.')
+            flat[path] = value[:leaf.shape[0]] if own else value
+        out[collection] = _unflat(flat)
+    return out

@@ -30,7 +30,7 @@ from spnet_jax.core.errors import ConfigError
 from spnet_jax.pruning.subnets import keep_first, keep_first_structure
 from spnet_jax.train.settings import Settings
 from spnet_jax.train.stages import prune_bases
-from spnet_jax.workdir import checkpoint, convert_torch
+from spnet_jax.workdir import checkpoint, convert_torch, lock
 from spnet_jax.workdir.loading import load_base
 from spnet_jax.workdir.loading import parse_bases as parse_base_paths
 
@@ -211,7 +211,7 @@ def import_release(config: Any, checkpoint_path: str, workdir: str,
     # Everything is checked: write.
     source = {'kind': 'imported', 'checkpoint': os.path.abspath(checkpoint_path),
               'bases': {str(w): os.path.abspath(p) for w, p in base_list}}
-    with checkpoint.workdir_lock(workdir):
+    with lock.workdir_lock(workdir):
         for name, (s, v) in networks.items():
             checkpoint.save_network(os.path.join(workdir, name), s, v, config.to_json(),
                                     arch=arch, done=source)

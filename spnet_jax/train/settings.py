@@ -35,7 +35,7 @@ DTYPES = ('float32', 'bfloat16', 'float64')
 # Fields added after runs were made, with the value those runs used.
 LEGACY_DEFAULTS = {
     ('base', 'optimizer'): 'sgd', ('slim', 'optimizer'): 'sgd',
-    ('slim', 'drop_scaffold'): False,
+    ('slim', 'drop_scaffold'): False, ('slim', 'init_from_base'): False,
     ('eval', 'latency_batch'): 32, ('eval', 'latency_runs'): 10, ('eval', 'latency_warmup'): 2,
     ('eval', 'baseline_workdir'): None,
 }
@@ -187,21 +187,23 @@ class SlimSettings(TrainingSettings):
     kd_alpha: float
     kd_temperature: float
     drop_scaffold: bool
+    init_from_base: bool
 
     @classmethod
     def from_config(cls, name: str, section: Any) -> SlimSettings:
         values = TrainingSettings.fields_from(name, section)
         extra = {f: _field(section, f, name) for f in ('kd_alpha', 'kd_temperature',
-                                                       'drop_scaffold')}
+                                                       'drop_scaffold', 'init_from_base')}
         _check(_number(extra['kd_alpha']) and 0 <= extra['kd_alpha'] <= 1,
                f'slim.kd_alpha={extra["kd_alpha"]!r} must be in [0, 1].')
         _check(_number(extra['kd_temperature']) and extra['kd_temperature'] > 0,
                f'slim.kd_temperature={extra["kd_temperature"]!r} must be positive.')
-        _check(isinstance(extra['drop_scaffold'], bool),
-               f'slim.drop_scaffold={extra["drop_scaffold"]!r} must be True or False.')
+        for flag in ('drop_scaffold', 'init_from_base'):
+            _check(isinstance(extra[flag], bool),
+                   f'slim.{flag}={extra[flag]!r} must be True or False.')
         return cls(**values, kd_alpha=float(extra['kd_alpha']),
                    kd_temperature=float(extra['kd_temperature']),
-                   drop_scaffold=extra['drop_scaffold'])
+                   drop_scaffold=extra['drop_scaffold'], init_from_base=extra['init_from_base'])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,9 +279,11 @@ class Settings:
         method = get('method')
         _check(method in METHODS, f'method={method!r} is unknown; choose one of {list(METHODS)}.')
         if method == 'snet':
-            _check('base' not in stages and 'prune' not in stages,
-                   f"method='snet' trains the S-Net from scratch in the 'slim' stage; set "
-                   f"stages to a subset of 'slim,eval' (got {get('stages')!r}).")
+            warm = c.slim.get('init_from_base', LEGACY_DEFAULTS[('slim', 'init_from_base')])
+            _check('prune' not in stages and ('base' not in stages or warm is True),
+                   f"method='snet' trains the S-Net from scratch in the 'slim' stage (or "
+                   f"from its full-width base, 'base,slim,eval' with slim.init_from_base=True); "
+                   f"set stages to a subset of 'slim,eval' (got {get('stages')!r}).")
         dtype = get('compute_dtype')
         _check(dtype in DTYPES, f'compute_dtype={dtype!r} is unknown; choose one of '
                                 f'{list(DTYPES)}.')
@@ -324,6 +328,14 @@ class Settings:
                 _check(len(s.widths) >= 2,
                        'slim.drop_scaffold=True drops the widest S-Net width, but slim.widths '
                        'has only one; add widths or set slim.drop_scaffold=False.')
+            if s.init_from_base:
+                _check(self.method == 'snet',
+                       'slim.init_from_base=True starts an S-Net from a trained base; an '
+                       "SP-Net starts from its bases anyway (prune.start='finetune').")
+                _check(tuple(self.base.widths) == (full,),
+                       f'slim.init_from_base=True starts the S-Net from the base of its full '
+                       f'width, but base.widths={tuple(self.base.widths)}; set '
+                       f'base.widths=({full},).')
             if self.method == 'snet':
                 _widths('slim.widths', s.widths, full)
                 _check(abs(s.widths[-1] - full) < 1e-9,

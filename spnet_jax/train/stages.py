@@ -12,7 +12,8 @@ interrupted one resumes.
   SCS, ZPM; SPEC sections 3-6), saved as ``pruned/``.
 * ``slim``: every sub-network trained together (SPEC section 8): fine-tuning the pruned
   network (or re-training it from fresh weights, ``prune.start='reinit'``); with
-  ``method='snet'`` the S-Net of ``slim.widths`` from scratch.
+  ``method='snet'`` the S-Net of ``slim.widths`` from scratch (or, with
+  ``slim.init_from_base``, from the trained base of its full width).
   With ``slim.drop_scaffold`` the network without its last sub-network (a training scaffold,
   MobileNetV1's x1.5) is then saved as ``published/``, which eval, load and export use.
 * ``eval``: top-1/top-5 of every sub-network (optionally after BN calibration), MACs,
@@ -41,7 +42,7 @@ from spnet_jax.train import state as state_lib
 from spnet_jax.train.loop import TrainJob, dtype_of, train_network
 from spnet_jax.train.metrics import TrainMetrics
 from spnet_jax.train.settings import Settings
-from spnet_jax.workdir import checkpoint
+from spnet_jax.workdir import checkpoint, lock
 
 PUBLISHED = checkpoint.PUBLISHED
 
@@ -103,6 +104,10 @@ def slim_job(config: Settings, workdir: str, shape) -> TrainJob:
         structure = arch.snet_structure(config.slim.widths)
         model = arch.module(structure, dtype=dtype, bn_scale_init=config.slim.bn_scale_init)
         initial = _fresh_variables(model, config.seed, shape, 2000)
+        if config.slim.init_from_base:  # the warm-start ablation: each width a prefix
+            fresh, base = initial, checkpoint.base_dir(workdir, config.model.full_width)
+            initial = lambda: subnets.snet_from_plain(
+                jax.eval_shape(fresh), checkpoint.load_network(base)[1])
     else:
         pruned = checkpoint.stage_dir(workdir, 'pruned')
         structure = Structure.load(os.path.join(pruned, checkpoint.STRUCTURE))
@@ -206,7 +211,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> list[dict[str, Any]]:
     config = saved_settings(workdir, **overrides)
     validate.check_workdir(config, workdir)
     logging.info('Evaluating %s on %d devices.', workdir, jax.device_count())
-    with checkpoint.workdir_lock(workdir):
+    with lock.workdir_lock(workdir):
         return eval_stage(config, workdir, input_shape(config), sharding.make_mesh(),
                           force=True)
 
@@ -220,7 +225,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """
     config = validate.check_config(config)
     validate.check_workdir(config, workdir)
-    with checkpoint.workdir_lock(workdir):
+    with lock.workdir_lock(workdir):
         return _run_stages(config, workdir)
 
 

@@ -27,10 +27,8 @@ checkpoint whose arrays have other shapes than the configured model's is refused
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import time
 from typing import Any
 
@@ -76,63 +74,6 @@ def final_network_dir(workdir: str) -> str:
 def base_dir(workdir: str, width: float) -> str:
     """``<workdir>/base_<width>`` (e.g. ``base_0.75``, ``base_1.0``)."""
     return stage_dir(workdir, f'base_{float(width)}')
-
-
-LOCK = '.lock'
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str):
-    """One process writes a workdir at a time: ``<workdir>/.lock`` holds the holder's host and
-    PID while it runs. Another process is refused with one sentence naming them; a lock left
-    by a process that no longer runs on this host is taken over (with a warning). Only
-    process 0 of a multi-process job holds it (the others write no files)."""
-    if jax.process_index() != 0:
-        yield
-        return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LOCK)
-    me = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.time()}
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = read_json(path)
-            except (OSError, ValueError):  # being written this instant, or truncated
-                time.sleep(0.2)
-                holder = read_json(path) if os.path.exists(path) else None
-                if holder is None:
-                    continue
-            if holder.get('host') == me['host'] and not _alive(int(holder.get('pid', -1))):
-                logging.warning('Taking over %s: process %s that held it no longer runs.',
-                                path, holder.get('pid'))
-                os.remove(path)
-                continue
-            raise ConfigError(
-                f'{workdir} is in use by process {holder.get("pid")} on {holder.get("host")} '
-                f'(since {time.ctime(holder.get("since", 0))}); wait for it to finish, use '
-                f'another --workdir, or delete {path} if that process is gone.') from None
-        with os.fdopen(fd, 'w') as fh:
-            json.dump(me, fh)
-        break
-    try:
-        yield
-    finally:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
 
 
 def write_json(path: str, obj: Any) -> None:
