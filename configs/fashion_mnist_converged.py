@@ -1,0 +1,89 @@
+"""Issue 11's reproduction at convergence: the paper's protocol scaled down to Fashion-MNIST.
+
+All 60,000 training images, ResNet-20, the training settings of `fashion_mnist.py` (batch 64
+for plain networks, 128 for slimmable ones, label smoothing 0.1, cosine schedules). ``E``
+(``EPOCHS``) epochs per network trained from scratch; fine-tuning 2/3 E (the paper's 90 + 60).
+One config file, one arm per config string:
+
+    python main.py --config=configs/fashion_mnist_converged.py:spnet --workdir=W
+
+* ``spnet``: bases x0.5 / 0.75 / 1.0 with the BN sparsity penalty, E epochs each; multi-base
+  pruning with ZPM to S-Net's x0.25 / 0.5 / 0.75 MACs (the x1.0 base is the 4th sub-network);
+  slimmable fine-tuning from the bases, 2/3 E.
+* ``spnet_reinit``: the same pruned structures re-trained from fresh weights
+  (``prune.start='reinit'``) for E epochs with the base recipe: structures without the warm
+  start.
+* ``snet_release``: S-Net x0.25 / 0.5 / 0.75 / 1.0 from scratch as the release trains it (no
+  in-place distillation), E epochs.
+* ``snet``: the same with in-place distillation (this project's baseline), E epochs.
+* ``snet_warm``: S-Net started from the trained x1.0 base (the same recipe and seed as
+  SP-Net's x1.0 base, so the same network; ``slim.init_from_base``), fine-tuned 2/3 E with
+  SP-Net's fine-tuning recipe: the warm start without the pruned structures.
+* ``individual_<w>``: one plain ResNet-20 x<w> per S-Net width, E epochs.
+
+SP-Net against ``snet_warm`` isolates the structures with the warm start held equal;
+``spnet_reinit`` against ``snet`` the structures without it.
+"""
+
+from configs import default, fashion_mnist
+from configs.fashion_mnist_repro import SNET_MACS, SNET_WIDTHS
+
+EPOCHS = 6.0
+FINE_TUNE_EPOCHS = EPOCHS * 2 / 3
+SPNET_BASES = (0.5, 0.75, 1.0)
+ARMS = ('spnet', 'spnet_reinit', 'snet_release', 'snet', 'snet_warm')
+# What SP-Net's fine-tuning stage trains with (the warm S-Net trains with the same).
+FINE_TUNE_FIELDS = ('epochs', 'batch_size', 'lr', 'schedule', 'lr_boundaries', 'warmup_epochs',
+                    'label_smoothing', 'weight_decay', 'sparsity', 'kd_alpha', 'kd_temperature')
+
+
+def _common():
+    config = fashion_mnist.get_config()
+    config.base.epochs = EPOCHS
+    config.slim.epochs = FINE_TUNE_EPOCHS
+    return config
+
+
+def _spnet(start: str):
+    config = _common()
+    config.base.widths = SPNET_BASES
+    config.prune.macs_targets = tuple(float(m) for m in SNET_MACS[:-1])
+    config.prune.start = start
+    if start == 'reinit':  # trained from fresh weights: the base recipe, E epochs
+        default.retrain_with_base_recipe(config)
+        config.slim.batch_size = 128
+    return config
+
+
+def _snet(widths, *, distillation: bool, epochs: float = EPOCHS):
+    config = default.to_snet(_common(), widths, inplace_distillation=distillation)
+    config.slim.epochs = epochs
+    config.slim.batch_size = 128
+    return config
+
+
+def _snet_warm():
+    spnet = _spnet('finetune')
+    config = _snet(SNET_WIDTHS, distillation=True)
+    # SP-Net's fine-tuning recipe, from the x1.0 base that SP-Net trains too.
+    config.slim.update({k: spnet.slim[k] for k in FINE_TUNE_FIELDS})
+    config.base.widths = (1.0,)
+    config.slim.init_from_base = True
+    config.stages = 'base,slim,eval'
+    return config
+
+
+def get_config(arm: str = 'spnet'):
+    if arm == 'spnet':
+        return _spnet('finetune')
+    if arm == 'spnet_reinit':
+        return _spnet('reinit')
+    if arm == 'snet_release':
+        return _snet(SNET_WIDTHS, distillation=False)
+    if arm == 'snet':
+        return _snet(SNET_WIDTHS, distillation=True)
+    if arm == 'snet_warm':
+        return _snet_warm()
+    if arm.startswith('individual_'):
+        return _snet((float(arm[len('individual_'):]),), distillation=False)
+    raise ValueError(f'unknown arm {arm!r}: one of {ARMS} or individual_<width>')
