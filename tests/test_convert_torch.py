@@ -2,19 +2,18 @@
 
 
 import numpy as np
-import pytest
 import torch
-from helpers import reference_case
+from helpers import needs_reference, reference_case
 
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import check_base_variables
 from spnet_jax.workdir import convert_torch
 
 CASE = reference_case('mobilenet_v2_multibase_zpm')
-needs_reference = pytest.mark.skipif(not CASE.is_dir(), reason=f'needs the reference files {CASE}')
+needs_mbv2 = needs_reference('mobilenet_v2_multibase_zpm')
 
 
-@needs_reference
+@needs_mbv2
 def test_pt_checkpoint_reads_like_the_npz_and_converts_to_our_layout(tmp_path):
     with np.load(CASE / 'base_1.3.npz') as f:
         state = {k: f[k] for k in f.files}
@@ -66,7 +65,7 @@ def test_snet_switchable_batch_norm_becomes_each_widths_private_batch_norm():
     assert convert_torch.release_shapes(arch, v, 2, method='snet') == want
 
 
-@needs_reference
+@needs_mbv2
 def test_release_shapes_of_the_sorted_spnet_are_the_release_checkpoints():
     arch = get_arch('mobilenet_v2', full_width=1.3)
     with np.load(CASE / 'pruned_state_dict.npz') as f:

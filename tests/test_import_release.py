@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from flax import traverse_util
-from helpers import needs_fashion_mnist, random_variables
+from helpers import needs_fashion_mnist, needs_reference, random_variables, reference_case
 
 import spnet_jax
 from spnet_jax.core.errors import ConfigError
@@ -31,10 +31,8 @@ from spnet_jax.train.stages import saved_settings
 from spnet_jax.workdir import checkpoint, convert_torch
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / 'shared' / 'reference'
-MBV2 = REFERENCE / 'mobilenet_v2_multibase_zpm'
-needs_reference = pytest.mark.skipif(not MBV2.is_dir(),
-                                     reason=f'needs the release reference files in {REFERENCE}')
+MBV2 = reference_case('mobilenet_v2_multibase_zpm')
+needs_mbv2 = needs_reference('mobilenet_v2_multibase_zpm')
 
 
 def run_import(workdir, config, checkpoint, bases=None, *overrides, expect=0):
@@ -114,7 +112,7 @@ def save_pt(path, state):
 
 
 # --------------------------------------------------------------- 1. the reference SP-Net
-@needs_reference
+@needs_mbv2
 def test_fine_tuned_spnet_of_the_release_imports_with_its_logits(tmp_path):
     """The release's pruned, sorted MobileNetV2 (ZPM, multi-base) as a fine-tuned checkpoint:
     every sub-network's logits equal the release's."""
@@ -133,7 +131,7 @@ def test_fine_tuned_spnet_of_the_release_imports_with_its_logits(tmp_path):
         assert rel < 1e-4, (k, rel)
 
 
-@needs_reference
+@needs_mbv2
 def test_float64_checkpoint_after_a_training_step_imports_every_array(tmp_path):
     """The release's network after one fine-tuning step (float64, other statistics per
     sub-network): stored as float32, every array as `convert_torch.convert` reads it."""

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from helpers import reference_case
+from helpers import needs_reference, reference_case
 
 from spnet_jax.models import get_arch
 from spnet_jax.workdir import convert_torch
@@ -49,8 +49,7 @@ CASE = reference_case('mobilenet_v2_multibase_zpm')
 sys.path.insert(0, str(ROOT))
 from configs import mobilenet_v2 as recipe  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not CASE.is_dir(),
-                                reason=f'the release reference outputs are not at {CASE}')
+pytestmark = needs_reference('mobilenet_v2_multibase_zpm')
 
 NUM_SUBNETS = 3
 ARCH = dict(name='mobilenet_v2', full_width=1.3)
