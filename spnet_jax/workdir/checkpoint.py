@@ -288,7 +288,9 @@ def _restore_checked(mngr: ocp.CheckpointManager, directory: str, step: int,
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # noqa: BLE001 - TensorStore raises bare Exceptions on bad bytes
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        # TensorStore appends the repr of a bound method ("See full TensorStore details").
+        first = first.split(' See full TensorStore details')[0].rstrip('.')[:200]
         raise Damaged(f'it does not read back ({first})') from None
     restored = {k: restored[k] for k in args}
     _verify(directory, step, restored, restored.pop(INTEGRITY, None))
