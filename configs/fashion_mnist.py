@@ -15,9 +15,10 @@ Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package
 
 from configs import default
 
-# MACs per image of S-Net's ResNet-20 x0.5 and x0.75 on 28x28x1 (tests/test_repro_config.py
-# recomputes them): the pruned sub-networks aim at these.
-SNET_HALF_AND_THREE_QUARTER_MACS = (7_783_872.0, 17_471_136.0)
+# MACs per image of S-Net's ResNet-20 at these widths on 28x28x1, smallest first
+# (tests/test_repro_config.py recomputes them): pruned sub-networks aim at them.
+SNET_WIDTHS = (0.25, 0.5, 0.75, 1.0)
+SNET_MACS = (1_960_160, 7_783_872, 17_471_136, 31_021_952)
 
 
 def get_config():
@@ -42,7 +43,7 @@ def get_config():
     config.base.update(dict(epochs=3.0, batch_size=64, lr=0.1, schedule='cosine',
                             warmup_epochs=0.1, lr_boundaries=(), label_smoothing=0.1))
     config.prune.keep_ratios = ()
-    config.prune.macs_targets = SNET_HALF_AND_THREE_QUARTER_MACS
+    config.prune.macs_targets = tuple(float(m) for m in SNET_MACS[1:3])  # x0.5, x0.75
     config.prune.zpm = True
     config.prune.start = 'finetune'
     # Half an epoch of slimmable fine-tuning recovers the pruned sub-networks; the slimmable
