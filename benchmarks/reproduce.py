@@ -1,23 +1,37 @@
-r"""Issue 6: do SP-Net's sub-networks beat S-Net's at equal MACs on real Fashion-MNIST, and how
-far are both from individually trained networks?
+r"""The Fashion-MNIST reproductions of SP-Net vs S-Net vs individual networks at equal MACs.
 
-    python benchmarks/reproduce.py                      # 3 seeds, all methods (~80 min, 2 cores)
-    python benchmarks/reproduce.py --smoke              # a few steps of everything, 1 seed
-    python benchmarks/reproduce.py --report_only        # rewrite RESULTS.md from finished runs
+Two studies, one orchestrator:
 
-Each (seed, method) is one ``python main.py --config=configs/fashion_mnist_repro.py:<method>``
-run in ``<out>/seed<s>/<method>``; a run whose ``report.json`` exists is skipped, and
-``main.py`` itself resumes an interrupted one, so rerunning the command continues where it
-stopped. The measured numbers go to ``results.json``; ``RESULTS.md`` and ``results.png`` are
-generated from them (``benchmarks/`` for the full run, ``<out>`` for ``--smoke``).
+* ``--study=converged`` (issue 11, ``benchmarks/RESULTS.md``): all 60,000 training images, the
+  paper's protocol scaled down (bases E epochs, slimmable fine-tuning 2/3 E, S-Net and
+  individual networks E epochs), with the ablations that say where SP-Net's margin comes from:
+  SP-Net re-trained from fresh weights (``prune.start='reinit'``), S-Net as the release trains
+  it (no in-place distillation), S-Net with it, and S-Net started from SP-Net's trained x1.0
+  base. Config: ``configs/fashion_mnist_converged.py``. About 4.5 hours of a 2-core machine per
+  seed.
+* ``--study=short`` (issue 6, ``benchmarks/RESULTS_short_budget.md``): 6,000 images, 2 epochs,
+  3 seeds, about 80 minutes. Config: ``configs/fashion_mnist_repro.py``.
+
+    python benchmarks/reproduce.py --study=converged --out=/work/converged --seeds=0,1
+    python benchmarks/reproduce.py --study=converged --smoke   # a few steps of every arm
+    python benchmarks/reproduce.py --study=converged --report_only --out=/work/converged
+
+Each (seed, run) is one ``python main.py --config=<config>:<run>`` in ``<out>/seed<s>/<run>``;
+a run whose ``report.json`` exists is skipped, and ``main.py`` itself resumes an interrupted
+one, so rerunning the command continues where it stopped (CPU and wall seconds of the parts
+add up in ``timing.json``). The measured numbers go to the study's json; its markdown and
+plot are generated from them (``benchmarks/`` for the full run, ``<out>`` for ``--smoke``).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
+import importlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,18 +41,41 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from configs import fashion_mnist_repro as repro  # noqa: E402
+from configs.fashion_mnist import SNET_MACS, SNET_WIDTHS  # noqa: E402
 from spnet_jax.cli.profile import profile_config  # noqa: E402
 
-CONFIG = 'configs/fashion_mnist_repro.py'
-METHODS = ('snet', 'spnet', 'individual')
-LABELS = {'snet': 'S-Net', 'spnet': 'SP-Net', 'individual': 'individual'}
+BASES_FROM_SPNET = ('spnet_reinit', 'snet_warm')
 
 
-def runs_of(method: str) -> list[str]:
-    """The config strings one seed of ``method`` needs."""
-    if method == 'individual':
-        return [f'individual_{w:g}' for w in repro.SNET_WIDTHS]
-    return [method]
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """One reproduction: its config file, its arms (``methods``) in report order, and where
+    its generated files go (``<docs>/<stem>.md``, ``<json>.json``, ``<json>.png``)."""
+    name: str
+    config: str
+    methods: tuple[str, ...]
+    labels: dict[str, str]
+    run_order: tuple[str, ...]  # the longest runs first; SP-Net before the arms sharing its bases
+    markdown_stem: str
+    json_stem: str
+    notes: str
+    default_seeds: str
+
+    @property
+    def module(self):
+        return importlib.import_module(self.config[:-3].replace('/', '.'))
+
+    def runs_of(self, method: str) -> list[str]:
+        """The config strings one seed of ``method`` needs."""
+        if method == 'individual':
+            return [f'individual_{w:g}' for w in SNET_WIDTHS]
+        return [method]
+
+    def widths_of(self, method: str):
+        """The S-Net width of each sub-network, None for SP-Net's pruned ones."""
+        if method.startswith('spnet'):
+            return [None] * (len(SNET_WIDTHS) - 1) + [1.0]
+        return list(SNET_WIDTHS)
 
 
 def _cpu_seconds_of(pid: int) -> float | None:
@@ -66,7 +103,31 @@ def _wait_for_other(lock: str) -> dict | None:
     return {'seconds': time.time() - info['start'], 'cpu_seconds': cpu}
 
 
-def run_one(out: str, seed: int, name: str, extra: list[str]) -> dict:
+def share_bases(out: str, seed: int, name: str) -> list[str]:
+    """The arms that need SP-Net's trained bases (``BASES_FROM_SPNET``) get copies of the
+    same seed's finished SP-Net base folders instead of training them again.
+
+    Not only cheaper: the bases' initial weights depend on their index in ``base.widths``, so
+    the warm S-Net (one base, x1.0) would otherwise start from a different x1.0 network than
+    the one SP-Net fine-tunes from. Returns the folders copied (none when the run has them
+    or SP-Net's are not finished)."""
+    if name not in BASES_FROM_SPNET:
+        return []
+    source = os.path.join(out, f'seed{seed}', 'spnet')
+    target = os.path.join(out, f'seed{seed}', name)
+    copied = []
+    for folder in sorted(os.listdir(source)) if os.path.isdir(source) else []:
+        if not folder.startswith('base_') or name == 'snet_warm' and folder != 'base_1.0':
+            continue
+        src, dst = os.path.join(source, folder), os.path.join(target, folder)
+        if os.path.exists(os.path.join(src, 'done.json')) and not os.path.exists(dst):
+            shutil.copytree(src, dst)
+            copied.append(folder)
+    return copied
+
+
+def run_one(study: Study, out: str, seed: int, name: str, extra: list[str],
+            niceness: int = 0) -> dict:
     """Runs (or skips) one pipeline run; returns its report rows, wall and CPU seconds.
 
     CPU seconds (user + system of the run's process) are the fairer cost on a shared machine:
@@ -83,20 +144,25 @@ def run_one(out: str, seed: int, name: str, extra: list[str]) -> dict:
             with open(timing, 'w') as fh:
                 json.dump(other, fh)
     if not os.path.exists(report):
-        cmd = [sys.executable, 'main.py', f'--config={CONFIG}:{name}', f'--workdir={workdir}',
-               f'--config.seed={seed}', *extra]
-        print(f'[{time.strftime("%H:%M:%S")}] seed {seed} {name}: {" ".join(cmd[1:])}',
-              flush=True)
-        previous = {'seconds': 0.0, 'cpu_seconds': 0.0}
+        previous = {'seconds': 0.0, 'cpu_seconds': 0.0, 'bases_from_spnet': []}
         if os.path.exists(timing):  # a resumed run adds to the earlier part
             previous.update(json.load(open(timing)))
+        shared = sorted(set(previous['bases_from_spnet']) | set(share_bases(out, seed, name)))
+        cmd = [sys.executable, 'main.py', f'--config={study.config}:{name}',
+               f'--workdir={workdir}', f'--config.seed={seed}', *extra]
+        print(f'[{time.strftime("%H:%M:%S")}] seed {seed} {name}: {" ".join(cmd[1:])}'
+              + (f' (bases copied from SP-Net: {", ".join(shared)})' if shared else ''),
+              flush=True)
         start = time.time()
         # The persistent compilation cache only saves time (seeds share S-Net and individual
         # programs); it does not change what is computed.
         env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': os.path.join(out, 'jax_cache')}
+        # Two XLA CPU devices, as the quickstart uses (1.2x the images/s of one on 2 cores);
+        # every arm runs with the same flags. No effect on GPU or TPU.
+        env.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
         with open(os.path.join(workdir, 'run.log'), 'a') as log:
             child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     env=env)
+                                     env=env, preexec_fn=lambda: os.nice(niceness))
             with open(lock, 'w') as fh:
                 json.dump({'pid': child.pid, 'start': start}, fh)
             _, status, usage = os.wait4(child.pid, 0)
@@ -104,7 +170,7 @@ def run_one(out: str, seed: int, name: str, extra: list[str]) -> dict:
         os.remove(lock)
         seconds = {'seconds': previous['seconds'] + time.time() - start,
                    'cpu_seconds': (previous['cpu_seconds'] or 0.0) + usage.ru_utime
-                   + usage.ru_stime}
+                   + usage.ru_stime, 'bases_from_spnet': shared}
         with open(timing, 'w') as fh:
             json.dump(seconds, fh)
         if rc != 0:
@@ -115,22 +181,39 @@ def run_one(out: str, seed: int, name: str, extra: list[str]) -> dict:
         rows = json.load(fh)
     timing_info = json.load(open(timing)) if os.path.exists(timing) else {}
     return {'rows': rows, 'seconds': timing_info.get('seconds'),
-            'cpu_seconds': timing_info.get('cpu_seconds')}
+            'cpu_seconds': timing_info.get('cpu_seconds'),
+            'bases_from_spnet': timing_info.get('bases_from_spnet', [])}
 
 
-def collect(out: str, seeds: list[int], extra: list[str], run: bool, jobs: int = 1) -> dict:
-    """Per method and seed: sub-network rows (smallest first) and wall seconds.
+def collect(study: Study, out: str, seeds: list[int], extra: list[str], run: bool,
+            jobs: int = 1, niceness: int = 0, arms=None) -> dict:
+    """Per method and seed: sub-network rows (smallest first), wall and CPU seconds.
 
     With ``jobs`` > 1, that many runs go at once (in seed order): on a few CPU cores this
-    overlaps one run's single-threaded XLA compilation with another's training.
+    overlaps one run's single-threaded XLA compilation with another's training. A failed
+    run is reported and the others go on; its method is left out of the report.
     """
-    order = ('spnet', 'snet', 'individual')  # the longest run first in each seed
-    tasks = [(seed, name) for seed in seeds for method in order for name in runs_of(method)]
+    arms = study.run_order if arms is None else [m for m in study.run_order if m in arms]
+    tasks = [(seed, name) for seed in seeds for method in arms for name in study.runs_of(method)]
     done: dict = {}
     if run:
+        spnet_runs: dict = {}  # seed -> SP-Net's future: the arms sharing its bases wait on it
+
+        def after_spnet(seed, name):
+            if name in BASES_FROM_SPNET and seed in spnet_runs:
+                try:
+                    spnet_runs[seed].result()
+                except SystemExit:
+                    raise SystemExit(f'seed {seed} {name} not run: it starts from SP-Net\'s '
+                                     'bases, and the SP-Net run of this seed failed')
+            return run_one(study, out, seed, name, extra, niceness)
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(run_one, out, seed, name, extra): (seed, name)
-                       for seed, name in tasks}
+            futures = {}
+            for seed, name in tasks:  # SP-Net is submitted before the arms that wait on it
+                futures[pool.submit(after_spnet, seed, name)] = (seed, name)
+                if name == 'spnet':
+                    spnet_runs[seed] = next(f for f, t in futures.items() if t == (seed, name))
             for future in concurrent.futures.as_completed(futures):
                 try:
                     done[futures[future]] = future.result()
@@ -139,17 +222,19 @@ def collect(out: str, seeds: list[int], extra: list[str], run: bool, jobs: int =
     else:
         for seed, name in tasks:
             if os.path.exists(os.path.join(out, f'seed{seed}', name, 'report.json')):
-                done[(seed, name)] = run_one(out, seed, name, extra)
-    results: dict = {m: {} for m in METHODS}
+                done[(seed, name)] = run_one(study, out, seed, name, extra)
+    results: dict = {m: {} for m in study.methods}
     for seed in seeds:
-        for method in METHODS:
-            names = runs_of(method)
+        for method in study.methods:
+            names = study.runs_of(method)
             if all((seed, name) in done for name in names):
+                parts = [done[(seed, name)] for name in names]
                 results[method][seed] = {
-                    'rows': [row for name in names for row in done[(seed, name)]['rows']],
-                    'seconds': sum(done[(seed, name)]['seconds'] or 0.0 for name in names),
-                    'cpu_seconds': sum(done[(seed, name)]['cpu_seconds'] or 0.0
-                                       for name in names)}
+                    'rows': [row for part in parts for row in part['rows']],
+                    'seconds': sum(part['seconds'] or 0.0 for part in parts),
+                    'cpu_seconds': sum(part['cpu_seconds'] or 0.0 for part in parts),
+                    'bases_from_spnet': sorted({b for part in parts
+                                                for b in part['bases_from_spnet']})}
     return results
 
 
@@ -161,57 +246,81 @@ def _std(xs):
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def summarise(results: dict) -> dict:
-    """Mean / std / min / max of top-1 per method and sub-network, paired comparisons."""
-    summary: dict = {'methods': {}, 'comparisons': []}
-    for method in METHODS:
+def paired(results: dict, a: str, b: str) -> list[dict]:
+    """``a`` minus ``b`` in top-1 points per sub-network, paired by seed (the seeds both
+    finished); [] when they share none."""
+    seeds = sorted(set(results.get(a, {})) & set(results.get(b, {})))
+    if not seeds:
+        return []
+    rows = []
+    for k in range(len(results[a][seeds[0]]['rows'])):
+        diffs = [100 * (results[a][s]['rows'][k]['top1'] - results[b][s]['rows'][k]['top1'])
+                 for s in seeds]
+        rows.append({'subnet': k, 'seeds': seeds, 'diffs': diffs, 'diff_mean': _mean(diffs),
+                     'diff_min': min(diffs), 'diff_max': max(diffs),
+                     'wins': sum(d > 0 for d in diffs)})
+    return rows
+
+
+def summarise(study: Study, results: dict, pairs=()) -> dict:
+    """Mean / std / min / max of top-1 per method and sub-network; paired differences for
+    each (a, b) in ``pairs``; and, for the short study's report, SP-Net vs S-Net rows."""
+    summary: dict = {'methods': {}, 'comparisons': [], 'pairs': []}
+    for method in study.methods:
         per_seed = results[method]
         if not per_seed:
             continue
         seeds = sorted(per_seed)
         n_sub = len(per_seed[seeds[0]]['rows'])
+        widths = study.widths_of(method)
         subnets = []
         for k in range(n_sub):
             top1 = [100 * per_seed[s]['rows'][k]['top1'] for s in seeds]
             macs = [per_seed[s]['rows'][k]['macs'] for s in seeds]
             params = [per_seed[s]['rows'][k]['params'] for s in seeds]
             subnets.append({
-                'subnet': k, 'width': repro.SNET_WIDTHS[k] if method != 'spnet' else None,
+                'subnet': k, 'width': widths[k],
                 'macs_mean': _mean(macs), 'macs_min': min(macs), 'macs_max': max(macs),
                 'params_mean': _mean(params), 'top1': top1, 'top1_mean': _mean(top1),
                 'top1_std': _std(top1), 'top1_min': min(top1), 'top1_max': max(top1)})
         seconds = [per_seed[s]['seconds'] for s in seeds]
         cpu = [per_seed[s].get('cpu_seconds') or 0.0 for s in seeds]
-        summary['methods'][method] = {'seeds': seeds, 'subnets': subnets,
-                                      'seconds': seconds, 'seconds_mean': _mean(seconds),
-                                      'cpu_seconds': cpu, 'cpu_seconds_mean': _mean(cpu)}
+        summary['methods'][method] = {
+            'seeds': seeds, 'subnets': subnets, 'seconds': seconds,
+            'seconds_mean': _mean(seconds), 'cpu_seconds': cpu, 'cpu_seconds_mean': _mean(cpu),
+            'bases_from_spnet': sorted({b for s in seeds
+                                        for b in per_seed[s].get('bases_from_spnet', [])})}
+    for a, b in pairs:
+        rows = paired(results, a, b)
+        if rows:
+            summary['pairs'].append({'a': a, 'b': b, 'subnets': rows})
     m = summary['methods']
-    if 'spnet' in m and 'snet' in m:
-        seeds = sorted(set(m['spnet']['seeds']) & set(m['snet']['seeds']))
-        for k, width in enumerate(repro.SNET_WIDTHS):
-            sp = {s: 100 * results['spnet'][s]['rows'][k]['top1'] for s in seeds}
-            sn = {s: 100 * results['snet'][s]['rows'][k]['top1'] for s in seeds}
-            diffs = [sp[s] - sn[s] for s in seeds]
-            row = {'width': width, 'seeds': seeds, 'spnet_minus_snet': diffs,
-                   'diff_mean': _mean(diffs), 'diff_min': min(diffs), 'diff_max': max(diffs),
-                   'spnet_wins': sum(d > 0 for d in diffs),
-                   'macs_spnet': m['spnet']['subnets'][k]['macs_mean'],
-                   'macs_snet': m['snet']['subnets'][k]['macs_mean']}
+    if study.name == 'short' and 'spnet' in m and 'snet' in m:
+        for k, row in enumerate(paired(results, 'spnet', 'snet')):
+            comp = {'width': SNET_WIDTHS[k], 'seeds': row['seeds'],
+                    'spnet_minus_snet': row['diffs'], 'diff_mean': row['diff_mean'],
+                    'diff_min': row['diff_min'], 'diff_max': row['diff_max'],
+                    'spnet_wins': row['wins'],
+                    'macs_spnet': m['spnet']['subnets'][k]['macs_mean'],
+                    'macs_snet': m['snet']['subnets'][k]['macs_mean']}
             if 'individual' in m:
                 ind = m['individual']['subnets'][k]['top1_mean']
-                row['individual_mean'] = ind
-                row['spnet_gap_to_individual'] = _mean(sp.values()) - ind
-                row['snet_gap_to_individual'] = _mean(sn.values()) - ind
-            summary['comparisons'].append(row)
+                seeds = row['seeds']
+                comp['individual_mean'] = ind
+                comp['spnet_gap_to_individual'] = _mean(
+                    [100 * results['spnet'][s]['rows'][k]['top1'] for s in seeds]) - ind
+                comp['snet_gap_to_individual'] = _mean(
+                    [100 * results['snet'][s]['rows'][k]['top1'] for s in seeds]) - ind
+            summary['comparisons'].append(comp)
     return summary
 
 
 def training_macs(summary: dict) -> dict:
-    """Forward MACs spent on training images per method and seed (the budget check):
-    sum over training stages of epochs x examples x MACs of every network trained."""
+    """The short study's budget check: forward MACs spent on training images per method and
+    seed, the sum over training stages of epochs x examples x MACs of every network trained."""
     n = repro.NUM_TRAIN_EXAMPLES
     e = repro.EPOCHS
-    snet = list(repro.SNET_MACS)
+    snet = list(SNET_MACS)
     _, rows = profile_config(repro.get_config('snet'))
     by_width = {r['width']: r['macs'] for r in rows}
     bases = [by_width[w] for w in repro.SPNET_BASES]
@@ -230,49 +339,54 @@ def _fmt_macs(x: float) -> str:
     return f'{x / 1e6:.2f}M'
 
 
-def plot(summary: dict, path: str) -> None:
+STYLES = {'snet': ('s-', 'tab:blue'), 'spnet': ('o-', 'tab:red'),
+          'individual': ('^--', 'tab:gray'), 'spnet_reinit': ('o:', 'tab:orange'),
+          'snet_release': ('s:', 'tab:cyan'), 'snet_warm': ('D-.', 'tab:purple')}
+
+
+def plot(study: Study, summary: dict, path: str, title: str) -> None:
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use('Agg')
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    styles = {'snet': ('s-', 'tab:blue'), 'spnet': ('o-', 'tab:red'),
-              'individual': ('^--', 'tab:gray')}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, info in summary['methods'].items():
         xs = [s['macs_mean'] / 1e6 for s in info['subnets']]
         ys = [s['top1_mean'] for s in info['subnets']]
         lo = [s['top1_mean'] - s['top1_min'] for s in info['subnets']]
         hi = [s['top1_max'] - s['top1_mean'] for s in info['subnets']]
-        fmt, color = styles[method]
+        fmt, color = STYLES[method]
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt=fmt, color=color, capsize=3,
-                    label=f'{LABELS[method]} ({len(info["seeds"])} seeds, min-max)')
+                    label=f'{study.labels[method]} ({len(info["seeds"])} seeds, min-max)')
     ax.set_xscale('log')
     ticks = [1, 2, 5, 10, 20, 30]
     ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel('MACs per image (millions, log scale)')
     ax.set_ylabel('top-1 accuracy on the 10k test images (%)')
-    ax.set_title('ResNet-20 on Fashion-MNIST: SP-Net vs S-Net vs individual')
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which='both')
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def markdown(summary: dict, budget: dict, command: str, smoke: bool, png: str) -> str:
+def markdown_short(study: Study, summary: dict, command: str, smoke: bool,
+                   png: str) -> str:
+    budget = training_macs(summary)
     n, e = repro.NUM_TRAIN_EXAMPLES, repro.EPOCHS
     methods = summary['methods']
     lines = ['# Reproduction: SP-Net vs S-Net vs individual networks (Fashion-MNIST, CPU)', '']
     if smoke:
         lines += ['**SMOKE RUN: a few steps per stage; the numbers mean nothing.**', '']
     lines += [
-        f'Reproduce with `{command}` (workdirs under `/tmp/repro`, resumable; `--jobs=N` runs '
+        f'Reproduce with `{command}` (resumable; `--jobs=N` runs '
         'N at once; `--report_only` regenerates this file). Generated '
-        f'on {time.strftime("%Y-%m-%d")} from the measured runs (`results.json` next to this '
-        'file): everything down to the Discussion is computed, not typed by hand.', '',
+        f'on {time.strftime("%Y-%m-%d")} from the measured runs (`results_short_budget.json` next '
+        'to this file): everything down to the Discussion is computed, not typed by hand.', '',
         '## Setup', '',
         f'* CIFAR-style ResNet-20 (3x3/1 stem) on 28x28 Fashion-MNIST, the first {n:,} '
         'training images, top-1 on all 10,000 test images; batch 32, SGD + Nesterov, cosine '
@@ -293,7 +407,7 @@ def markdown(summary: dict, budget: dict, command: str, smoke: bool, png: str) -
         f'{_epochs(e / 2)} of slimmable training; individual: {_epochs(e)} per network. '
         'Because the three bases cost about what the four sub-networks cost, this also '
         'equalises compute: forward MACs spent on training images per seed (x1e12): '
-        + ', '.join(f'{LABELS[k]} {v / 1e12:.2f}' for k, v in budget.items()) + '.', '',
+        + ', '.join(f'{study.labels[k]} {v / 1e12:.2f}' for k, v in budget.items()) + '.', '',
         '## Results', '',
         'top-1 over seeds: mean, std and [min, max]. MACs are per image.', '',
         '| method | sub-network | width | MACs | params | top-1 mean | std | [min, max] |',
@@ -307,7 +421,7 @@ def markdown(summary: dict, budget: dict, command: str, smoke: bool, png: str) -
             if s['macs_min'] != s['macs_max']:
                 macs += f' ({_fmt_macs(s["macs_min"])}-{_fmt_macs(s["macs_max"])})'
             lines.append(
-                f'| {LABELS[method]} | {s["subnet"]} | {width} | {macs} | '
+                f'| {study.labels[method]} | {s["subnet"]} | {width} | {macs} | '
                 f'{s["params_mean"] / 1e3:.1f}K | {s["top1_mean"]:.2f}% | {s["top1_std"]:.2f} | '
                 f'[{s["top1_min"]:.2f}, {s["top1_max"]:.2f}] |')
     lines += ['', '(SP-Net\'s pruned structures, hence MACs and params, differ slightly by '
@@ -315,7 +429,7 @@ def markdown(summary: dict, budget: dict, command: str, smoke: bool, png: str) -
               '| method | seeds | CPU time per seed (s, mean) | each | wall time per seed (s, '
               'mean) | each |', '|---|---:|---:|---|---:|---|']
     for method, info in methods.items():
-        lines.append(f'| {LABELS[method]} | {len(info["seeds"])} | '
+        lines.append(f'| {study.labels[method]} | {len(info["seeds"])} | '
                      f'{info["cpu_seconds_mean"]:.0f} | '
                      f'{", ".join(f"{x:.0f}" for x in info["cpu_seconds"])} | '
                      f'{info["seconds_mean"]:.0f} | '
@@ -357,23 +471,204 @@ def markdown(summary: dict, budget: dict, command: str, smoke: bool, png: str) -
     return '\n'.join(lines) + '\n'
 
 
-def main() -> None:
+CONVERGED_ARMS = {
+    'spnet': 'bases x0.5 / x0.75 / x1.0 with the BN L1 penalty, E epochs each; multi-base '
+             'pruning with ZPM and SCS to S-Net\'s x0.25 / x0.5 / x0.75 MACs (bisection within '
+             '1%), the x1.0 base the 4th sub-network; slimmable fine-tuning from the bases with '
+             'in-place distillation, 2/3 E',
+    'spnet_reinit': 'the same pruned structures (from the same bases) trained from fresh '
+                    'weights (`prune.start=\'reinit\'`) for E epochs with the bases\' recipe '
+                    '(BN penalty on), with in-place distillation: the structures without the '
+                    'warm start',
+    'snet_release': 'S-Net x0.25 / x0.5 / x0.75 / x1.0 from scratch as the release trains it '
+                    '(switchable BN, no in-place distillation), E epochs',
+    'snet': 'the same with in-place distillation (this project\'s baseline), E epochs',
+    'snet_warm': 'S-Net started from SP-Net\'s trained x1.0 base (the very network SP-Net '
+                 'fine-tunes from: its folder is copied), fine-tuned 2/3 E with SP-Net\'s '
+                 'fine-tuning recipe: the warm start without the pruned structures',
+    'individual': 'one plain ResNet-20 per S-Net width from scratch, E epochs each',
+}
+# (a, b, what a - b measures): the paired differences the verdict reads.
+CONVERGED_PAIRS = (
+    ('spnet', 'snet', 'the paper\'s claim: SP-Net against S-Net (both with distillation)'),
+    ('spnet', 'snet_warm', 'the pruned structures, warm start held equal'),
+    ('snet_warm', 'snet', 'the warm start, for S-Net\'s uniform widths'),
+    ('spnet', 'spnet_reinit', 'the warm start, for SP-Net\'s structures'),
+    ('spnet_reinit', 'snet', 'the pruned structures without a warm start'),
+    ('snet', 'snet_release', 'in-place distillation, for S-Net'),
+    ('spnet', 'individual', 'SP-Net against individually trained networks'),
+    ('snet', 'individual', 'S-Net against individually trained networks'),
+)
+
+
+def _cell(row: dict) -> str:
+    n = len(row['seeds'])
+    return (f'{row["diff_mean"]:+.2f} [{row["diff_min"]:+.2f}, {row["diff_max"]:+.2f}] '
+            f'{row["wins"]}/{n}')
+
+
+def markdown_converged(study: Study, summary: dict, command: str, smoke: bool, png: str,
+                       seeds: list[int]) -> str:
+    module = study.module
+    spnet, snet = module.get_config('spnet'), module.get_config('snet')
+    methods = summary['methods']
+    widths = ' / '.join(f'x{w:g}' for w in SNET_WIDTHS)
+    lines = ['# Reproduction at convergence: SP-Net vs S-Net, with the warm-start ablations '
+             '(Fashion-MNIST, CPU)', '']
+    if smoke:
+        lines += ['**SMOKE RUN: a few steps per stage; the numbers mean nothing.**', '']
+    missing = [f'{m} (seed {s})' for s in seeds for m in study.methods
+               if s not in summary['methods'].get(m, {}).get('seeds', [])]
+    lines += [
+        f'Reproduce with `{command}` (resumable: rerun the same command and it continues where '
+        'it stopped; `--report_only` regenerates this file from finished runs). Generated on '
+        f'{time.strftime("%Y-%m-%d")} from the measured runs (`{study.json_stem}.json` next to '
+        'this file): everything down to the Discussion is computed, not typed by hand.', '']
+    if missing:
+        lines += [f'**Not finished yet** (left out below): {", ".join(missing)}.', '']
+    lines += [
+        '## Setup', '',
+        f'* CIFAR-style ResNet-20 on 28x28 Fashion-MNIST, **all 60,000 training images**, top-1 '
+        'on the 10,000 test images; SGD + Nesterov, cosine schedules, label smoothing '
+        f'{spnet.base.label_smoothing:g}; plain networks at batch {spnet.base.batch_size} and lr '
+        f'{spnet.base.lr:g}, slimmable ones at batch {snet.slim.batch_size} and lr '
+        f'{snet.slim.lr:g} (SP-Net\'s fine-tuning lr {spnet.slim.lr:g}); config '
+        f'`{study.config}` (one config string per arm).',
+        f'* The paper\'s protocol scaled down: **E = {module.EPOCHS:g} epochs** per network trained '
+        f'from scratch, fine-tuning {module.FINE_TUNE_EPOCHS:g} epochs (2/3 E, the paper\'s '
+        '90 + 60).',
+        f'* Sub-network k of every arm sits at the MACs of S-Net\'s width {widths}.', '']
+    lines += [f'* **{study.labels[m]}** (`{m}`): {CONVERGED_ARMS[m]}.' for m in study.methods]
+    lines += ['', '## Results', '', 'top-1 over seeds: mean, std and [min, max]. MACs per '
+              'image.', '',
+              '| arm | sub-network | S-Net width | MACs | params | top-1 mean | std | [min, max] '
+              '| seeds |', '|---|---:|---:|---:|---:|---:|---:|---|---:|']
+    for method in study.methods:
+        if method not in methods:
+            continue
+        info = methods[method]
+        for k, s in enumerate(info['subnets']):
+            macs = _fmt_macs(s['macs_mean'])
+            if s['macs_min'] != s['macs_max']:
+                macs += f' ({_fmt_macs(s["macs_min"])}-{_fmt_macs(s["macs_max"])})'
+            lines.append(
+                f'| {study.labels[method]} | {k} | {SNET_WIDTHS[k]:g} | {macs} | '
+                f'{s["params_mean"] / 1e3:.1f}K | {s["top1_mean"]:.2f}% | {s["top1_std"]:.2f} | '
+                f'[{s["top1_min"]:.2f}, {s["top1_max"]:.2f}] | {len(info["seeds"])} |')
+    lines += ['', '## Cost', '',
+              '| arm | seeds | CPU s per seed (mean) | each | wall s per seed (mean) | each | '
+              'bases |', '|---|---:|---:|---|---:|---|---|']
+    total = 0.0
+    for method, info in methods.items():
+        total += sum(info['cpu_seconds'])
+        shared = info['bases_from_spnet']
+        lines.append(
+            f'| {study.labels[method]} | {len(info["seeds"])} | {info["cpu_seconds_mean"]:.0f} | '
+            f'{", ".join(f"{x:.0f}" for x in info["cpu_seconds"])} | {info["seconds_mean"]:.0f} '
+            f'| {", ".join(f"{x:.0f}" for x in info["seconds"])} | '
+            + (f'copied from SP-Net ({", ".join(shared)}), counted there' if shared else 'own')
+            + ' |')
+    lines += ['', f'Total: {total:,.0f} CPU seconds ({total / 3600:.1f} CPU hours) for the '
+              'finished runs above. Whole `main.py` runs (start-up, XLA compilation, training, '
+              'evaluation); CPU time is user + system of the run\'s process (the fairer cost: '
+              'wall time depends on what else ran on the shared 2-core machine). Individual = '
+              'the four networks together.', '', f'![top-1 vs MACs, every arm]({png})', '',
+              '## Paired differences', '',
+              'Top-1 points, a minus b on the same seed: mean [min, max] over seeds, then in how '
+              'many seeds a won.', '',
+              '| a - b | what it measures | '
+              + ' | '.join(f'x{w:g} MACs' for w in SNET_WIDTHS) + ' |',
+              '|---|---|' + '---|' * len(SNET_WIDTHS)]
+    what = {(a, b): text for a, b, text in CONVERGED_PAIRS}
+    by_pair = {(p['a'], p['b']): p['subnets'] for p in summary['pairs']}
+    for (a, b), rows in by_pair.items():
+        lines.append(f'| {study.labels[a]} - {study.labels[b]} | {what[(a, b)]} | '
+                     + ' | '.join(_cell(r) for r in rows) + ' |')
+    lines += ['', '## Verdict (computed)', '']
+    lines += verdict_converged(study, by_pair)
+    return '\n'.join(lines) + '\n'
+
+
+def verdict_converged(study: Study, by_pair: dict) -> list[str]:
+    """Sentences from the paired differences: does the margin hold, and how much of it does
+    the warm start explain (margin = structures with the warm start held equal + warm start)."""
+    lines = []
+    margin = by_pair.get(('spnet', 'snet'))
+    if not margin:
+        return ['SP-Net and S-Net have no finished seed in common yet.']
+    for k, row in enumerate(margin):
+        n = len(row['seeds'])
+        if row['diff_min'] > 0:
+            word = f'SP-Net beat S-Net in all {n} seeds'
+        elif row['diff_max'] < 0:
+            word = f'SP-Net lost to S-Net in all {n} seeds'
+        else:
+            word = f'SP-Net won {row["wins"]} of {n} seeds (the sign changes)'
+        text = (f'* x{SNET_WIDTHS[k]:g} MACs: {word}, {row["diff_mean"]:+.2f} points on '
+                'average')
+        warm = by_pair.get(('snet_warm', 'snet'))
+        structure = by_pair.get(('spnet', 'snet_warm'))
+        if warm and structure and warm[k]['seeds'] == row['seeds']:
+            w, s = warm[k]['diff_mean'], structure[k]['diff_mean']
+            text += (f'; of it, the warm start (warm S-Net - S-Net) gives {w:+.2f} and the '
+                     f'pruned structures with the warm start held equal (SP-Net - warm S-Net) '
+                     f'{s:+.2f}')
+        lines.append(text + '.')
+    return lines
+
+
+STUDIES = {
+    'converged': Study(
+        name='converged', config='configs/fashion_mnist_converged.py',
+        methods=('spnet', 'spnet_reinit', 'snet', 'snet_release', 'snet_warm', 'individual'),
+        labels={'spnet': 'SP-Net', 'spnet_reinit': 'SP-Net reinit', 'snet': 'S-Net',
+                'snet_release': 'S-Net (release, no KD)', 'snet_warm': 'S-Net warm',
+                'individual': 'individual'},
+        run_order=('spnet', 'snet_warm', 'spnet_reinit', 'snet', 'snet_release',
+                   'individual'),
+        markdown_stem='RESULTS', json_stem='results', notes='RESULTS_notes.md',
+        default_seeds='0,1'),
+    'short': Study(
+        name='short', config='configs/fashion_mnist_repro.py',
+        methods=('snet', 'spnet', 'individual'),
+        labels={'snet': 'S-Net', 'spnet': 'SP-Net', 'individual': 'individual'},
+        run_order=('spnet', 'snet', 'individual'),
+        markdown_stem='RESULTS_short_budget', json_stem='results_short_budget',
+        notes='RESULTS_short_budget_notes.md', default_seeds='0,1,2'),
+}
+TITLES = {'converged': 'ResNet-20, Fashion-MNIST, 60k images, E = {e:g}: every arm',
+          'short': 'ResNet-20 on Fashion-MNIST: SP-Net vs S-Net vs individual'}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', default='/tmp/repro', help='parent of the workdirs')
-    parser.add_argument('--seeds', default='0,1,2')
+    parser.add_argument('--study', choices=sorted(STUDIES), default='converged')
+    parser.add_argument('--out', default=None,
+                        help='parent of the workdirs (default /tmp/repro_<study>)')
+    parser.add_argument('--seeds', default=None, help='default: 0,1 (converged), 0,1,2 (short)')
     parser.add_argument('--smoke', action='store_true',
                         help='a few steps per stage, seed 0, workdirs in <out>_smoke')
     parser.add_argument('--smoke_steps', type=int, default=20)
-    parser.add_argument('--jobs', type=int, default=2, help='runs at once')
+    parser.add_argument('--jobs', type=int, default=1, help='runs at once')
+    parser.add_argument('--nice', type=int, default=0,
+                        help='niceness of the runs (e.g. 19 to leave the machine to others)')
+    parser.add_argument('--arms', default=None,
+                        help='comma-separated arms to run (default: all of the study\'s)')
     parser.add_argument('--report_only', action='store_true',
                         help='run nothing; report the runs that finished')
     parser.add_argument('--docs', default=os.path.join(ROOT, 'benchmarks'),
-                        help='where results.json, RESULTS.md and results.png go')
-    args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(',')]
+                        help='where the study\'s json, markdown and plot go')
+    args = parser.parse_args(argv)
+    study = STUDIES[args.study]
+    arms = None if args.arms is None else args.arms.split(',')
+    if arms is not None and set(arms) - set(study.methods):
+        parser.error(f'--arms={args.arms}: the {study.name} study\'s arms are '
+                     f'{",".join(study.methods)}')
+    seeds = [int(s) for s in (args.seeds or study.default_seeds).split(',')]
     extra: list[str] = []
-    out, docs = args.out, args.docs
-    command = 'python benchmarks/reproduce.py'
+    out = args.out or f'/tmp/repro_{study.name}'
+    docs = args.docs
+    command = f'python benchmarks/reproduce.py --study={study.name}'
     if args.smoke:
         seeds = seeds[:1]
         out = out.rstrip('/') + '_smoke'
@@ -382,27 +677,38 @@ def main() -> None:
                  f'--config.slim.num_steps={args.smoke_steps}',
                  '--config.data.num_eval_examples=1000']
         command += ' --smoke'
+    else:
+        command += f' --out={out} --seeds={",".join(map(str, seeds))}'
     start = time.time()
-    results = collect(out, seeds, extra, run=not args.report_only, jobs=args.jobs)
-    summary = summarise(results)
-    budget = training_macs(summary)
+    results = collect(study, out, seeds, extra, run=not args.report_only, jobs=args.jobs,
+                      niceness=args.nice, arms=arms)
+    pairs = [(a, b) for a, b, _ in CONVERGED_PAIRS] if study.name == 'converged' else []
+    summary = summarise(study, results, pairs)
     os.makedirs(docs, exist_ok=True)
-    payload = {'command': command, 'date': time.strftime('%Y-%m-%d'), 'out': out,
-               'num_train_examples': repro.NUM_TRAIN_EXAMPLES, 'epochs': repro.EPOCHS,
-               'snet_widths': repro.SNET_WIDTHS, 'spnet_bases': repro.SPNET_BASES,
-               'training_forward_macs': budget, 'summary': summary,
+    module = study.module
+    payload = {'study': study.name, 'command': command, 'date': time.strftime('%Y-%m-%d'),
+               'out': out, 'config': study.config, 'epochs': module.EPOCHS,
+               'snet_widths': SNET_WIDTHS, 'spnet_bases': module.SPNET_BASES,
+               'summary': summary,
                'runs': {m: {str(s): v for s, v in r.items()} for m, r in results.items()}}
-    with open(os.path.join(docs, 'results.json'), 'w') as fh:
+    png = f'{study.json_stem}.png'
+    if study.name == 'short':
+        payload['num_train_examples'] = repro.NUM_TRAIN_EXAMPLES
+        payload['training_forward_macs'] = training_macs(summary)
+        text = markdown_short(study, summary, command, args.smoke, png)
+    else:
+        text = markdown_converged(study, summary, command, args.smoke, png, seeds)
+    with open(os.path.join(docs, f'{study.json_stem}.json'), 'w') as fh:
         json.dump(payload, fh, indent=1)
-    plot(summary, os.path.join(docs, 'results.png'))
-    text = markdown(summary, budget, command, args.smoke, 'results.png')
-    notes = os.path.join(ROOT, 'benchmarks', 'RESULTS_notes.md')
+    plot(study, summary, os.path.join(docs, png), TITLES[study.name].format(e=module.EPOCHS))
+    notes = os.path.join(ROOT, 'benchmarks', study.notes)
     if not args.smoke and os.path.exists(notes):  # the one hand-written part, marked as such
         text += '\n## Discussion (written by hand after reading the numbers above)\n\n'
         text += open(notes).read()
-    with open(os.path.join(docs, 'RESULTS.md'), 'w') as fh:
+    path = os.path.join(docs, f'{study.markdown_stem}.md')
+    with open(path, 'w') as fh:
         fh.write(text)
-    print(f'Wrote {docs}/RESULTS.md, results.json, results.png ({time.time() - start:.0f} s).')
+    print(f'Wrote {path}, {study.json_stem}.json and {png} ({time.time() - start:.0f} s).')
 
 
 if __name__ == '__main__':

@@ -16,9 +16,13 @@ One config file, one arm per config string:
 * ``snet_release``: S-Net x0.25 / 0.5 / 0.75 / 1.0 from scratch as the release trains it (no
   in-place distillation), E epochs.
 * ``snet``: the same with in-place distillation (this project's baseline), E epochs.
-* ``snet_warm``: S-Net started from the trained x1.0 base (the same recipe and seed as
-  SP-Net's x1.0 base, so the same network; ``slim.init_from_base``), fine-tuned 2/3 E with
-  SP-Net's fine-tuning recipe: the warm start without the pruned structures.
+* ``snet_warm``: S-Net started from the trained x1.0 base (``slim.init_from_base``),
+  fine-tuned 2/3 E with SP-Net's fine-tuning recipe: the warm start without the pruned
+  structures. Its base recipe is SP-Net's, but a base's initial weights depend on its index in
+  ``base.widths`` (x1.0 is SP-Net's third base and this arm's only one), so run on its own it
+  starts from a different x1.0 network; ``benchmarks/reproduce.py`` copies the seed's SP-Net
+  ``base_1.0`` folder into it first, so that it starts from the very network SP-Net
+  fine-tunes from (and copies all three bases into ``spnet_reinit``, whose bases are SP-Net's).
 * ``individual_<w>``: one plain ResNet-20 x<w> per S-Net width, E epochs.
 
 SP-Net against ``snet_warm`` isolates the structures with the warm start held equal;
