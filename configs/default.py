@@ -80,6 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune.min_channels_ratio = 0.1
     config.prune.importance = 'bn'  # 'bn' (|gamma|) | 'l1' (filter L1 norm)
     config.prune.start = 'finetune'  # 'finetune' (largest base's weights) | 'reinit'
+    # Each pruned layer's channel count a multiple of this (1: the release's exact counts).
+    config.prune.round_to = 1
 
     # Stage 3: slimmable training of every sub-network with in-place distillation.
     config.slim = training_section(epochs=60.0, lr=0.01, lr_boundaries=(30, 45), lr_decay=0.1,

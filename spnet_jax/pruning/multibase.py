@@ -55,7 +55,8 @@ def base_floors(arch, base_width: float, zpm_on: bool,
 
 def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequence[float],
          keep_ratios: Sequence[float], *, zpm_on: bool = True,
-         min_channels_ratio: float = 0.1, orders: dict | None = None) -> Plan:
+         min_channels_ratio: float = 0.1, orders: dict | None = None,
+         round_to: int = 1) -> Plan:
     """Counts, orders and masks of the slimmable network.
 
     ``base_scores[i]`` is ``(scores, pool)`` of base i from an importance function; the last
@@ -64,7 +65,8 @@ def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequ
     every base pass the identity, since the weights are re-initialised anyway).
     Sub-network k keeps ``keep_ratios[k]`` of base ``k``'s BN channels (of the only base,
     with one base), each layer at least ``min_channels_ratio`` of its channels in that base
-    (`base_floors`); the last sub-network is the full network, unpruned.
+    (`base_floors`), with ``round_to`` > 1 a multiple of it (`threshold.round_count`); the
+    last sub-network is the full network, unpruned.
     """
     which = check_bases(base_widths, keep_ratios)
     full_table = arch.table(zpm=zpm_on)
@@ -73,7 +75,7 @@ def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequ
         scores, pool = base_scores[b]
         t = threshold.global_threshold(pool, r)
         floors = base_floors(arch, base_widths[b], zpm_on, min_channels_ratio)
-        counts.append(threshold.layer_counts(scores, t, floors))
+        counts.append(threshold.layer_counts(scores, t, floors, round_to))
         thresholds.append(t)
     counts.append({g.name: g.size for g in full_table.groups})
     if orders is None:

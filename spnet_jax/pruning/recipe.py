@@ -44,6 +44,7 @@ class PruneSettings:
     min_channels_ratio: float
     importance: str
     start: str
+    round_to: int = 1
 
     @classmethod
     def from_config(cls, section: Any) -> PruneSettings:
@@ -69,8 +70,13 @@ class PruneSettings:
         if section.start not in STARTS:
             raise ConfigError(f'prune.start={section.start!r} is unknown; choose one of '
                               f'{list(STARTS)}.')
+        round_to = section.get('round_to', 1)  # runs made before the field existed: 1
+        if not (isinstance(round_to, int) and not isinstance(round_to, bool) and round_to >= 1):
+            raise ConfigError(f'prune.round_to={round_to!r} must be a whole number >= 1 (1 keeps '
+                              'the release\'s exact counts; e.g. 8 rounds each pruned layer to a '
+                              'multiple of 8 channels).')
         return cls(tuple(float(r) for r in ratios), tuple(float(t) for t in targets_),
-                   section.zpm, float(ratio), section.importance, section.start)
+                   section.zpm, float(ratio), section.importance, section.start, round_to)
 
     @property
     def sizes(self) -> tuple[float, ...]:
@@ -84,6 +90,7 @@ class PruneSettings:
             keep_ratios=None if self.macs_targets else self.keep_ratios,
             macs_targets=self.macs_targets or None, zpm=self.zpm,
             min_channels_ratio=self.min_channels_ratio, importance=self.importance,
+            round_to=self.round_to,
             reinit_rng=(jax.random.fold_in(jax.random.key(seed), 1000)
                         if self.start == 'reinit' else None),
             bn_scale_init=bn_scale_init)
@@ -150,7 +157,7 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
           macs_targets: Sequence[float] | None = None, image_size: int = 224,
           in_channels: int = 3, zpm: bool = True, min_channels_ratio: float = 0.1,
           importance: str = 'bn', reinit_rng: jax.Array | None = None,
-          bn_scale_init: float = 1.0, tolerance: float = 0.01) -> tuple:
+          bn_scale_init: float = 1.0, tolerance: float = 0.01, round_to: int = 1) -> tuple:
     """SP-Net pruning of trained bases into one slimmable network.
 
     Args:
@@ -168,6 +175,9 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
       importance: a name in `IMPORTANCE`.
       reinit_rng: re-train-from-scratch recipes (VGG, MobileNetV1): fresh weights, with BN
         scales ``bn_scale_init``.
+      round_to: each pruned layer's channel count a multiple of this (nearest, at least the
+        floor, at most the layer's size; MACs targets are met with the rounded counts). 1
+        keeps the release's exact counts. ZPM stream sizes (unions of branches) stay unrounded.
 
     Returns:
       ``(structure, variables, info)``: info has 'keep_ratios', 'thresholds', 'macs'.
@@ -179,6 +189,8 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
                           f'{sorted(IMPORTANCE)}.')
     if not 0 <= min_channels_ratio < 1:
         raise ConfigError(f'prune.min_channels_ratio={min_channels_ratio} must be in [0, 1).')
+    if not (isinstance(round_to, int) and round_to >= 1):
+        raise ConfigError(f'prune.round_to={round_to!r} must be a whole number >= 1.')
     base_widths = [float(w) for w in base_widths]
     if len(base_variables) != len(base_widths):
         raise ConfigError(f'{len(base_variables)} base checkpoints for base widths '
@@ -210,12 +222,12 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
             counts_macs = lambda c: macs_of(c, targets.zpm_stream_sizes(table, c, orders))
             floors = multibase.base_floors(arch, base_widths[b], zpm, min_channels_ratio)
             r, _ = targets.ratio_for_target(float(target), *base_scores[b], floors, counts_macs,
-                                            tolerance=tolerance,
+                                            tolerance=tolerance, round_to=round_to,
                                             what=f'sub-network {k} (base {base_widths[b]})')
             ratios.append(r)
         keep_ratios = ratios
     the_plan = plan(arch, base_scores, base_widths, list(keep_ratios), zpm_on=zpm,
-                    min_channels_ratio=min_channels_ratio, orders=orders)
+                    min_channels_ratio=min_channels_ratio, orders=orders, round_to=round_to)
     variables = slimmable_variables(arch, the_plan, base_variables[-1], in_channels=in_channels,
                                     reinit_rng=reinit_rng, bn_scale_init=bn_scale_init)
     S = the_plan.structure

@@ -78,15 +78,17 @@ def macs_function(arch, table: ChannelTable, image_size: int,
 
 def ratio_for_target(target: float, scores: dict, pool: np.ndarray, group_floors: dict,
                      subnet_macs: Callable[[dict], int], *, tolerance: float = 0.01,
-                     what: str = 'sub-network') -> tuple[float, int]:
+                     what: str = 'sub-network', round_to: int = 1) -> tuple[float, int]:
     """The keep ratio whose pruned counts' MACs are closest to ``target`` (within tolerance).
 
-    ``subnet_macs(counts)`` gives MACs of the counts (ZPM unions included by the caller).
+    ``subnet_macs(counts)`` gives MACs of the counts (ZPM unions included by the caller);
+    the counts are rounded to multiples of ``round_to`` before they are costed, so the target
+    is met with the counts the network will have.
     Returns (ratio, MACs). Raises ConfigError with the reachable range if out of reach.
     """
     def at(r):
         return subnet_macs(threshold.layer_counts(scores, threshold.global_threshold(pool, r),
-                                                  group_floors))
+                                                  group_floors, round_to))
 
     lo_r, hi_r = 1e-6, 1.0
     lo_m, hi_m = at(lo_r), at(hi_r)
@@ -105,9 +107,11 @@ def ratio_for_target(target: float, scores: dict, pool: np.ndarray, group_floors
             lo_r, lo_m = mid, m
     r, m = (hi_r, hi_m) if abs(hi_m - target) <= abs(lo_m - target) else (lo_r, lo_m)
     if abs(m - target) > tolerance * target:
+        hint = (f'; a smaller prune.round_to (now {round_to}) makes finer steps'
+                if round_to > 1 else '')
         raise ConfigError(
             f'MACs target {target:.4g} for {what} cannot be met within {tolerance:.0%}: the '
-            f'nearest keep ratios give {lo_m:.4g} and {hi_m:.4g} MACs.')
+            f'nearest keep ratios give {lo_m:.4g} and {hi_m:.4g} MACs{hint}.')
     return r, m
 
 

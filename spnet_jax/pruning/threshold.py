@@ -35,9 +35,25 @@ def floors(table: ChannelTable, min_channels_ratio: float) -> dict[str, int]:
     return out
 
 
+def round_count(count: int, floor: int, size: int, round_to: int) -> int:
+    """``count`` rounded to the nearest multiple of ``round_to`` (halves up), never below the
+    floor (rounded up to a multiple) and never above ``size``, the group's channels in the
+    network being pruned (which need not be a multiple). Non-decreasing in ``count``, so the
+    MACs of rounded counts still never decrease as the keep ratio grows."""
+    if round_to <= 1:
+        return count
+    nearest = (count + round_to // 2) // round_to * round_to
+    floor_up = -(-max(floor, 1) // round_to) * round_to
+    return min(size, max(nearest, floor_up))
+
+
 def layer_counts(scores: dict[str, np.ndarray], threshold: float,
-                 group_floors: dict[str, int]) -> dict[str, int]:
+                 group_floors: dict[str, int], round_to: int = 1) -> dict[str, int]:
     """Channels kept per group: those scoring strictly above the threshold, at least the floor
-    (and at most the group's size in the network being pruned)."""
-    return {name: min(len(s), max(int(np.sum(s > threshold)), group_floors[name]))
-            for name, s in scores.items()}
+    (and at most the group's size in the network being pruned); with ``round_to`` > 1, each
+    count rounded to a multiple of it (`round_count`): hardware-friendly channel counts."""
+    out = {}
+    for name, s in scores.items():
+        count = min(len(s), max(int(np.sum(s > threshold)), group_floors[name]))
+        out[name] = round_count(count, group_floors[name], len(s), round_to)
+    return out
