@@ -205,7 +205,7 @@ def collect(study: Study, out: str, seeds: list[int], extra: list[str], run: boo
                     spnet_runs[seed].result()
                 except SystemExit:
                     raise SystemExit(f'seed {seed} {name} not run: it starts from SP-Net\'s '
-                                     'bases, and the SP-Net run of this seed failed')
+                                     'bases, and the SP-Net run of this seed failed') from None
             return run_one(study, out, seed, name, extra, niceness)
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -534,8 +534,8 @@ def markdown_converged(study: Study, summary: dict, command: str, smoke: bool, p
         f'{spnet.base.lr:g}, slimmable ones at batch {snet.slim.batch_size} and lr '
         f'{snet.slim.lr:g} (SP-Net\'s fine-tuning lr {spnet.slim.lr:g}); config '
         f'`{study.config}` (one config string per arm).',
-        f'* The paper\'s protocol scaled down: **E = {module.EPOCHS:g} epochs** per network trained '
-        f'from scratch, fine-tuning {module.FINE_TUNE_EPOCHS:g} epochs (2/3 E, the paper\'s '
+        f'* The paper\'s protocol scaled down: **E = {module.EPOCHS:g} epochs** per network '
+        f'trained from scratch, fine-tuning {module.FINE_TUNE_EPOCHS:g} epochs (2/3 E, the paper\'s '
         '90 + 60).',
         f'* Sub-network k of every arm sits at the MACs of S-Net\'s width {widths}.', '']
     lines += [f'* **{study.labels[m]}** (`{m}`): {CONVERGED_ARMS[m]}.' for m in study.methods]
