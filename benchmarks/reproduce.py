@@ -535,8 +535,8 @@ def markdown_converged(study: Study, summary: dict, command: str, smoke: bool, p
         f'{snet.slim.lr:g} (SP-Net\'s fine-tuning lr {spnet.slim.lr:g}); config '
         f'`{study.config}` (one config string per arm).',
         f'* The paper\'s protocol scaled down: **E = {module.EPOCHS:g} epochs** per network '
-        f'trained from scratch, fine-tuning {module.FINE_TUNE_EPOCHS:g} epochs (2/3 E, the paper\'s '
-        '90 + 60).',
+        f'trained from scratch, fine-tuning {module.FINE_TUNE_EPOCHS:g} epochs (2/3 E, the '
+        'paper\'s 90 + 60).',
         f'* Sub-network k of every arm sits at the MACs of S-Net\'s width {widths}.', '']
     lines += [f'* **{study.labels[m]}** (`{m}`): {CONVERGED_ARMS[m]}.' for m in study.methods]
     lines += ['', '## Results', '', 'top-1 over seeds: mean, std and [min, max]. MACs per '
