@@ -270,3 +270,80 @@ def test_reinit_starts_bn_scales_at_the_recipes_init_bn_val():
     # The weights are fresh, not the largest base's.
     assert not np.allclose(variables['params']['conv0']['kernel'],
                            bases[1]['params']['conv0']['kernel'])
+
+
+def test_round_count_is_the_nearest_multiple_within_floor_and_size():
+    r = threshold.round_count
+    assert [r(c, 1, 64, 8) for c in (1, 3, 4, 11, 12, 13, 60, 64)] == [8, 8, 8, 8, 16, 16, 64,
+                                                                        64]
+    assert r(35, 35, 64, 8) == 40  # nearest (32) is below the floor: the floor rounded up
+    assert r(21, 3, 22, 8) == 22 and r(24, 3, 26, 16) == 26  # never above the layer's size
+    assert r(20, 3, 20, 16) == 16  # a whole layer too: the nearest multiple
+    assert r(37, 5, 64, 1) == 37  # 1: the release's exact count
+    # Non-decreasing in the count (the MACs bisection relies on it), for any floor and size.
+    for n in (4, 8, 16):
+        for floor in (1, 5, 9):
+            for size in (10, 24, 37):
+                got = [r(c, floor, size, n) for c in range(floor, size + 1)]
+                assert got == sorted(got) and all(floor <= g <= size for g in got)
+                assert all(g % n == 0 or g == size for g in got)
+
+
+@pytest.mark.parametrize('zpm_on', [False, True])
+def test_round_to_gives_multiples_and_keeps_floors_scs_and_masks(zpm_on):
+    """Multi-base ResNet-20 with ``round_to=8``: every pruned count a multiple of 8 (or the
+    layer's whole size in its base), at least its floor, sub-networks still nested prefixes,
+    and the network still the largest base when all channels are kept."""
+    arch = get_arch('resnet20', num_classes=5)
+    widths = [0.5, 1.0]
+    bases = _bases('resnet20', widths)
+    structure, variables, _ = prune(arch, bases, widths, keep_ratios=[0.45, 0.35],
+                                    image_size=32, zpm=zpm_on, round_to=8)
+    exact, _, _ = prune(arch, bases, widths, keep_ratios=[0.45, 0.35], image_size=32,
+                        zpm=zpm_on)
+    assert structure.counts != exact.counts  # the option did something
+    base_tables = [arch.table(width=w, zpm=zpm_on) for w in widths]
+    for k in range(2):
+        floors = base_floors(arch, widths[k], zpm_on, 0.1)
+        sizes = {g.name: g.size for g in base_tables[k].groups}
+        for g, c in zip(structure.groups, structure.counts[k], strict=True):
+            assert c % 8 == 0 or c == sizes[g], (k, g, c)
+            assert floors[g] <= c <= sizes[g], (k, g, c)
+    for g_small, g_big in zip(structure.counts[0], structure.counts[1], strict=True):
+        assert g_small <= g_big
+    # ZPM streams are unions of the rounded branches: they exist and cover each branch.
+    if zpm_on:
+        for k in range(2):
+            streams = dict(zip(structure.junctions, structure.stream_sizes[k], strict=True))
+            counts = dict(zip(structure.groups, structure.counts[k], strict=True))
+            for j in arch.table(zpm=True).junctions:
+                assert streams[j.name] >= counts[j.body]
+
+
+def test_macs_targets_are_met_with_rounded_counts():
+    arch = get_arch('resnet50')
+    bases = _bases('resnet50', [0.75, 1.0], num_classes=1000)
+    structure, _, info = prune(arch, bases, [0.75, 1.0], macs_targets=[1.1e9, 2.3e9],
+                               image_size=224, round_to=16)
+    from spnet_jax.core.cost import subnet_costs
+    costs = subnet_costs(arch, structure, 224)
+    for cost, target in zip(costs, [1.1e9, 2.3e9], strict=False):
+        assert abs(cost.macs - target) <= 0.01 * target
+    full = dict(zip(structure.groups, structure.full, strict=True))
+    for k, base in enumerate((0.75, 1.0)):
+        sizes = {g.name: g.size for g in arch.table(width=base, zpm=True).groups}
+        for g, c in zip(structure.groups, structure.counts[k], strict=True):
+            assert c % 16 == 0 or c == sizes[g] <= full[g], (k, g, c)
+    assert info['macs'][:2] == [c.macs for c in costs[:2]]
+
+
+@pytest.mark.parametrize('value', [0, 2.5, True, '8'])
+def test_bad_round_to_is_one_sentence(value):
+    import ml_collections
+
+    from configs import default
+    from spnet_jax.pruning.recipe import PruneSettings
+    config = default.get_config()
+    config.prune = ml_collections.ConfigDict({**config.prune.to_dict(), 'round_to': value})
+    with pytest.raises(ConfigError, match=r'prune.round_to=.* must be a whole number >= 1'):
+        PruneSettings.from_config(config.prune)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -33,6 +35,9 @@ class LayerCost:
     out_shape: tuple[int, ...] = ()
     kernel_size: int = 0
     strides: int = 0
+    # What the layer computes: more than ``macs`` for a ZPM branch's conv that writes the
+    # whole stream's width (its placement folded into its weights, zero columns included).
+    executed_macs: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,12 @@ class SubnetCost:
     params: int
     channels: int
     layers: tuple[LayerCost, ...]
+
+    @property
+    def executed_macs(self) -> int:
+        """The MACs the sub-network's program computes (`LayerCost.executed_macs`): ``macs``
+        plus the zero columns of folded ZPM junction convs."""
+        return sum(layer.executed_macs for layer in self.layers)
 
 
 def call_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -76,8 +87,10 @@ def layer_costs(arch, structure: Structure, subnet: int, image_size: int,
             k = mod.kernel_size
             per_out = k * k * (1 if mod.depthwise else cin)
             params = per_out * cout
-            records.append(LayerCost(path, 'conv', params * out.shape[1] * out.shape[2], params,
-                                     x.shape[1:], out.shape[1:-1] + (cout,), k, mod.strides))
+            pixels = out.shape[1] * out.shape[2]
+            records.append(LayerCost(path, 'conv', params * pixels, params, x.shape[1:],
+                                     out.shape[1:-1] + (cout,), k, mod.strides,
+                                     per_out * out.shape[-1] * pixels))
         elif isinstance(mod, layers.SlimBatchNorm):
             n = mod.counts[arg['subnet']]
             records.append(LayerCost(path, 'bn', 0, 2 * n, out.shape[1:-1] + (n,),
@@ -85,7 +98,7 @@ def layer_costs(arch, structure: Structure, subnet: int, image_size: int,
         elif isinstance(mod, layers.SlimDense):
             cin, cout = arg['x'].shape[-1], out.shape[-1]
             records.append(LayerCost(path, 'dense', cin * cout, cin * cout + cout, (cin,),
-                                     (cout,)))
+                                     (cout,), executed_macs=cin * cout))
         return out
 
     x = jax.ShapeDtypeStruct((1, image_size, image_size, in_channels), jnp.float32)
@@ -103,3 +116,41 @@ def subnet_costs(arch, structure: Structure, image_size: int,
         out.append(SubnetCost(k, sum(c.macs for c in lc), sum(c.params for c in lc),
                               structure.total_channels(k), lc))
     return out
+
+
+_TENSOR = re.compile(r'tensor<([0-9x]+)x[a-z]+[0-9]*>')
+
+
+def _dims(text: str) -> list[list[int]]:
+    return [[int(d) for d in m.split('x')] for m in _TENSOR.findall(text)]
+
+
+def executed_macs(lowered_text: str) -> int:
+    """MACs of the convolutions and matrix products a lowered program asks for (its
+    StableHLO text, ``jax.jit(f).lower(...).as_text()``), every kernel tap counted, as the
+    model's own count (`subnet_costs`) counts them.
+
+    XLA's cost analysis folds these into one ``flops`` total with the elementwise work (BN,
+    activations, adds) and counts padding taps its own way; this counts only what the cost
+    model counts, so ``executed_macs / macs`` is the work a sub-network does beyond its
+    logical MACs (e.g. a ZPM junction's conv computing the whole stream's width). A
+    convolution's MACs are its output size times its kernel's size over the kernel's output
+    features (grouped convolutions: the kernel's input dimension is per group); a
+    ``dot_general``'s, its output size times its contracted sizes.
+    """
+    total = 0
+    for line in lowered_text.splitlines():
+        if 'stablehlo.convolution' in line:
+            signature = line.rsplit(' : ', 1)[1]
+            (_, kernel, out) = _dims(signature)[:3]
+            labels = re.search(r'x\[([^\]]*)\]->', line).group(1).replace(' ', '').split(',')
+            if 'batch_group_count = 1 ' not in line:
+                raise ValueError(f'executed_macs: batch-grouped convolution not counted: {line}')
+            total += math.prod(out) * math.prod(kernel) // kernel[labels.index('o')]
+        elif 'stablehlo.dot_general' in line:
+            signature = line.rsplit(' : ', 1)[1]
+            lhs, _, out = _dims(signature)[:3]
+            contracting = re.search(r'contracting_dims = \[([0-9, ]*)\]', line).group(1)
+            sizes = [lhs[int(d)] for d in contracting.split(',') if d.strip()]
+            total += math.prod(out) * math.prod(sizes)
+    return total

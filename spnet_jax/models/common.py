@@ -113,6 +113,11 @@ class Channels:
                    structure.method == 'spnet')
 
 
+# A ZPM branch's conv writes the stream layout itself when the stream is at most this much
+# wider than the branch (`JunctionWiring.folds`); inf: always (measured in
+# benchmarks/junction_choice.py).
+FOLD_SLACK = float('inf')
+
 # How a ZPM junction's shortcut arrives (`JunctionWiring.shortcut`).
 PROJECTION = 'projection'  # a conv (+BN) that writes the stream's layout itself
 ENTRY = 'entry'  # the sorted prefix of the layer the stream starts from; placed at the add
@@ -139,12 +144,32 @@ class JunctionWiring:
         return layers.ZPMAdd(stream_sizes=self.stream_sizes, body_counts=self.body_counts,
                              short_counts=self.short_counts, name=layers.JUNCTION)
 
+    def folds(self, branch_count: int, subnet: int) -> bool:
+        """Whether a conv branch of ``branch_count`` channels writes sub-network ``subnet``'s
+        stream layout itself (its placement folded into its weights: it computes the whole
+        stream's width, zero columns included) rather than its own channels, placed into the
+        stream by an activation gather at the add. Folding costs the extra columns,
+        ``stream / branch - 1`` of the conv; placing costs a gather of the activations. Chosen
+        at trace time from the static counts: fold when the stream is at most
+        ``1 + FOLD_SLACK`` times the branch."""
+        return self.stream_sizes[subnet] <= branch_count * (1.0 + FOLD_SLACK)
+
+    def body_folded(self, subnet: int) -> bool:
+        return self.folds(self.body_counts[subnet], subnet)
+
     def short_placed(self, subnet: int) -> bool:
         """Whether sub-network ``subnet``'s shortcut is already in the stream's layout: a
-        projection wrote it, or an identity shortcut's stream does not grow here."""
+        projection wrote it (folded), or an identity shortcut's stream does not grow here."""
         if self.shortcut == IDENTITY:
             return self.short_counts[subnet] == self.stream_sizes[subnet]
-        return self.shortcut == PROJECTION
+        return self.shortcut == PROJECTION and self.folds(self.short_counts[subnet], subnet)
+
+    def placements(self, junction: layers.ZPMAdd, subnet: int):
+        """``(body_at, short_at)``: the ``out_index`` of the body's last conv and BN and of a
+        projection shortcut's, None where that branch is placed at the add instead."""
+        body, short = junction.placement(subnet)
+        return (body if self.body_folded(subnet) else None,
+                short if self.shortcut == PROJECTION and self.short_placed(subnet) else None)
 
     @property
     def rows(self) -> int:

@@ -233,7 +233,7 @@ class InvertedResidual(nn.Module):
         junction, body_at = None, None
         if w.junction is not None:
             junction = w.junction.module()
-            body_at, _ = junction.placement(k)
+            body_at, _ = w.junction.placements(junction, k)
         y = conv(w.project, 'project_conv', w.hidden.full, 1, dtype=self.dtype)(
             y, w.project.counts[k], out_index=body_at)
         y = bn(w.project, 'project_bn')(y, k, train, out_index=body_at)
@@ -241,6 +241,6 @@ class InvertedResidual(nn.Module):
             return layers.Activation(y, None, w.project.full)
         if junction is None:
             return layers.Activation(a.x + y, None, w.project.full)
-        out, fused = junction(y, a.x, k, body_placed=True,
+        out, fused = junction(y, a.x, k, body_placed=body_at is not None,
                               short_placed=w.junction.short_placed(k))
         return layers.Activation(out, fused, w.junction.rows)

@@ -265,7 +265,7 @@ class Block(nn.Module):
         junction, body_at, short_at = None, None, None
         if w.junction is not None:
             junction = w.junction.module()
-            body_at, short_at = junction.placement(k)
+            body_at, short_at = w.junction.placements(junction, k)
         y, rows, index = a.x, a.rows, a.index
         for i, (name, ch, (ks, st)) in enumerate(zip(BODY, w.body, kernels, strict=False)):
             at = body_at if i + 1 == len(w.body) else None
@@ -282,6 +282,6 @@ class Block(nn.Module):
             short = a.x
         if junction is None:
             return layers.Activation(nn.relu(y + short), None, rows)
-        out, fused = junction(y, short, k, body_placed=True,
+        out, fused = junction(y, short, k, body_placed=body_at is not None,
                               short_placed=w.junction.short_placed(k))
         return layers.Activation(nn.relu(out), fused, w.junction.rows)

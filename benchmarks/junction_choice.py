@@ -1,0 +1,136 @@
+"""Issue 16: what a ZPM sub-network executes and how long it takes, per junction policy and
+channel rounding, against S-Net at equal MACs. Eval-mode forward, CPU, jitted.
+
+    python benchmarks/junction_choice.py [--repeats=7] [--out=benchmarks/junction_choice.json]
+
+Two networks, random bases (latency does not depend on the values):
+
+* Fashion-MNIST ResNet-20 as the quickstart prunes it (one x1.0 base, MACs targets = S-Net
+  x0.5 / x0.75), batch 256, 28x28x1;
+* ResNet-50 with the release's two bases (0.75, 1.0), MACs targets = S-Net x0.5 / x0.75,
+  batch 8, 224 px.
+
+Variants: ``fold`` (each ZPM branch conv writes the whole stream's width, `FOLD_SLACK` = inf),
+``place`` (each branch computes its own channels, placed into the stream by an activation
+gather wherever the stream is wider, `FOLD_SLACK` = 0), ``no_zpm`` (one channel set per
+stream, same MACs targets), each with ``round_to`` 1 and 4 (ResNet-20) or 8 (ResNet-50), MACs
+targets within 3%, and S-Net at the matching widths.
+All programs run interleaved in one process (``repeats`` rounds, median), so load changes hit
+them alike. ``executed`` is `spnet_jax.core.cost.executed_macs` over the sub-network's MACs.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs.fashion_mnist import SNET_MACS, SNET_WIDTHS  # noqa: E402
+from spnet_jax.core import cost  # noqa: E402
+from spnet_jax.models import common, get_arch  # noqa: E402
+from spnet_jax.pruning import prune  # noqa: E402
+
+POLICIES = {'fold': float('inf'), 'place': 0.0}
+
+
+def random_variables(arch, structure, shape, seed):
+    model = arch.module(structure)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
+    rng = np.random.default_rng(seed)
+
+    def value(path, s):
+        name = jax.tree_util.keystr(path)
+        if 'kernel' in name:
+            return rng.normal(0, np.sqrt(2 / np.prod(s.shape[:-1])), s.shape).astype(np.float32)
+        if 'scale' in name or 'var' in name:
+            return rng.uniform(0.1, 1.0, s.shape).astype(np.float32)
+        return np.zeros(s.shape, np.float32)
+
+    return jax.tree_util.tree_map_with_path(value, shapes)
+
+
+def networks():
+    """(name, arch, bases, base widths, MACs targets, S-Net widths, input shape, batch, the
+    round_to values: ResNet-20's 16-64-channel layers are too narrow for 8)."""
+    r20 = get_arch('resnet20', num_classes=10)
+    yield ('resnet20_fmnist', r20, [random_variables(r20, r20.plain_structure(), (28, 28, 1), 0)],
+           [1.0], [float(m) for m in SNET_MACS[1:3]], SNET_WIDTHS[1:], (28, 28, 1), 256, (1, 4))
+    r50 = {w: get_arch('resnet50', full_width=w) for w in (0.75, 1.0)}
+    bases = [random_variables(r50[w], r50[w].plain_structure(), (32, 32, 3), i)
+             for i, w in enumerate((0.75, 1.0))]
+    snet = r50[1.0].snet_structure((0.5, 0.75, 1.0))
+    macs = [c.macs for c in cost.subnet_costs(r50[1.0], snet, 224)]
+    yield ('resnet50_release', r50[1.0], bases, [0.75, 1.0], macs[:2], (0.5, 0.75, 1.0),
+           (224, 224, 3), 8, (1, 8))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--out', default='benchmarks/junction_choice.json')
+    parser.add_argument('--only', default=None, help='one network name')
+    args = parser.parse_args()
+    rows = []
+    for name, arch, bases, widths, targets, snet_widths, shape, batch, rounds in networks():
+        if args.only and name != args.only:
+            continue
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
+        programs = {}  # (variant, subnet) -> (fn, variables, macs, executed)
+        snet = arch.snet_structure(snet_widths)
+        for c in cost.subnet_costs(arch, snet, shape[0], shape[2]):
+            programs[('snet', c.subnet)] = (arch.module(snet), c.subnet,
+                                            random_variables(arch, snet, shape, 0), c.macs)
+        for zpm in (True, False):
+            for round_to in rounds:
+                S, v, _ = prune(arch, bases, widths, macs_targets=targets, image_size=shape[0],
+                                in_channels=shape[2], zpm=zpm, round_to=round_to,
+                                tolerance=0.03)
+                for policy, slack in (POLICIES.items() if zpm else [('no_zpm', None)]):
+                    for c in cost.subnet_costs(arch, S, shape[0], shape[2]):
+                        programs[(f'{policy}_r{round_to}', c.subnet)] = (
+                            (arch.module(S), slack), c.subnet, v, c.macs)
+        timed = {}
+        for key, (model, k, v, macs) in programs.items():
+            slack = None
+            if isinstance(model, tuple):
+                model, slack = model
+            if slack is not None:
+                common.FOLD_SLACK = slack
+            fn = jax.jit(lambda v, x, m=model, k=k: m.apply(v, x, subnet=k))
+            lowered = fn.lower(v, x)
+            executed = cost.executed_macs(lowered.as_text())
+            t = time.perf_counter()
+            compiled = lowered.compile()
+            jax.block_until_ready(compiled(v, x))
+            timed[key] = {'fn': compiled, 'v': v, 'macs': macs,
+                          'executed': executed / (macs * batch),
+                          'compile_s': time.perf_counter() - t, 'times': []}
+            common.FOLD_SLACK = float('inf')
+        for _ in range(args.repeats):  # interleaved rounds
+            for key, entry in timed.items():
+                t = time.perf_counter()
+                jax.block_until_ready(entry['fn'](entry['v'], x))
+                entry['times'].append(time.perf_counter() - t)
+        for (variant, k), e in timed.items():
+            rows.append({'network': name, 'batch': batch, 'variant': variant, 'subnet': k,
+                         'macs': e['macs'], 'executed_over_macs': round(e['executed'], 4),
+                         'ms': 1e3 * statistics.median(e['times']),
+                         'compile_s': round(e['compile_s'], 2)})
+            print(json.dumps(rows[-1]), flush=True)
+    payload = {'rows': rows, 'date': time.strftime('%Y-%m-%d'), 'machine': platform.machine(),
+               'backend': jax.default_backend(), 'cpus': os.cpu_count(), 'jax': jax.__version__,
+               'repeats': args.repeats}
+    with open(args.out, 'w') as fh:
+        json.dump(payload, fh, indent=1)
+
+
+if __name__ == '__main__':
+    main()
