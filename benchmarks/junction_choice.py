@@ -115,7 +115,7 @@ def main():
                           'compile_s': time.perf_counter() - t, 'times': []}
             common.FOLD_SLACK = float('inf')
         for _ in range(args.repeats):  # interleaved rounds
-            for key, entry in timed.items():
+            for entry in timed.values():
                 t = time.perf_counter()
                 jax.block_until_ready(entry['fn'](entry['v'], x))
                 entry['times'].append(time.perf_counter() - t)
