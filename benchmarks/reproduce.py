@@ -32,6 +32,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,15 @@ from configs.fashion_mnist import SNET_MACS, SNET_WIDTHS  # noqa: E402
 from spnet_jax.cli.profile import profile_config  # noqa: E402
 
 BASES_FROM_SPNET = ('spnet_reinit', 'snet_warm')
+# Set by SIGTERM / Ctrl-C: the running runs are stopped (they checkpoint and exit, and their
+# time is recorded), none is started; rerunning the command resumes them.
+STOP: dict = {'requested': False, 'children': set()}
+
+
+def _stop(signum, frame):
+    STOP['requested'] = True
+    for child in list(STOP['children']):
+        child.send_signal(signal.SIGTERM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +153,8 @@ def run_one(study: Study, out: str, seed: int, name: str, extra: list[str],
         if other is not None and os.path.exists(report):
             with open(timing, 'w') as fh:
                 json.dump(other, fh)
+    if not os.path.exists(report) and STOP['requested']:
+        raise SystemExit(f'seed {seed} {name}: not started (stopping)')
     if not os.path.exists(report):
         previous = {'seconds': 0.0, 'cpu_seconds': 0.0, 'bases_from_spnet': []}
         if os.path.exists(timing):  # a resumed run adds to the earlier part
@@ -158,14 +170,24 @@ def run_one(study: Study, out: str, seed: int, name: str, extra: list[str],
         # programs); it does not change what is computed.
         env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': os.path.join(out, 'jax_cache')}
         # Two XLA CPU devices, as the quickstart uses (1.2x the images/s of one on 2 cores);
-        # every arm runs with the same flags. No effect on GPU or TPU.
-        env.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+        # every arm runs with the same flags. No effect on GPU or TPU. XLA:CPU aborts a
+        # process whose device threads wait more than 40 s for each other at an all-reduce,
+        # which a niced run on a busy machine does: that limit is raised to an hour.
+        env.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2 '
+                       '--xla_cpu_collective_call_terminate_timeout_seconds=3600')
         with open(os.path.join(workdir, 'run.log'), 'a') as log:
             child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                      env=env, preexec_fn=lambda: os.nice(niceness))
+            STOP['children'].add(child)
             with open(lock, 'w') as fh:
                 json.dump({'pid': child.pid, 'start': start}, fh)
-            _, status, usage = os.wait4(child.pid, 0)
+            while True:
+                try:
+                    _, status, usage = os.wait4(child.pid, 0)
+                    break
+                except InterruptedError:
+                    continue
+            STOP['children'].discard(child)
             child.returncode = rc = os.waitstatus_to_exitcode(status)
         os.remove(lock)
         seconds = {'seconds': previous['seconds'] + time.time() - start,
@@ -173,6 +195,9 @@ def run_one(study: Study, out: str, seed: int, name: str, extra: list[str],
                    + usage.ru_stime, 'bases_from_spnet': shared}
         with open(timing, 'w') as fh:
             json.dump(seconds, fh)
+        if rc != 0 and STOP['requested']:
+            raise SystemExit(f'seed {seed} {name}: stopped after {seconds["seconds"]:.0f} s; '
+                             'rerun the command to resume it')
         if rc != 0:
             raise SystemExit(f'seed {seed} {name} failed (exit {rc}); see {workdir}/run.log')
         print(f'[{time.strftime("%H:%M:%S")}] seed {seed} {name}: done in '
@@ -680,6 +705,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         command += f' --out={out} --seeds={",".join(map(str, seeds))}'
     start = time.time()
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     results = collect(study, out, seeds, extra, run=not args.report_only, jobs=args.jobs,
                       niceness=args.nice, arms=arms)
     pairs = [(a, b) for a, b, _ in CONVERGED_PAIRS] if study.name == 'converged' else []

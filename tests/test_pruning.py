@@ -66,7 +66,8 @@ def test_zpm_masks_match_a_hand_worked_stream():
     orders = {'e0': np.array([5, 0, 3, 1, 2, 4]), 'p0': np.array([1, 2, 0, 3, 4, 5]),
               'e1': np.array([4, 3, 2, 1, 0, 5])}
     counts = [{'e0': 2, 'p0': 1, 'e1': 2}]
-    sizes, masks, fused = zpm.zpm_masks(table, counts, orders)
+    # The layout of runs made before 2026-12-01 (`Structure.stream_order` 'ascending').
+    sizes, masks, fused = zpm.zpm_masks(table, counts, orders, ascending=True)
     # j0: body keeps {5, 0}, shortcut keeps {1}: fused {0, 1, 5}.
     np.testing.assert_array_equal(fused[0]['j0'], [0, 1, 5])
     # body channel 0 is original 5 -> position 2; body channel 1 is original 0 -> position 0.
@@ -77,6 +78,53 @@ def test_zpm_masks_match_a_hand_worked_stream():
     np.testing.assert_array_equal(masks['j1']['zpm']['body_0'], [2, 2, 1, 0, 2])
     np.testing.assert_array_equal(masks['j1']['zpm']['short_0'], [0, 1, 3, 3, 2])
     assert sizes == [[3, 5]]
+    # Appended (the default): the shortcut's channels first, then the body's new ones.
+    sizes, masks, fused = zpm.zpm_masks(table, counts, orders)
+    np.testing.assert_array_equal(fused[0]['j0'], [1, 5, 0])  # p0's {1}, then e0's 5, 0
+    np.testing.assert_array_equal(masks['j0']['zpm']['body_0'], [2, 0, 1])
+    np.testing.assert_array_equal(masks['j0']['zpm']['short_0'], [0, 1, 1])
+    # j1: j0's stream in its order, then e1's new channels 4, 3: the identity is a prefix.
+    np.testing.assert_array_equal(fused[0]['j1'], [1, 5, 0, 4, 3])
+    np.testing.assert_array_equal(masks['j1']['zpm']['body_0'], [2, 2, 2, 0, 1])
+    np.testing.assert_array_equal(masks['j1']['zpm']['short_0'], [0, 1, 2, 3, 3])
+    assert sizes == [[3, 5]]
+
+
+@pytest.mark.parametrize('name,widths,ratios,shape', [
+    ('resnet20', [1.0], [0.3, 0.6], (32, 32, 3)),
+    ('mobilenet_v2', [1.0, 1.3], [0.5, 0.6], (32, 32, 3))])
+def test_stream_orders_compute_the_same_network(name, widths, ratios, shape):
+    """A network pruned now (streams 'appended': shortcuts zero-padded) computes what the same
+    network in the earlier layout ('ascending' masks, shortcuts gathered) computes."""
+    import dataclasses
+
+    from spnet_jax.core.structure import APPENDED, ASCENDING
+    arch = get_arch(name, num_classes=5, full_width=widths[-1])
+    bases = _bases(name, widths)
+    structure, variables, _ = prune(arch, bases, widths, keep_ratios=ratios,
+                                    image_size=shape[0], in_channels=shape[2])
+    assert structure.stream_order == APPENDED
+    scores = IMPORTANCE['bn'](bases[-1], arch.table(width=widths[-1], zpm=True))[0]
+    counts = [dict(zip(structure.groups, c, strict=True)) for c in structure.counts]
+    _, masks, _ = zpm.zpm_masks(arch.table(zpm=True), counts, scs.sort_orders(scores))
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), masks,
+                                     jax.tree.map(np.asarray, variables['masks'])))
+    _, old_masks, _ = zpm.zpm_masks(arch.table(zpm=True), counts, scs.sort_orders(scores),
+                                    ascending=True)
+    old = dataclasses.replace(structure, stream_order=ASCENDING)
+    # Batch 8: training-mode BN over fewer values amplifies float reordering (the stream's
+    # channel order changes the matmuls' summation order) beyond the helper's tolerance.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, *shape)), jnp.float32)
+    grew = False
+    for k in range(structure.num_subnets):
+        assert_same_function(
+            _apply(arch.module(structure), variables, subnet=k),
+            _apply(arch.module(old), {**variables, 'masks': old_masks}, subnet=k), x)
+        size = dict(zip(structure.junctions, structure.stream_sizes[k], strict=True))
+        for stream in arch.table(zpm=True).streams:
+            sizes = [size[j.name] for j in stream.junctions]
+            grew |= any(b > a for a, b in zip(sizes, sizes[1:], strict=False))
+    assert grew  # some identity shortcut's stream grew: it was padded, not added as it is
 
 
 def _random_variables(model, x, seed=0):

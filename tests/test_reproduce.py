@@ -147,3 +147,29 @@ def test_smoke_run_warm_snet_starts_from_spnets_base(tmp_path):
     assert '| S-Net warm | 1 |' in text and 'copied from SP-Net (base_1.0)' in text
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0 and 'main.py' not in again.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_study_keeping_the_time_and_the_checkpoint(tmp_path):
+    """SIGTERM to the orchestrator: the running run checkpoints and stops, its time is
+    recorded, nothing else starts; the same command then resumes it."""
+    import signal
+    import time
+    out = str(tmp_path / 'study')
+    cmd = [sys.executable, os.path.join(ROOT, 'benchmarks', 'reproduce.py'), '--smoke',
+           '--smoke_steps=100000', '--arms=individual', f'--out={out}']
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT)
+    log = tmp_path / 'study_smoke' / 'seed0' / 'individual_0.25' / 'run.log'
+    deadline = time.time() + 300
+    while time.time() < deadline and ' step ' not in (log.read_text() if log.exists() else ''):
+        time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=300)
+    assert 'individual_0.25: stopped after' in stdout and 'rerun the command' in stdout
+    assert 'individual_0.5:' not in stdout.split('stopped after')[0]  # nothing else started
+    assert not os.path.exists(tmp_path / 'study_smoke' / 'seed0' / 'individual_0.5' /
+                              'run.log')
+    timing = json.loads((log.parent / 'timing.json').read_text())
+    assert timing['seconds'] > 0 and timing['cpu_seconds'] > 0
+    assert 'on request; the state is checkpointed' in log.read_text()

@@ -312,14 +312,19 @@ class ZPMAdd(nn.Module):
     scatter-add-compact of the release. A branch whose last conv and BN already wrote the
     stream layout (`placement` passed to them as ``out_index``) is added as it is
     (``body_placed`` / ``short_placed``). An identity shortcut whose stream does not grow at
-    this junction holds the same channels in the same (ascending) order, so it is added as
-    it is too: the models pass ``short_placed`` when the static stream sizes are equal.
+    this junction holds the same channels in the same order, so it is added as it is too:
+    the models pass ``short_placed`` when the static stream sizes are equal. With
+    ``short_prefix`` the shortcut's channels are the stream's first ones, in order
+    (`Structure.stream_order` 'appended'), and it is zero-padded instead of gathered.
     The default masks (before any pruning) put both branches at the stream's first channels.
     """
 
     stream_sizes: tuple[int, ...]
     body_counts: tuple[int, ...]
     short_counts: tuple[int, ...]
+    # The masks put the shortcut on the stream's first channels, in its order (an identity or
+    # entry shortcut of a stream in `Structure.stream_order` 'appended'): zero-pad it.
+    short_prefix: bool = False
 
     def setup(self):
         def prefix(n, size):
@@ -350,7 +355,11 @@ class ZPMAdd(nn.Module):
         if not body_placed:
             body = place(body, self.body[subnet].value)
         if not short_placed:
-            short = place(short, self.short[subnet].value)
+            if self.short_prefix:
+                grow = self.stream_sizes[subnet] - short.shape[-1]
+                short = jnp.pad(short, [(0, 0)] * (short.ndim - 1) + [(0, grow)])
+            else:
+                short = place(short, self.short[subnet].value)
         return body + short, self.fused[subnet].value
 
 

@@ -19,6 +19,9 @@ from collections.abc import Callable, Sequence
 from spnet_jax.core.channels import ChannelTable
 from spnet_jax.core.errors import ConfigError
 
+# `Structure.stream_order`: the channel order of ZPM streams.
+ASCENDING, APPENDED = 'ascending', 'appended'
+
 
 @dataclasses.dataclass(frozen=True)
 class Structure:
@@ -36,6 +39,12 @@ class Structure:
         ``j`` in sub-network ``k`` (the size of the union of its two branches' masks).
       widths: optional label per sub-network (the width multiplier of S-Net, or of the base
         a pruned sub-network came from); lets callers pick a sub-network by width.
+      stream_order: how each ZPM stream orders its channels: ``'appended'`` (pruned since
+        2026-12-01: the previous stream's channels first, in its order, then the body's new
+        ones, so an identity or entry shortcut lands on a prefix of the stream and is placed by
+        a zero-pad), or ``'ascending'`` (earlier runs: the full network's channel order, the
+        shortcut placed by a gather). The masks say where each channel is; this says only what
+        the models may assume of them.
     """
 
     arch: str
@@ -46,6 +55,7 @@ class Structure:
     junctions: tuple[str, ...] = ()
     stream_sizes: tuple[tuple[int, ...], ...] = ()
     widths: tuple[float, ...] | None = None
+    stream_order: str = ASCENDING
 
     # ----------------------------------------------------------------- access
     @property
@@ -120,6 +130,7 @@ class Structure:
                 junctions=tuple(d.get('junctions', ())),
                 stream_sizes=tuple(tuple(int(x) for x in s) for s in d.get('stream_sizes', ())),
                 widths=None if d.get('widths') is None else tuple(float(w) for w in d['widths']),
+                stream_order=d.get('stream_order', ASCENDING),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f'Malformed structure JSON ({e!r}); re-create it with prune.') from e

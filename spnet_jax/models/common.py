@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelGroup, ChannelTable
-from spnet_jax.core.structure import Structure, uniform_structure
+from spnet_jax.core.structure import APPENDED, ASCENDING, Structure, uniform_structure
 
 
 def scaled(channels: int, width: float) -> int:
@@ -133,16 +133,20 @@ class JunctionWiring:
       stream_sizes: ``[k]``: channels of the stream after the junction in sub-network k.
       body_counts: ``[k]``: channels of the block's last conv.
       short_counts: ``[k]``: channels of the shortcut (for `IDENTITY`, the stream before).
+      stream_order: the structure's `Structure.stream_order`.
     """
 
     shortcut: str
     stream_sizes: tuple[int, ...]
     body_counts: tuple[int, ...]
     short_counts: tuple[int, ...]
+    stream_order: str = ASCENDING
 
     def module(self) -> layers.ZPMAdd:
+        prefix = self.shortcut in (IDENTITY, ENTRY) and self.stream_order == APPENDED
         return layers.ZPMAdd(stream_sizes=self.stream_sizes, body_counts=self.body_counts,
-                             short_counts=self.short_counts, name=layers.JUNCTION)
+                             short_counts=self.short_counts, short_prefix=prefix,
+                             name=layers.JUNCTION)
 
     def folds(self, branch_count: int, subnet: int) -> bool:
         """Whether a conv branch of ``branch_count`` channels writes sub-network ``subnet``'s

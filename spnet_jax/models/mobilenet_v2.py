@@ -186,7 +186,7 @@ def block_wiring(structure, specs: list[BlockSpec]) -> list[BlockWiring]:
             else:
                 shortcut, short_counts = common.IDENTITY, S.stream_sizes_of(prev)
             junction = JunctionWiring(shortcut, S.stream_sizes_of(b.name), project.counts,
-                                      short_counts)
+                                      short_counts, S.stream_order)
         out.append(BlockWiring(hidden, project, junction))
         group, prev = project.group, b.name if junction is not None else None
     return out

@@ -235,7 +235,7 @@ def block_wiring(structure, blocks: list[BlockSpec]) -> list[BlockWiring]:
             else:
                 shortcut, short_counts = common.IDENTITY, S.stream_sizes_of(prev)
             junction = JunctionWiring(shortcut, S.stream_sizes_of(b.name), body[-1].counts,
-                                      short_counts)
+                                      short_counts, S.stream_order)
             prev = b.name
         out.append(BlockWiring(body, proj, junction))
     return out

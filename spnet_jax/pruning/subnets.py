@@ -78,6 +78,7 @@ def standalone_structure(structure: Structure, subnet: int) -> Structure:
         junctions=structure.junctions,
         stream_sizes=(structure.stream_sizes[k],) if structure.zpm else (),
         widths=None if structure.widths is None else (structure.widths[k],),
+        stream_order=structure.stream_order,
     )
 
 
