@@ -8,7 +8,7 @@ from helpers import jitted_apply, random_variables
 
 from spnet_jax.core import layers
 from spnet_jax.core.cost import subnet_costs
-from spnet_jax.core.structure import Structure
+from spnet_jax.core.structure import APPENDED, ASCENDING, Structure
 from spnet_jax.models import REGISTRY, common, get_arch, mobilenet_v2, resnet
 from spnet_jax.pruning import zpm
 
@@ -167,14 +167,15 @@ def test_placement_folded_into_conv_and_bn_equals_placing_their_output(kernel_si
             assert not np.allclose(new['batch_stats']['mean_0'], bn_vars['batch_stats']['mean_0'])
 
 
-def _zpm_structure(arch, table, counts, orders):
+def _zpm_structure(arch, table, counts, orders, stream_order=APPENDED):
     """A ZPM structure of two sub-networks (``counts[1]`` full) with the given SCS orders:
-    ``(structure, stream sizes, masks)``."""
-    sizes, masks, _ = zpm.zpm_masks(table, counts, orders)
+    ``(structure, stream sizes, masks)``; streams in ``stream_order`` (as pruning makes them,
+    or the layout of earlier runs)."""
+    sizes, masks, _ = zpm.zpm_masks(table, counts, orders, ascending=stream_order == ASCENDING)
     structure = Structure(arch.name, 'spnet', table.group_names,
                           tuple(counts[1].values()), tuple(tuple(c.values()) for c in counts),
                           tuple(j.name for j in table.junctions),
-                          tuple(map(tuple, sizes))).validate(table)
+                          tuple(map(tuple, sizes)), stream_order=stream_order).validate(table)
     return structure, sizes, masks
 
 
@@ -218,17 +219,20 @@ def _activation_gathers(fn, *args, batch: int) -> int:
     return count
 
 
-def test_zpm_junctions_move_activations_only_at_stream_entries_and_growth():
-    """The junction is cheap: a branch's placement lives in its conv's weights, so the
-    only activation gathers left are a stream's entry (the stem feeding an identity block)
-    and identity shortcuts where the stream grows; the full network has just the entry."""
+@pytest.mark.parametrize('stream_order', [APPENDED, ASCENDING])
+def test_zpm_junctions_move_activations_only_at_stream_entries_and_growth(stream_order):
+    """The junction is cheap: a branch's placement lives in its conv's weights. In the
+    'appended' stream order (what pruning makes) a shortcut is a prefix of the stream and is
+    zero-padded: no activation gather at all. In the earlier 'ascending' order the gathers
+    left are a stream's entry (the stem feeding an identity block) and identity shortcuts
+    where the stream grows; the full network has just the entry."""
     arch = get_arch('resnet20', num_classes=5, stem='small', full_width=1.0)
     table = arch.table(zpm=True)
     rng = np.random.default_rng(3)
     counts = [{g.name: max(1, g.size // 2) for g in table.groups},
               {g.name: g.size for g in table.groups}]
     orders = {g.name: rng.permutation(g.size) for g in table.groups}  # unions grow
-    structure, sizes, masks = _zpm_structure(arch, table, counts, orders)
+    structure, sizes, masks = _zpm_structure(arch, table, counts, orders, stream_order)
     model = arch.module(structure)
     batch = 7
     x = jnp.ones((batch, 16, 16, 3))
@@ -245,7 +249,7 @@ def test_zpm_junctions_move_activations_only_at_stream_entries_and_growth():
             return jnp.sum(out)
 
         # 1 entry per stream that starts at an identity block: the stem (stage 1).
-        want = 1 + grows
+        want = 1 + grows if stream_order == ASCENDING else 0
         assert _activation_gathers(lambda v, k=k: model.apply(v, x, subnet=k), variables,
                                    batch=batch) == want
         # The backward pass adds no gathers (a gather's transpose is a scatter-add).
