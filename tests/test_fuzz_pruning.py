@@ -114,7 +114,10 @@ def check_zpm(table, structure, the_plan):
                 body = the_plan.orders[j.body][:structure.count(j.body, k)]
                 short = (the_plan.orders[j.shortcut][:structure.count(j.shortcut, k)]
                          if j.shortcut else previous)
-                assert np.all(np.diff(fused) > 0)  # ascending, no repeats: original order
+                assert len(set(fused.tolist())) == len(fused)  # no repeats
+                # 'appended': the shortcut's channels first, in order, then the body's others
+                np.testing.assert_array_equal(fused[:len(short)], short)
+                assert np.all(np.isin(fused[len(short):], body))
                 assert set(fused.tolist()) == set(body.tolist()) | set(short.tolist())
                 assert len(fused) == structure.stream_size(j.name, k)
                 for branch, where in ((body, masks[f'body_{k}']), (short, masks[f'short_{k}'])):

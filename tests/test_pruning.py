@@ -88,6 +88,11 @@ def test_zpm_masks_match_a_hand_worked_stream():
     np.testing.assert_array_equal(masks['j1']['zpm']['body_0'], [2, 2, 2, 0, 1])
     np.testing.assert_array_equal(masks['j1']['zpm']['short_0'], [0, 1, 2, 3, 3])
     assert sizes == [[3, 5]]
+    # In the release's layout again: exactly the ascending masks.
+    _, ascending, _ = zpm.zpm_masks(table, counts, orders, ascending=True)
+    for mine, theirs in ((zpm.release_layout(table, masks), ascending),
+                         (zpm.release_layout(table, ascending), ascending)):
+        assert jax.tree.all(jax.tree.map(np.array_equal, mine, theirs))
 
 
 @pytest.mark.parametrize('name,widths,ratios,shape', [
@@ -111,6 +116,8 @@ def test_stream_orders_compute_the_same_network(name, widths, ratios, shape):
                                      jax.tree.map(np.asarray, variables['masks'])))
     _, old_masks, _ = zpm.zpm_masks(arch.table(zpm=True), counts, scs.sort_orders(scores),
                                     ascending=True)
+    converted = zpm.release_layout(arch.table(zpm=True), variables['masks'])
+    assert jax.tree.all(jax.tree.map(np.array_equal, converted, old_masks))
     old = dataclasses.replace(structure, stream_order=ASCENDING)
     # Batch 8: training-mode BN over fewer values amplifies float reordering (the stream's
     # channel order changes the matmuls' summation order) beyond the helper's tolerance.

@@ -16,6 +16,7 @@ from helpers import needs_reference, reference_case
 
 import spnet_jax
 from spnet_jax.models import get_arch
+from spnet_jax.pruning import zpm
 from spnet_jax.workdir import convert_torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,10 @@ def check_structure_and_masks(net, case_dir: Path, bn_file: Path):
     table = arch.table(zpm=S.zpm)
     owner = {p: g.name for g in table.groups for p in (*g.producers, *g.followers)}
     names = convert_torch.module_names(arch)
-    params, masks = net.variables['params'], net.variables.get('masks', {})
+    params = net.variables['params']
+    # The release keeps each stream's channels ascending; this project's streams list the
+    # shortcut's first (`Structure.stream_order`): the same masks, compared in its layout.
+    masks = zpm.release_layout(table, net.variables.get('masks', {}))
     with np.load(bn_file) as bn:
         gammas = {k: bn[k] for k in bn.files}
     checked = 0

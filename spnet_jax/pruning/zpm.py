@@ -35,6 +35,38 @@ def fuse(short: np.ndarray, body: np.ndarray, ascending: bool = False) -> np.nda
     return np.concatenate([short, body[~np.isin(body, short)]]).astype(np.int32)
 
 
+def release_layout(table: ChannelTable, masks: dict) -> dict:
+    """``masks`` (a ``masks`` collection of ``table``'s network) in the release's layout:
+    each junction's fused mask ascending, its ``body_k`` / ``short_k`` permuted with it, and
+    an identity shortcut's positions renumbered into the previous stream's new order. The
+    same network in `Structure.stream_order` 'ascending'; for comparing with the release's
+    fused masks, and the identity on masks that are ascending already."""
+    out: dict = {}
+    for stream in table.streams:
+        ranks: dict[int, np.ndarray] = {}  # sub-network -> previous stream's new positions
+        for j in stream.junctions:
+            old = masks[j.name][layers.JUNCTION]
+            new = {}
+            for key in old:
+                kind, k = layers.subnet_of(key)
+                if kind != layers.FUSED:
+                    continue
+                fused = np.asarray(old[key])
+                perm = np.argsort(fused, kind='stable')
+                short = np.asarray(old[layers.subnet_variable(layers.SHORT, k)])
+                if j.shortcut is None:  # positions in the previous stream, renumbered
+                    rank = ranks[k]
+                    short = np.where(short < len(rank), rank[np.minimum(short, len(rank) - 1)],
+                                     short)
+                new[layers.subnet_variable(layers.FUSED, k)] = fused[perm]
+                new[layers.subnet_variable(layers.BODY, k)] = np.asarray(
+                    old[layers.subnet_variable(layers.BODY, k)])[perm]
+                new[layers.subnet_variable(layers.SHORT, k)] = short[perm].astype(np.int32)
+                ranks[k] = np.argsort(perm, kind='stable')
+            out[j.name] = {layers.JUNCTION: new}
+    return out
+
+
 def zpm_masks(table: ChannelTable, counts: list[dict[str, int]], orders: dict[str, np.ndarray],
               ascending: bool = False) -> tuple[list[list[int]], dict, list[dict]]:
     """Returns (stream_sizes[k][j], the ``masks`` collection, fused masks[k][junction]).
