@@ -169,12 +169,8 @@ def run_one(study: Study, out: str, seed: int, name: str, extra: list[str],
         # The persistent compilation cache only saves time (seeds share S-Net and individual
         # programs); it does not change what is computed.
         env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': os.path.join(out, 'jax_cache')}
-        # Two XLA CPU devices, as the quickstart uses (1.2x the images/s of one on 2 cores);
-        # every arm runs with the same flags. No effect on GPU or TPU. XLA:CPU aborts a
-        # process whose device threads wait more than 40 s for each other at an all-reduce,
-        # which a niced run on a busy machine does: that limit is raised to an hour.
-        env.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2 '
-                       '--xla_cpu_collective_call_terminate_timeout_seconds=3600')
+        # One device per run: two forced XLA:CPU devices (the quickstart's 1.2x) deadlocked
+        # in their all-reduce three times in a niced run beside other jobs (2026-12-01).
         with open(os.path.join(workdir, 'run.log'), 'a') as log:
             child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                      env=env, preexec_fn=lambda: os.nice(niceness))
