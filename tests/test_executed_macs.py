@@ -156,3 +156,17 @@ def test_placing_and_folding_compute_the_same_function(name, policy):
 def _bodies(arch, structure, k):
     counts = dict(zip(structure.groups, structure.counts[k], strict=True))
     return [counts[j.body] for j in arch.table(zpm=True).junctions]
+
+
+def test_loaded_networks_and_the_profiler_say_what_a_subnetwork_executes(recipe):
+    from spnet_jax.cli.profile import table
+    arch, structure, variables, shape = recipe
+    net = spnet_jax.SlimmableNetwork(arch, structure, variables, image_size=shape[0])
+    costs = cost.subnet_costs(arch, structure, shape[0], shape[2])
+    rows = net.subnets
+    assert [r['executed_macs'] for r in rows] == [c.executed_macs for c in costs]
+    text = table('t', rows)
+    over = [c for c in costs if c.executed_macs > c.macs]
+    for c in over:
+        assert f'sub-network {c.subnet} computes {c.executed_macs / c.macs:.2f}x' in text
+    assert ('Executed:' in text) == bool(over)

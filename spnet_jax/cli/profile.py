@@ -55,7 +55,8 @@ def profile_workdir(path: str) -> tuple[str, list[dict]]:
 
 def _rows(costs, widths) -> list[dict]:
     return [{'subnet': c.subnet, 'width': w, 'macs': c.macs, 'params': c.params,
-             'channels': c.channels} for c, w in zip(costs, widths, strict=True)]
+             'channels': c.channels, 'executed_macs': c.executed_macs}
+            for c, w in zip(costs, widths, strict=True)]
 
 
 def table(title: str, rows: list[dict]) -> str:
@@ -68,6 +69,13 @@ def table(title: str, rows: list[dict]) -> str:
                      f'{r["macs"] / full["macs"]:>7.3f} {r["params"] / 1e6:>9.3f}M '
                      f'{r["channels"]:>9}')
     lines.append('MACs = multiply-accumulates per image (the papers\' "FLOPs").')
+    extra = [(r['subnet'], r['executed_macs'] / r['macs']) for r in rows
+             if r.get('executed_macs', r['macs']) > r['macs']]
+    if extra:
+        lines.append('Executed: ' + ', '.join(f'sub-network {k} computes {x:.2f}x its MACs'
+                                              for k, x in extra)
+                     + ' (ZPM junction convs write their stream\'s width, zero columns '
+                     'included; see README, "Fold or place").')
     return '\n'.join(lines)
 
 

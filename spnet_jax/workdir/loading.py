@@ -151,7 +151,9 @@ class SlimmableNetwork:
     @functools.cached_property
     def subnets(self) -> list[dict]:
         """Per sub-network (smallest first): ``subnet``, ``width`` (S-Net label or None),
-        ``macs`` and ``params`` at ``image_size``, ``channels``, and what evaluation
+        ``macs`` and ``params`` at ``image_size``, ``channels``, ``executed_macs`` (what its
+        program computes: more than ``macs`` where ZPM junction convs write a stream wider than
+        their branch; `spnet_jax.core.cost.SubnetCost.executed_macs`), and what evaluation
         recorded (``top1``, ``top5`` as fractions; ``latency_ms`` at ``latency_batch``;
         None when this checkpoint was not evaluated)."""
         in_channels = self.arch.input_channels(self.variables['params'])
@@ -163,6 +165,7 @@ class SlimmableNetwork:
                 seen = {}
             rows.append({'subnet': c.subnet, 'width': None if widths is None else widths[c.subnet],
                          'macs': c.macs, 'params': c.params, 'channels': c.channels,
+                         'executed_macs': c.executed_macs,
                          **{key: seen.get(key) for key in ('top1', 'top5', 'latency_ms',
                                                            'latency_batch')}})
         return rows
