@@ -33,28 +33,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from latency import random_variables  # noqa: E402
+
 from configs.fashion_mnist import SNET_MACS, SNET_WIDTHS  # noqa: E402
 from spnet_jax.core import cost  # noqa: E402
 from spnet_jax.models import common, get_arch  # noqa: E402
 from spnet_jax.pruning import prune  # noqa: E402
 
 POLICIES = {'fold': float('inf'), 'place': 0.0}
-
-
-def random_variables(arch, structure, shape, seed):
-    model = arch.module(structure)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
-    rng = np.random.default_rng(seed)
-
-    def value(path, s):
-        name = jax.tree_util.keystr(path)
-        if 'kernel' in name:
-            return rng.normal(0, np.sqrt(2 / np.prod(s.shape[:-1])), s.shape).astype(np.float32)
-        if 'scale' in name or 'var' in name:
-            return rng.uniform(0.1, 1.0, s.shape).astype(np.float32)
-        return np.zeros(s.shape, np.float32)
-
-    return jax.tree_util.tree_map_with_path(value, shapes)
 
 
 def networks():

@@ -28,8 +28,14 @@ from spnet_jax.pruning import prune
 
 def random_base(width: float, seed: int) -> dict:
     arch = get_arch('resnet50', full_width=width)
-    model = arch.module(arch.plain_structure())
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    return random_variables(arch, arch.plain_structure(), (32, 32, 3), seed)
+
+
+def random_variables(arch, structure, shape, seed: int) -> dict:
+    """Variables of ``arch``'s network of ``structure`` for inputs of ``shape`` (H, W, C):
+    He-normal kernels, BN scales and variances in [0.1, 1], zeros elsewhere."""
+    model = arch.module(structure)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape))))
     rng = np.random.default_rng(seed)
 
     def value(path, s):

@@ -360,6 +360,16 @@ def _fmt_macs(x: float) -> str:
     return f'{x / 1e6:.2f}M'
 
 
+def _subnet_cells(s: dict) -> str:
+    """A sub-network's MACs (with the range over seeds where it differs), params and top-1
+    mean, std and [min, max], as markdown table cells."""
+    macs = _fmt_macs(s['macs_mean'])
+    if s['macs_min'] != s['macs_max']:
+        macs += f' ({_fmt_macs(s["macs_min"])}-{_fmt_macs(s["macs_max"])})'
+    return (f'{macs} | {s["params_mean"] / 1e3:.1f}K | {s["top1_mean"]:.2f}% | '
+            f'{s["top1_std"]:.2f} | [{s["top1_min"]:.2f}, {s["top1_max"]:.2f}]')
+
+
 STYLES = {'snet': ('s-', 'tab:blue'), 'spnet': ('o-', 'tab:red'),
           'individual': ('^--', 'tab:gray'), 'spnet_reinit': ('o:', 'tab:orange'),
           'snet_release': ('s:', 'tab:cyan'), 'snet_warm': ('D-.', 'tab:purple')}
@@ -438,13 +448,8 @@ def markdown_short(study: Study, summary: dict, command: str, smoke: bool,
             continue
         for s in methods[method]['subnets']:
             width = '' if s['width'] is None else f'{s["width"]:g}'
-            macs = _fmt_macs(s['macs_mean'])
-            if s['macs_min'] != s['macs_max']:
-                macs += f' ({_fmt_macs(s["macs_min"])}-{_fmt_macs(s["macs_max"])})'
-            lines.append(
-                f'| {study.labels[method]} | {s["subnet"]} | {width} | {macs} | '
-                f'{s["params_mean"] / 1e3:.1f}K | {s["top1_mean"]:.2f}% | {s["top1_std"]:.2f} | '
-                f'[{s["top1_min"]:.2f}, {s["top1_max"]:.2f}] |')
+            lines.append(f'| {study.labels[method]} | {s["subnet"]} | {width} | '
+                         f'{_subnet_cells(s)} |')
     lines += ['', '(SP-Net\'s pruned structures, hence MACs and params, differ slightly by '
               'seed; the range is shown where they do.)', '',
               '| method | seeds | CPU time per seed (s, mean) | each | wall time per seed (s, '
@@ -569,13 +574,8 @@ def markdown_converged(study: Study, summary: dict, command: str, smoke: bool, p
             continue
         info = methods[method]
         for k, s in enumerate(info['subnets']):
-            macs = _fmt_macs(s['macs_mean'])
-            if s['macs_min'] != s['macs_max']:
-                macs += f' ({_fmt_macs(s["macs_min"])}-{_fmt_macs(s["macs_max"])})'
-            lines.append(
-                f'| {study.labels[method]} | {k} | {SNET_WIDTHS[k]:g} | {macs} | '
-                f'{s["params_mean"] / 1e3:.1f}K | {s["top1_mean"]:.2f}% | {s["top1_std"]:.2f} | '
-                f'[{s["top1_min"]:.2f}, {s["top1_max"]:.2f}] | {len(info["seeds"])} |')
+            lines.append(f'| {study.labels[method]} | {k} | {SNET_WIDTHS[k]:g} | '
+                         f'{_subnet_cells(s)} | {len(info["seeds"])} |')
     lines += ['', '## Cost', '',
               '| arm | seeds | CPU s per seed (mean) | each | wall s per seed (mean) | each | '
               'bases |', '|---|---:|---:|---|---:|---|---|']
