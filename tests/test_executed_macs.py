@@ -170,3 +170,30 @@ def test_loaded_networks_and_the_profiler_say_what_a_subnetwork_executes(recipe)
     for c in over:
         assert f'sub-network {c.subnet} computes {c.executed_macs / c.macs:.2f}x' in text
     assert ('Executed:' in text) == bool(over)
+
+
+def _training_macs(model, variables, shape, k):
+    """Executed MACs of one sub-network's gradient (training mode, batch 2), per image."""
+    def loss(params, x):
+        out, _ = model.apply({**variables, 'params': params}, x, subnet=k, train=True,
+                             mutable=['batch_stats'])
+        return jnp.sum(out)
+
+    x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+    return cost.executed_macs(jax.jit(jax.grad(loss)).lower(variables['params'], x).as_text()) / 2
+
+
+def test_training_steps_execute_three_times_the_forward(recipe, policy):
+    """Forward, input gradients and weight gradients: 3x the forward's MACs (the first conv's
+    input gradient is not computed). Placing junctions: 3x the logical MACs within 3%;
+    folding: 3x what the forward executes, so the backward adds no union-width work of its
+    own beyond the forward's."""
+    arch, structure, variables, shape = recipe
+    for slack in (0.0, float('inf')):
+        policy(slack)
+        model = arch.module(structure)
+        for c in cost.subnet_costs(arch, structure, shape[0], shape[2]):
+            first = next(layer.macs for layer in c.layers if layer.kind == 'conv')
+            want = 3 * (c.macs if slack == 0.0 else c.executed_macs) - first
+            got = _training_macs(model, variables, shape, c.subnet)
+            assert 0.97 * want <= got <= 1.03 * want, (slack, c.subnet, got / want)

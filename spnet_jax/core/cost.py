@@ -135,8 +135,10 @@ def executed_macs(lowered_text: str) -> int:
     model counts, so ``executed_macs / macs`` is the work a sub-network does beyond its
     logical MACs (e.g. a ZPM junction's conv computing the whole stream's width). A
     convolution's MACs are its output size times its kernel's size over the kernel's output
-    features (grouped convolutions: the kernel's input dimension is per group); a
-    ``dot_general``'s, its output size times its contracted sizes.
+    features (feature- or batch-grouped convolutions, e.g. a depthwise conv and its weight
+    gradient: the kernel's input dimension is already per group), over the
+    input dilation (a strided conv's input gradient); a ``dot_general``'s, its output size
+    times its contracted sizes.
     """
     total = 0
     for line in lowered_text.splitlines():
@@ -144,9 +146,11 @@ def executed_macs(lowered_text: str) -> int:
             signature = line.rsplit(' : ', 1)[1]
             (_, kernel, out) = _dims(signature)[:3]
             labels = re.search(r'x\[([^\]]*)\]->', line).group(1).replace(' ', '').split(',')
-            if 'batch_group_count = 1 ' not in line:
-                raise ValueError(f'executed_macs: batch-grouped convolution not counted: {line}')
-            total += math.prod(out) * math.prod(kernel) // kernel[labels.index('o')]
+            # A strided conv's input gradient runs over its output gradient dilated by the
+            # stride (zeros in between): only 1 tap in prod(lhs_dilate) meets a value.
+            dilate = re.search(r'lhs_dilate = \[([0-9, ]*)\]', line)
+            spread = math.prod(int(d) for d in dilate.group(1).split(',')) if dilate else 1
+            total += math.prod(out) * math.prod(kernel) // kernel[labels.index('o')] // spread
         elif 'stablehlo.dot_general' in line:
             signature = line.rsplit(' : ', 1)[1]
             lhs, _, out = _dims(signature)[:3]
