@@ -82,6 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune.start = 'finetune'  # 'finetune' (largest base's weights) | 'reinit'
     # Each pruned layer's channel count a multiple of this (1: the release's exact counts).
     config.prune.round_to = 1
+    config.prune.macs_tolerance = 0.01  # how close each MACs target must be met (fraction)
 
     # Stage 3: slimmable training of every sub-network with in-place distillation.
     config.slim = training_section(epochs=60.0, lr=0.01, lr_boundaries=(30, 45), lr_decay=0.1,

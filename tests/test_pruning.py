@@ -392,6 +392,27 @@ def test_macs_targets_are_met_with_rounded_counts():
     assert info['macs'][:2] == [c.macs for c in costs[:2]]
 
 
+@pytest.mark.parametrize('value', [0, 0.7, '1%'])
+def test_bad_macs_tolerance_is_one_sentence(value):
+    import ml_collections
+
+    from configs import default
+    from spnet_jax.pruning.recipe import PruneSettings
+    config = default.get_config()
+    config.prune = ml_collections.ConfigDict({**config.prune.to_dict(), 'macs_tolerance': value})
+    with pytest.raises(ConfigError, match='prune.macs_tolerance=.* must be a fraction in'):
+        PruneSettings.from_config(config.prune)
+
+
+def test_a_coarse_round_to_names_both_ways_out():
+    arch = get_arch('resnet20', num_classes=5)
+    bases = _bases('resnet20', [1.0])
+    targets = [7.78e6 * 32 * 32 / (28 * 28), 1.747e7 * 32 * 32 / (28 * 28)]
+    with pytest.raises(ConfigError, match=r'prune.round_to \(now 8\).*prune.macs_tolerance'):
+        prune(arch, bases, [1.0], macs_targets=targets, image_size=32, zpm=False, round_to=8,
+              tolerance=0.001)
+
+
 @pytest.mark.parametrize('value', [0, 2.5, True, '8'])
 def test_bad_round_to_is_one_sentence(value):
     import ml_collections

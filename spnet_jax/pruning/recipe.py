@@ -45,6 +45,7 @@ class PruneSettings:
     importance: str
     start: str
     round_to: int = 1
+    macs_tolerance: float = 0.01
 
     @classmethod
     def from_config(cls, section: Any) -> PruneSettings:
@@ -75,8 +76,13 @@ class PruneSettings:
             raise ConfigError(f'prune.round_to={round_to!r} must be a whole number >= 1 (1 keeps '
                               'the release\'s exact counts; e.g. 8 rounds each pruned layer to a '
                               'multiple of 8 channels).')
+        tolerance = section.get('macs_tolerance', 0.01)  # likewise
+        if not (_number(tolerance) and 0 < tolerance < 0.5):
+            raise ConfigError(f'prune.macs_tolerance={tolerance!r} must be a fraction in (0, 0.5) '
+                              '(0.01: each MACs target met within 1%).')
         return cls(tuple(float(r) for r in ratios), tuple(float(t) for t in targets_),
-                   section.zpm, float(ratio), section.importance, section.start, round_to)
+                   section.zpm, float(ratio), section.importance, section.start, round_to,
+                   float(tolerance))
 
     @property
     def sizes(self) -> tuple[float, ...]:
@@ -90,7 +96,7 @@ class PruneSettings:
             keep_ratios=None if self.macs_targets else self.keep_ratios,
             macs_targets=self.macs_targets or None, zpm=self.zpm,
             min_channels_ratio=self.min_channels_ratio, importance=self.importance,
-            round_to=self.round_to,
+            round_to=self.round_to, tolerance=self.macs_tolerance,
             reinit_rng=(jax.random.fold_in(jax.random.key(seed), 1000)
                         if self.start == 'reinit' else None),
             bn_scale_init=bn_scale_init)

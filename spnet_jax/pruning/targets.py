@@ -107,8 +107,8 @@ def ratio_for_target(target: float, scores: dict, pool: np.ndarray, group_floors
             lo_r, lo_m = mid, m
     r, m = (hi_r, hi_m) if abs(hi_m - target) <= abs(lo_m - target) else (lo_r, lo_m)
     if abs(m - target) > tolerance * target:
-        hint = (f'; a smaller prune.round_to (now {round_to}) makes finer steps'
-                if round_to > 1 else '')
+        hint = (f'; a smaller prune.round_to (now {round_to}) makes finer steps, or allow a '
+                f'larger prune.macs_tolerance (now {tolerance:g})' if round_to > 1 else '')
         raise ConfigError(
             f'MACs target {target:.4g} for {what} cannot be met within {tolerance:.0%}: the '
             f'nearest keep ratios give {lo_m:.4g} and {hi_m:.4g} MACs{hint}.')
