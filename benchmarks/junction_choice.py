@@ -10,9 +10,9 @@ Two networks, random bases (latency does not depend on the values):
 * ResNet-50 with the release's two bases (0.75, 1.0), MACs targets = S-Net x0.5 / x0.75,
   batch 8, 224 px.
 
-Variants: ``fold`` (each ZPM branch conv writes the whole stream's width, `FOLD_SLACK` = inf),
+Variants: ``fold`` (each ZPM branch conv writes the whole stream's width, ``fold_slack=inf``,
 ``place`` (each branch computes its own channels, placed into the stream by an activation
-gather wherever the stream is wider, `FOLD_SLACK` = 0), ``no_zpm`` (one channel set per
+gather wherever the stream is wider, ``fold_slack=0``), ``no_zpm`` (one channel set per
 stream, same MACs targets), each with ``round_to`` 1 and 4 (ResNet-20) or 8 (ResNet-50), MACs
 targets within 3%, and S-Net at the matching widths.
 All programs run interleaved in one process (``repeats`` rounds, median), so load changes hit
@@ -37,7 +37,7 @@ from latency import random_variables  # noqa: E402
 
 from configs.fashion_mnist import SNET_MACS, SNET_WIDTHS  # noqa: E402
 from spnet_jax.core import cost  # noqa: E402
-from spnet_jax.models import common, get_arch  # noqa: E402
+from spnet_jax.models import get_arch  # noqa: E402
 from spnet_jax.pruning import prune  # noqa: E402
 
 POLICIES = {'fold': float('inf'), 'place': 0.0}
@@ -79,17 +79,12 @@ def main():
                 S, v, _ = prune(arch, bases, widths, macs_targets=targets, image_size=shape[0],
                                 in_channels=shape[2], zpm=zpm, round_to=round_to,
                                 tolerance=0.03)
-                for policy, slack in (POLICIES.items() if zpm else [('no_zpm', None)]):
+                for policy, slack in (POLICIES.items() if zpm else [('no_zpm', 0.0)]):
                     for c in cost.subnet_costs(arch, S, shape[0], shape[2]):
                         programs[(f'{policy}_r{round_to}', c.subnet)] = (
-                            (arch.module(S), slack), c.subnet, v, c.macs)
+                            arch.module(S, fold_slack=slack), c.subnet, v, c.macs)
         timed = {}
         for key, (model, k, v, macs) in programs.items():
-            slack = None
-            if isinstance(model, tuple):
-                model, slack = model
-            if slack is not None:
-                common.FOLD_SLACK = slack
             fn = jax.jit(lambda v, x, m=model, k=k: m.apply(v, x, subnet=k))
             lowered = fn.lower(v, x)
             executed = cost.executed_macs(lowered.as_text())
@@ -99,7 +94,6 @@ def main():
             timed[key] = {'fn': compiled, 'v': v, 'macs': macs,
                           'executed': executed / (macs * batch),
                           'compile_s': time.perf_counter() - t, 'times': []}
-            common.FOLD_SLACK = float('inf')
         for _ in range(args.repeats):  # interleaved rounds
             for entry in timed.values():
                 t = time.perf_counter()

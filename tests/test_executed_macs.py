@@ -4,7 +4,7 @@
 cost model's `SubnetCost.executed_macs` predicts them from the layers' real output widths.
 They must agree exactly for every sub-network of the release's ResNet-50 and MobileNetV2
 recipes and of the Fashion-MNIST recipe, slimmable and exported; networks without ZPM, and ZPM
-networks whose junctions place their branches (`common.FOLD_SLACK = 0`), execute their logical
+networks whose junctions place their branches (``fold_slack=0``), execute their logical
 MACs (within 3%); with the default folded junctions the excess is exactly the zero columns of
 the branch convs that write the stream's width.
 """
@@ -17,7 +17,7 @@ from helpers import random_variables
 
 import spnet_jax
 from spnet_jax.core import cost
-from spnet_jax.models import common, get_arch
+from spnet_jax.models import get_arch
 from spnet_jax.pruning import prune
 from spnet_jax.workdir import export
 
@@ -65,15 +65,7 @@ def _program_macs(model, variables, shape, k):
     return cost.executed_macs(fn.lower(variables, x).as_text())
 
 
-@pytest.fixture
-def policy():
-    """Sets `common.FOLD_SLACK` for one test, restoring the default after."""
-    default = common.FOLD_SLACK
-    yield lambda slack: setattr(common, 'FOLD_SLACK', slack)
-    common.FOLD_SLACK = default
-
-
-def test_programs_execute_what_the_cost_model_predicts(recipe, policy):
+def test_programs_execute_what_the_cost_model_predicts(recipe):
     arch, structure, variables, shape = recipe
     model = arch.module(structure)
     costs = cost.subnet_costs(arch, structure, shape[0], shape[2])
@@ -85,24 +77,21 @@ def test_programs_execute_what_the_cost_model_predicts(recipe, policy):
     if structure.zpm and arch.name != 'mobilenet_v2':
         assert max(excess[:-1]) > 1.03  # folded junctions: the zero columns are counted
     # Placing instead of folding: logical MACs, for every sub-network.
-    policy(0.0)
-    placed = arch.module(structure)
+    placed = arch.module(structure, fold_slack=0.0)
     for c in costs:
         got = _program_macs(placed, variables, shape, c.subnet)
         assert c.macs <= got <= 1.03 * c.macs, (c.subnet, got / c.macs)
 
 
-def test_exported_subnetworks_execute_what_the_cost_model_predicts(recipe, policy):
+def test_exported_subnetworks_execute_what_the_cost_model_predicts(recipe):
     arch, structure, variables, shape = recipe
     net = spnet_jax.SlimmableNetwork(arch, structure, variables, image_size=shape[0])
     for k in range(structure.num_subnets - 1):
         alone, alone_vars = export.standalone(net, k)
         (c,) = cost.subnet_costs(arch, alone, shape[0], shape[2])
         assert _program_macs(arch.module(alone), alone_vars, shape, 0) == c.executed_macs
-        policy(0.0)
-        got = _program_macs(arch.module(alone), alone_vars, shape, 0)
+        got = _program_macs(arch.module(alone, fold_slack=0.0), alone_vars, shape, 0)
         assert c.macs <= got <= 1.03 * c.macs
-        policy(float('inf'))
 
 
 @pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2'])
@@ -119,7 +108,7 @@ def test_networks_without_zpm_execute_their_macs(name):
 
 
 @pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2'])
-def test_placing_and_folding_compute_the_same_function(name, policy):
+def test_placing_and_folding_compute_the_same_function(name):
     """The junction policy changes where zeros are computed, never the result: logits and
     BN batch statistics of every sub-network agree (eval and training mode)."""
     shape, classes = ((28, 28, 1), 10) if name == 'resnet20' else ((32, 32, 3), 10)
@@ -132,8 +121,7 @@ def test_placing_and_folding_compute_the_same_function(name, policy):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, *shape)), jnp.float32)
     results = {}
     for slack in (float('inf'), 0.0):
-        policy(slack)
-        model = arch.module(structure)
+        model = arch.module(structure, fold_slack=slack)
         for k in range(structure.num_subnets):
             logits = jax.jit(lambda v, x, m=model, k=k: m.apply(v, x, subnet=k))(variables, x)
             trained, moved = jax.jit(lambda v, x, m=model, k=k: m.apply(
@@ -183,15 +171,14 @@ def _training_macs(model, variables, shape, k):
     return cost.executed_macs(jax.jit(jax.grad(loss)).lower(variables['params'], x).as_text()) / 2
 
 
-def test_training_steps_execute_three_times_the_forward(recipe, policy):
+def test_training_steps_execute_three_times_the_forward(recipe):
     """Forward, input gradients and weight gradients: 3x the forward's MACs (the first conv's
     input gradient is not computed). Placing junctions: 3x the logical MACs within 3%;
     folding: 3x what the forward executes, so the backward adds no union-width work of its
     own beyond the forward's."""
     arch, structure, variables, shape = recipe
     for slack in (0.0, float('inf')):
-        policy(slack)
-        model = arch.module(structure)
+        model = arch.module(structure, fold_slack=slack)
         for c in cost.subnet_costs(arch, structure, shape[0], shape[2]):
             first = next(layer.macs for layer in c.layers if layer.kind == 'conv')
             want = 3 * (c.macs if slack == 0.0 else c.executed_macs) - first

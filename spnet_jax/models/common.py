@@ -13,6 +13,12 @@ from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelGroup, ChannelTable
 from spnet_jax.core.structure import APPENDED, ASCENDING, Structure, uniform_structure
 
+# The default `fold_slack` of the models: a ZPM branch's conv writes the stream layout itself
+# when the stream is at most ``1 + fold_slack`` times as wide as the branch
+# (`JunctionWiring.folds`). inf: always, measured faster on XLA:CPU than placing
+# (benchmarks/junction_choice.py); 0: place wherever the stream is wider.
+FOLD_SLACK = float('inf')
+
 
 def scaled(channels: int, width: float) -> int:
     """``floor(channels * width)`` (the release's ResNet/VGG rounding), at least 1."""
@@ -69,7 +75,7 @@ class Architecture:
         raise NotImplementedError
 
     def module(self, structure: Structure, *, dtype: Any = jnp.float32,
-               bn_scale_init: float = 1.0) -> nn.Module:
+               bn_scale_init: float = 1.0, fold_slack: float = FOLD_SLACK) -> nn.Module:
         raise NotImplementedError
 
     def floor_table(self, base_width: float, zpm: bool = False) -> ChannelTable:
@@ -113,10 +119,6 @@ class Channels:
                    structure.method == 'spnet')
 
 
-# A ZPM branch's conv writes the stream layout itself when the stream is at most this much
-# wider than the branch (`JunctionWiring.folds`); inf: always (measured in
-# benchmarks/junction_choice.py).
-FOLD_SLACK = float('inf')
 
 # How a ZPM junction's shortcut arrives (`JunctionWiring.shortcut`).
 PROJECTION = 'projection'  # a conv (+BN) that writes the stream's layout itself
@@ -134,6 +136,7 @@ class JunctionWiring:
       body_counts: ``[k]``: channels of the block's last conv.
       short_counts: ``[k]``: channels of the shortcut (for `IDENTITY`, the stream before).
       stream_order: the structure's `Structure.stream_order`.
+      fold_slack: the model's (`SlimModule.fold_slack`).
     """
 
     shortcut: str
@@ -141,6 +144,7 @@ class JunctionWiring:
     body_counts: tuple[int, ...]
     short_counts: tuple[int, ...]
     stream_order: str = ASCENDING
+    fold_slack: float = FOLD_SLACK
 
     def module(self) -> layers.ZPMAdd:
         prefix = self.shortcut in (IDENTITY, ENTRY) and self.stream_order == APPENDED
@@ -155,8 +159,8 @@ class JunctionWiring:
         stream by an activation gather at the add. Folding costs the extra columns,
         ``stream / branch - 1`` of the conv; placing costs a gather of the activations. Chosen
         at trace time from the static counts: fold when the stream is at most
-        ``1 + FOLD_SLACK`` times the branch."""
-        return self.stream_sizes[subnet] <= branch_count * (1.0 + FOLD_SLACK)
+        ``1 + fold_slack`` times the branch."""
+        return self.stream_sizes[subnet] <= branch_count * (1.0 + self.fold_slack)
 
     def body_folded(self, subnet: int) -> bool:
         return self.folds(self.body_counts[subnet], subnet)
@@ -204,6 +208,8 @@ class SlimModule(nn.Module):
     num_classes: int = 1000
     dtype: Any = jnp.float32
     bn_scale_init: float = 1.0
+    # ZPM junctions: fold a branch's placement into its conv or place it (`FOLD_SLACK`).
+    fold_slack: float = FOLD_SLACK
 
     def n(self, group: str, subnet: int) -> int:
         return self.structure.count(group, subnet)

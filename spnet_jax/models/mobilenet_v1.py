@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelTable
 from spnet_jax.models.common import (
+    FOLD_SLACK,
     Architecture,
     Channels,
     SlimModule,
@@ -53,9 +54,10 @@ class MobileNetV1Arch(Architecture):
                 groups.append(plain_group(p, c, bn, (('head', 0),)))
         return ChannelTable(self.name, tuple(groups))
 
-    def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0):
+    def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0,
+               fold_slack: float = FOLD_SLACK):
         return MobileNetV1(structure=structure, num_classes=self.num_classes, dtype=dtype,
-                           bn_scale_init=bn_scale_init)
+                           bn_scale_init=bn_scale_init, fold_slack=fold_slack)
 
 
 class MobileNetV1(SlimModule):

@@ -28,6 +28,7 @@ from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelGroup, ChannelTable, Junction, Stream
 from spnet_jax.models import common
 from spnet_jax.models.common import (
+    FOLD_SLACK,
     Architecture,
     Channels,
     JunctionWiring,
@@ -139,9 +140,10 @@ class MobileNetV2Arch(Architecture):
         groups.append(plain_group('last_conv', last, 'last_bn', (('head', 0),)))
         return ChannelTable(self.name, tuple(groups), tuple(streams))
 
-    def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0):
+    def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0,
+               fold_slack: float = FOLD_SLACK):
         return MobileNetV2(structure=structure, num_classes=self.num_classes, dtype=dtype,
-                           bn_scale_init=bn_scale_init)
+                           bn_scale_init=bn_scale_init, fold_slack=fold_slack)
 
 
 def stream_group(entry: BlockSpec) -> str:
@@ -166,7 +168,8 @@ class BlockWiring:
     junction: JunctionWiring | None
 
 
-def block_wiring(structure, specs: list[BlockSpec]) -> list[BlockWiring]:
+def block_wiring(structure, specs: list[BlockSpec],
+                 fold_slack: float = FOLD_SLACK) -> list[BlockWiring]:
     """The wiring of each of ``specs`` (in network order) in networks of ``structure``."""
     S, out = structure, []
     # The block input's group, the stream it is in (without ZPM) and its junction (with).
@@ -186,7 +189,7 @@ def block_wiring(structure, specs: list[BlockSpec]) -> list[BlockWiring]:
             else:
                 shortcut, short_counts = common.IDENTITY, S.stream_sizes_of(prev)
             junction = JunctionWiring(shortcut, S.stream_sizes_of(b.name), project.counts,
-                                      short_counts, S.stream_order)
+                                      short_counts, S.stream_order, fold_slack)
         out.append(BlockWiring(hidden, project, junction))
         group, prev = project.group, b.name if junction is not None else None
     return out
@@ -201,7 +204,7 @@ class MobileNetV2(SlimModule):
         x = layers.relu6(self.bn('stem_bn', 'stem_conv')(x, k, train))
         _, specs, _ = block_specs(1.0)
         a = layers.Activation(x, None, S.full_of('stem_conv'))
-        for b, wiring in zip(specs, block_wiring(S, specs), strict=True):
+        for b, wiring in zip(specs, block_wiring(S, specs, self.fold_slack), strict=True):
             a = InvertedResidual(spec=b, wiring=wiring, dtype=self.dtype,
                                  bn_scale_init=self.bn_scale_init, name=b.name)(a, k, train)
         x = self.conv('last_conv', 'last_conv', a.rows, 1)(a.x, self.n('last_conv', k),

@@ -28,6 +28,7 @@ from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelGroup, ChannelTable, Junction, Stream
 from spnet_jax.models import common
 from spnet_jax.models.common import (
+    FOLD_SLACK,
     Architecture,
     Channels,
     JunctionWiring,
@@ -169,9 +170,11 @@ class ResNetArch(Architecture):
                                            (entry_bn,), tuple(dict.fromkeys(consumers))))
         return ChannelTable(self.name, tuple(groups), tuple(streams))
 
-    def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0):
+    def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0,
+               fold_slack: float = FOLD_SLACK):
         return ResNet(structure=structure, depth=self.depth, stem=self.stem,
-                      num_classes=self.num_classes, dtype=dtype, bn_scale_init=bn_scale_init)
+                      num_classes=self.num_classes, dtype=dtype, bn_scale_init=bn_scale_init,
+                      fold_slack=fold_slack)
 
 
 class ResNet(SlimModule):
@@ -192,7 +195,7 @@ class ResNet(SlimModule):
         if self.stem == 'imagenet':
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         a = layers.Activation(x, None, S.full_of(stem_g))
-        for b, wiring in zip(blocks, block_wiring(S, blocks), strict=True):
+        for b, wiring in zip(blocks, block_wiring(S, blocks, self.fold_slack), strict=True):
             a = Block(spec=b, wiring=wiring, dtype=self.dtype, bn_scale_init=self.bn_scale_init,
                       name=b.name)(a, k, train)
         x = jnp.mean(a.x, axis=(1, 2))
@@ -219,7 +222,8 @@ class BlockWiring:
     junction: JunctionWiring | None
 
 
-def block_wiring(structure, blocks: list[BlockSpec]) -> list[BlockWiring]:
+def block_wiring(structure, blocks: list[BlockSpec],
+                 fold_slack: float = FOLD_SLACK) -> list[BlockWiring]:
     """The wiring of each of ``blocks`` (in network order) in networks of ``structure``."""
     S, out, prev = structure, [], None
     for b in blocks:
@@ -235,7 +239,7 @@ def block_wiring(structure, blocks: list[BlockSpec]) -> list[BlockWiring]:
             else:
                 shortcut, short_counts = common.IDENTITY, S.stream_sizes_of(prev)
             junction = JunctionWiring(shortcut, S.stream_sizes_of(b.name), body[-1].counts,
-                                      short_counts, S.stream_order)
+                                      short_counts, S.stream_order, fold_slack)
             prev = b.name
         out.append(BlockWiring(body, proj, junction))
     return out

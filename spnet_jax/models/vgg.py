@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from spnet_jax.core.channels import ChannelTable
-from spnet_jax.models.common import Architecture, SlimModule, plain_group, scaled
+from spnet_jax.models.common import FOLD_SLACK, Architecture, SlimModule, plain_group, scaled
 
 # Output channels per conv; 'M' is a 2x2 max-pool. The release has four pools (no pool after
 # the last convs, which global average pooling follows).
@@ -43,9 +43,10 @@ class VGGArch(Architecture):
         (``cfg``), which is not width-scaled (SPEC section 3)."""
         return self.table(1.0, zpm=zpm)
 
-    def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0):
+    def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0,
+               fold_slack: float = FOLD_SLACK):
         return VGG(structure=structure, num_classes=self.num_classes, dtype=dtype,
-                   bn_scale_init=bn_scale_init)
+                   bn_scale_init=bn_scale_init, fold_slack=fold_slack)
 
 
 class VGG(SlimModule):
