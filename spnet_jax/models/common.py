@@ -119,7 +119,6 @@ class Channels:
                    structure.method == 'spnet')
 
 
-
 # How a ZPM junction's shortcut arrives (`JunctionWiring.shortcut`).
 PROJECTION = 'projection'  # a conv (+BN) that writes the stream's layout itself
 ENTRY = 'entry'  # the sorted prefix of the layer the stream starts from; placed at the add
