@@ -171,7 +171,9 @@ def _zpm_structure(arch, table, counts, orders, stream_order=APPENDED):
     """A ZPM structure of two sub-networks (``counts[1]`` full) with the given SCS orders:
     ``(structure, stream sizes, masks)``; streams in ``stream_order`` (as pruning makes them,
     or the layout of earlier runs)."""
-    sizes, masks, _ = zpm.zpm_masks(table, counts, orders, ascending=stream_order == ASCENDING)
+    sizes, masks, _ = zpm.zpm_masks(table, counts, orders)
+    if stream_order == ASCENDING:
+        masks = zpm.release_layout(table, masks)
     structure = Structure(arch.name, 'spnet', table.group_names,
                           tuple(counts[1].values()), tuple(tuple(c.values()) for c in counts),
                           tuple(j.name for j in table.junctions),

@@ -66,19 +66,7 @@ def test_zpm_masks_match_a_hand_worked_stream():
     orders = {'e0': np.array([5, 0, 3, 1, 2, 4]), 'p0': np.array([1, 2, 0, 3, 4, 5]),
               'e1': np.array([4, 3, 2, 1, 0, 5])}
     counts = [{'e0': 2, 'p0': 1, 'e1': 2}]
-    # The layout of runs made before 2026-12-01 (`Structure.stream_order` 'ascending').
-    sizes, masks, fused = zpm.zpm_masks(table, counts, orders, ascending=True)
-    # j0: body keeps {5, 0}, shortcut keeps {1}: fused {0, 1, 5}.
-    np.testing.assert_array_equal(fused[0]['j0'], [0, 1, 5])
-    # body channel 0 is original 5 -> position 2; body channel 1 is original 0 -> position 0.
-    np.testing.assert_array_equal(masks['j0']['zpm']['body_0'], [1, 2, 0])  # 2 = none
-    np.testing.assert_array_equal(masks['j0']['zpm']['short_0'], [1, 0, 1])  # 1 = none
-    # j1: body keeps {4, 3}; identity shortcut is j0's stream {0, 1, 5}: fused {0,1,3,4,5}.
-    np.testing.assert_array_equal(fused[0]['j1'], [0, 1, 3, 4, 5])
-    np.testing.assert_array_equal(masks['j1']['zpm']['body_0'], [2, 2, 1, 0, 2])
-    np.testing.assert_array_equal(masks['j1']['zpm']['short_0'], [0, 1, 3, 3, 2])
-    assert sizes == [[3, 5]]
-    # Appended (the default): the shortcut's channels first, then the body's new ones.
+    # 'appended' (what pruning makes): the shortcut's channels first, then the body's new ones.
     sizes, masks, fused = zpm.zpm_masks(table, counts, orders)
     np.testing.assert_array_equal(fused[0]['j0'], [1, 5, 0])  # p0's {1}, then e0's 5, 0
     np.testing.assert_array_equal(masks['j0']['zpm']['body_0'], [2, 0, 1])
@@ -88,11 +76,21 @@ def test_zpm_masks_match_a_hand_worked_stream():
     np.testing.assert_array_equal(masks['j1']['zpm']['body_0'], [2, 2, 2, 0, 1])
     np.testing.assert_array_equal(masks['j1']['zpm']['short_0'], [0, 1, 2, 3, 3])
     assert sizes == [[3, 5]]
-    # In the release's layout again: exactly the ascending masks.
-    _, ascending, _ = zpm.zpm_masks(table, counts, orders, ascending=True)
-    for mine, theirs in ((zpm.release_layout(table, masks), ascending),
-                         (zpm.release_layout(table, ascending), ascending)):
-        assert jax.tree.all(jax.tree.map(np.array_equal, mine, theirs))
+    # The release's layout (runs made before 2026-12-01, `Structure.stream_order`
+    # 'ascending'): the union in original channel order.
+    old = zpm.release_layout(table, masks)
+    # j0: body keeps {5, 0}, shortcut keeps {1}: fused {0, 1, 5}.
+    np.testing.assert_array_equal(old['j0']['zpm']['fused_0'], [0, 1, 5])
+    # body channel 0 is original 5 -> position 2; body channel 1 is original 0 -> position 0.
+    np.testing.assert_array_equal(old['j0']['zpm']['body_0'], [1, 2, 0])  # 2 = none
+    np.testing.assert_array_equal(old['j0']['zpm']['short_0'], [1, 0, 1])  # 1 = none
+    # j1: body keeps {4, 3}; identity shortcut is j0's stream {0, 1, 5}: fused {0,1,3,4,5}.
+    np.testing.assert_array_equal(old['j1']['zpm']['fused_0'], [0, 1, 3, 4, 5])
+    np.testing.assert_array_equal(old['j1']['zpm']['body_0'], [2, 2, 1, 0, 2])
+    np.testing.assert_array_equal(old['j1']['zpm']['short_0'], [0, 1, 3, 3, 2])
+    # Masks already in that layout are left as they are.
+    again = zpm.release_layout(table, old)
+    assert jax.tree.all(jax.tree.map(np.array_equal, again, old))
 
 
 @pytest.mark.parametrize('name,widths,ratios,shape', [
@@ -114,10 +112,7 @@ def test_stream_orders_compute_the_same_network(name, widths, ratios, shape):
     _, masks, _ = zpm.zpm_masks(arch.table(zpm=True), counts, scs.sort_orders(scores))
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), masks,
                                      jax.tree.map(np.asarray, variables['masks'])))
-    _, old_masks, _ = zpm.zpm_masks(arch.table(zpm=True), counts, scs.sort_orders(scores),
-                                    ascending=True)
-    converted = zpm.release_layout(arch.table(zpm=True), variables['masks'])
-    assert jax.tree.all(jax.tree.map(np.array_equal, converted, old_masks))
+    old_masks = zpm.release_layout(arch.table(zpm=True), variables['masks'])
     old = dataclasses.replace(structure, stream_order=ASCENDING)
     # Batch 8: training-mode BN over fewer values amplifies float reordering (the stream's
     # channel order changes the matmuls' summation order) beyond the helper's tolerance.

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from spnet_jax.core.errors import ConfigError
-from spnet_jax.core.structure import APPENDED, Structure
+from spnet_jax.core.structure import APPENDED, ASCENDING, Structure
 from spnet_jax.pruning import scs, threshold, zpm
 
 
@@ -87,6 +87,6 @@ def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequ
         counts=tuple(tuple(c[g] for g in full_table.group_names) for c in counts),
         junctions=tuple(j.name for j in full_table.junctions),
         stream_sizes=tuple(tuple(s) for s in stream_sizes) if full_table.zpm else (),
-        stream_order=APPENDED,
+        stream_order=APPENDED if full_table.zpm else ASCENDING,
     ).validate(full_table)
     return Plan(structure, orders, masks, tuple(thresholds), tuple(keep_ratios), tuple(which))

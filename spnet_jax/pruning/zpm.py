@@ -7,8 +7,8 @@ For every junction and sub-network k, with branch channels given in their sorted
 * the fused mask is the union of the two, the shortcut's channels first in their order and
   then the body's channels the shortcut lacks, in the body's order
   (`Structure.stream_order` ``'appended'``): an identity or entry shortcut then occupies a
-  prefix of the stream, which the models place by a zero-pad instead of a gather;
-  ``ascending=True`` gives the earlier layout (the union in original channel order);
+  prefix of the stream, which the models place by a zero-pad instead of a gather
+  (`release_layout` gives the release's layout, the union in original channel order);
 * ``body_k[p]`` / ``short_k[p]`` say which branch channel lands at fused position p (or the
   branch's channel count: none), which `spnet_jax.core.layers.ZPMAdd` reads.
 """
@@ -26,13 +26,6 @@ def _positions(branch_channels: np.ndarray, fused: np.ndarray) -> np.ndarray:
     ``len(branch_channels)``: none)."""
     index = {int(c): i for i, c in enumerate(branch_channels)}
     return np.asarray([index.get(int(c), len(branch_channels)) for c in fused], np.int32)
-
-
-def fuse(short: np.ndarray, body: np.ndarray, ascending: bool = False) -> np.ndarray:
-    """The stream's channels after a junction: the shortcut's, then the body's others."""
-    if ascending:
-        return np.union1d(body, short).astype(np.int32)
-    return np.concatenate([short, body[~np.isin(body, short)]]).astype(np.int32)
 
 
 def release_layout(table: ChannelTable, masks: dict) -> dict:
@@ -67,8 +60,8 @@ def release_layout(table: ChannelTable, masks: dict) -> dict:
     return out
 
 
-def zpm_masks(table: ChannelTable, counts: list[dict[str, int]], orders: dict[str, np.ndarray],
-              ascending: bool = False) -> tuple[list[list[int]], dict, list[dict]]:
+def zpm_masks(table: ChannelTable, counts: list[dict[str, int]],
+              orders: dict[str, np.ndarray]) -> tuple[list[list[int]], dict, list[dict]]:
     """Returns (stream_sizes[k][j], the ``masks`` collection, fused masks[k][junction]).
 
     ``counts[k]`` maps group -> channels in sub-network k; ``orders`` are the SCS orders.
@@ -82,7 +75,8 @@ def zpm_masks(table: ChannelTable, counts: list[dict[str, int]], orders: dict[st
             for j in stream.junctions:
                 body = orders[j.body][:c[j.body]]
                 short = orders[j.shortcut][:c[j.shortcut]] if j.shortcut else prev
-                fused = fuse(short, body, ascending)
+                # The shortcut's channels, then the body's others.
+                fused = np.concatenate([short, body[~np.isin(body, short)]]).astype(np.int32)
                 entry = masks.setdefault(j.name, {}).setdefault(layers.JUNCTION, {})
                 entry[layers.subnet_variable(layers.FUSED, k)] = fused
                 entry[layers.subnet_variable(layers.BODY, k)] = _positions(body, fused)
