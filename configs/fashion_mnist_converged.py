@@ -32,7 +32,7 @@ SP-Net against ``snet_warm`` isolates the structures with the warm start held eq
 from configs import default, fashion_mnist
 from configs.fashion_mnist_repro import SNET_MACS, SNET_WIDTHS
 
-EPOCHS = 6.0
+EPOCHS = 4.0
 FINE_TUNE_EPOCHS = EPOCHS * 2 / 3
 SPNET_BASES = (0.5, 0.75, 1.0)
 ARMS = ('spnet', 'spnet_reinit', 'snet_release', 'snet', 'snet_warm')
