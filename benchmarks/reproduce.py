@@ -70,6 +70,9 @@ class Study:
     json_stem: str
     notes: str
     default_seeds: str
+    # Where each finished run's result is kept in the repository (None: nowhere): a working
+    # session's machine is fresh, so a study that spans sessions continues from these.
+    records: str | None = None
 
     @property
     def module(self):
@@ -136,8 +139,33 @@ def share_bases(out: str, seed: int, name: str) -> list[str]:
     return copied
 
 
+def record_path(records: str, seed: int, name: str) -> str:
+    return os.path.join(records, f'seed{seed}', f'{name}.json')
+
+
+def read_record(records: str | None, seed: int, name: str, epochs: float) -> dict | None:
+    """A finished run's committed result, None when there is none or it is of another E."""
+    path = None if records is None else record_path(records, seed, name)
+    if path is None or not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        record = json.load(fh)
+    return record if record.get('epochs') == epochs else None
+
+
+def write_record(records: str | None, seed: int, name: str, epochs: float,
+                 result: dict) -> None:
+    """Keeps a finished run's rows and seconds (a few hundred bytes) in the repository."""
+    if records is None:
+        return
+    path = record_path(records, seed, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as fh:
+        json.dump({'epochs': epochs, **result}, fh, indent=1)
+
+
 def run_one(study: Study, out: str, seed: int, name: str, extra: list[str],
-            niceness: int = 0) -> dict:
+            niceness: int = 0, records: str | None = None) -> dict:
     """Runs (or skips) one pipeline run; returns its report rows, wall and CPU seconds.
 
     CPU seconds (user + system of the run's process) are the fairer cost on a shared machine:
@@ -145,6 +173,10 @@ def run_one(study: Study, out: str, seed: int, name: str, extra: list[str],
     """
     workdir = os.path.join(out, f'seed{seed}', name)
     report = os.path.join(workdir, 'report.json')
+    epochs = study.module.EPOCHS
+    kept = read_record(records, seed, name, epochs)
+    if kept is not None and not os.path.exists(report):  # finished in an earlier session
+        return {k: v for k, v in kept.items() if k != 'epochs'}
     timing = os.path.join(workdir, 'timing.json')
     lock = os.path.join(workdir, 'running.json')
     if not os.path.exists(report):
@@ -201,13 +233,15 @@ def run_one(study: Study, out: str, seed: int, name: str, extra: list[str],
     with open(report) as fh:
         rows = json.load(fh)
     timing_info = json.load(open(timing)) if os.path.exists(timing) else {}
-    return {'rows': rows, 'seconds': timing_info.get('seconds'),
-            'cpu_seconds': timing_info.get('cpu_seconds'),
-            'bases_from_spnet': timing_info.get('bases_from_spnet', [])}
+    result = {'rows': rows, 'seconds': timing_info.get('seconds'),
+              'cpu_seconds': timing_info.get('cpu_seconds'),
+              'bases_from_spnet': timing_info.get('bases_from_spnet', [])}
+    write_record(records, seed, name, epochs, result)
+    return result
 
 
 def collect(study: Study, out: str, seeds: list[int], extra: list[str], run: bool,
-            jobs: int = 1, niceness: int = 0, arms=None) -> dict:
+            jobs: int = 1, niceness: int = 0, arms=None, records: str | None = None) -> dict:
     """Per method and seed: sub-network rows (smallest first), wall and CPU seconds.
 
     With ``jobs`` > 1, that many runs go at once (in seed order): on a few CPU cores this
@@ -227,7 +261,7 @@ def collect(study: Study, out: str, seeds: list[int], extra: list[str], run: boo
                 except SystemExit:
                     raise SystemExit(f'seed {seed} {name} not run: it starts from SP-Net\'s '
                                      'bases, and the SP-Net run of this seed failed') from None
-            return run_one(study, out, seed, name, extra, niceness)
+            return run_one(study, out, seed, name, extra, niceness, records)
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {}
@@ -242,8 +276,9 @@ def collect(study: Study, out: str, seeds: list[int], extra: list[str], run: boo
                     print(e, flush=True)
     else:
         for seed, name in tasks:
-            if os.path.exists(os.path.join(out, f'seed{seed}', name, 'report.json')):
-                done[(seed, name)] = run_one(study, out, seed, name, extra)
+            if (os.path.exists(os.path.join(out, f'seed{seed}', name, 'report.json'))
+                    or read_record(records, seed, name, study.module.EPOCHS) is not None):
+                done[(seed, name)] = run_one(study, out, seed, name, extra, records=records)
     results: dict = {m: {} for m in study.methods}
     for seed in seeds:
         for method in study.methods:
@@ -648,7 +683,7 @@ STUDIES = {
         run_order=('spnet', 'snet_warm', 'spnet_reinit', 'snet', 'snet_release',
                    'individual'),
         markdown_stem='RESULTS', json_stem='results', notes='RESULTS_notes.md',
-        default_seeds='0,1'),
+        default_seeds='0,1', records=os.path.join(ROOT, 'benchmarks', 'converged_runs')),
     'short': Study(
         name='short', config='configs/fashion_mnist_repro.py',
         methods=('snet', 'spnet', 'individual'),
@@ -704,7 +739,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     results = collect(study, out, seeds, extra, run=not args.report_only, jobs=args.jobs,
-                      niceness=args.nice, arms=arms)
+                      niceness=args.nice, arms=arms,
+                      records=None if args.smoke else study.records)
     pairs = [(a, b) for a, b, _ in CONVERGED_PAIRS] if study.name == 'converged' else []
     summary = summarise(study, results, pairs)
     os.makedirs(docs, exist_ok=True)

@@ -53,6 +53,9 @@ def _spnet(start: str):
     config.base.widths = SPNET_BASES
     config.prune.macs_targets = tuple(float(m) for m in SNET_MACS[:-1])
     config.prune.start = start
+    # Multi-base pruning of these small nets moves MACs in steps of ~1-2% near x0.25 (seed 0's
+    # x0.5 base: 1.94M or 2.00M MACs for a 1.96M target), so 1% is not always reachable.
+    config.prune.macs_tolerance = 0.02
     if start == 'reinit':  # trained from fresh weights: the base recipe, E epochs
         default.retrain_with_base_recipe(config)
         config.slim.batch_size = 128

@@ -173,3 +173,21 @@ def test_sigterm_stops_the_study_keeping_the_time_and_the_checkpoint(tmp_path):
     timing = json.loads((log.parent / 'timing.json').read_text())
     assert timing['seconds'] > 0 and timing['cpu_seconds'] > 0
     assert 'on request; the state is checkpointed' in log.read_text()
+
+
+def test_a_recorded_run_is_not_run_again_and_a_record_of_another_e_is_ignored(tmp_path):
+    """A study spans working sessions on fresh machines: a finished run's committed record
+    stands for the run (nothing is launched for it); a record of another E does not."""
+    records, out = str(tmp_path / 'records'), str(tmp_path / 'out')
+    e = CONVERGED.module.EPOCHS
+    result = {'rows': [{'top1': 0.9, 'macs': 1, 'params': 2}], 'seconds': 10.0,
+              'cpu_seconds': 19.0, 'bases_from_spnet': []}
+    reproduce.write_record(records, 0, 'snet', e, result)
+    reproduce.write_record(records, 0, 'snet_release', e + 1, result)
+    # The orchestrator would launch main.py for a run without a result: --report_only
+    # collects only what is finished, so it shows which runs count as done.
+    got = reproduce.collect(CONVERGED, out, [0], [], run=False, records=records)
+    assert got['snet'][0]['rows'] == result['rows'] and got['snet'][0]['cpu_seconds'] == 19.0
+    assert got['snet_release'] == {}
+    assert reproduce.run_one(CONVERGED, out, 0, 'snet', [], records=records) == result
+    assert not os.path.exists(os.path.join(out, 'seed0', 'snet'))  # nothing was started
