@@ -33,11 +33,12 @@ ARCHS = {
     'resnet20': dict(full_width=0.5),
     'resnet18': dict(full_width=0.25, stem='small'),
     'resnet50': dict(full_width=0.25),
+    'resnetd50': dict(full_width=0.25),
     'vgg19': dict(full_width=0.25),
     'mobilenet_v1': dict(full_width=0.25),
     'mobilenet_v2': dict(full_width=0.25),
 }
-RESIDUAL = ('resnet20', 'resnet18', 'resnet50', 'mobilenet_v2')
+RESIDUAL = ('resnet20', 'resnet18', 'resnet50', 'resnetd50', 'mobilenet_v2')
 HALVED_ROLES = ('end', 'shortcut')  # SPEC section 5: ZPM block ends and projection shortcuts
 
 

@@ -34,6 +34,8 @@ SPNET = {
     ('mobilenet_v1_cifar100', 'release'): ('sp_mobilenet_v1_cifar100_train',
                                            'sp_mobilenet_v1_cifar100_finetune'),
     ('mobilenet_v2', ''): ('sp_mobilenet_v2_imagenet_train', 'sp_mobilenet_v2_imagenet_finetune'),
+    # Without the recipes' mixup (not implemented yet; README).
+    ('resnetd50', ''): ('sp_resnetd_imagenet_train', 'sp_resnetd_imagenet_finetune'),
 }
 SNET = {
     ('resnet50_snet', ''): 's_resnet_imagenet',
@@ -63,8 +65,8 @@ def recipe(name):
 
 def model_name(r):
     name = r['model'].removeprefix('models.sp_')
-    if name == 'resnet':
-        return f'resnet{r["depth"]}'
+    if name in ('resnet', 'resnetd'):
+        return f'{name}{r["depth"]}'
     return 'vgg19' if name == 'vgg' else name  # the release's VGG is VGG-19 with BN
 
 
@@ -179,9 +181,8 @@ def test_cifar_default_differs_from_the_release_only_in_resolution(name):
 
 def test_every_release_recipe_of_these_architectures_has_a_config():
     covered = {n for pair in SPNET.values() for n in pair} | set(SNET.values())
-    # EfficientNet and ResNet-D are not implemented yet (a separate issue).
-    wanted = {n for n in RELEASE if n != 'default_setting'
-              and not any(a in n for a in ('efficientnet', 'resnetd'))}
+    # EfficientNet is not implemented yet (issue 12).
+    wanted = {n for n in RELEASE if n != 'default_setting' and 'efficientnet' not in n}
     assert wanted == covered, sorted(wanted ^ covered)
 
 

@@ -23,7 +23,14 @@ def _resnet(depth):
     return lambda **kw: ResNetArch(name=f'resnet{depth}', depth=depth, **kw)
 
 
+def _resnetd(depth):
+    return lambda **kw: ResNetArch(name=f'resnetd{depth}', depth=depth, deep_stem=True,
+                                   avg_down=True, **kw)
+
+
+RESNETD_DEPTHS = (50, 101, 152)  # the release's sp_resnetd
 REGISTRY = {f'resnet{d}': _resnet(d) for d in (*IMAGENET_DEPTHS, *CIFAR_DEPTHS)}
+REGISTRY.update({f'resnetd{d}': _resnetd(d) for d in RESNETD_DEPTHS})
 REGISTRY['vgg19'] = lambda **kw: VGGArch(name='vgg19', **kw)
 REGISTRY['mobilenet_v1'] = lambda **kw: MobileNetV1Arch(name='mobilenet_v1', **kw)
 REGISTRY['mobilenet_v2'] = lambda **kw: MobileNetV2Arch(name='mobilenet_v2', **kw)
@@ -35,7 +42,8 @@ def get_arch(name: str, *, num_classes: int = 1000, full_width: float = 1.0,
     """The architecture ``name`` (see `REGISTRY`) with its head, full width and stem.
 
     ``stem`` (ResNets only) defaults to 'imagenet' (7x7/2 + max-pool), or 'small' (3x3/1,
-    no pool) for the CIFAR ResNets.
+    no pool) for the CIFAR ResNets. ResNet-D always has its deep stem (three 3x3 convs):
+    'imagenet' strides its first conv and max-pools after it, 'small' does neither.
     """
     if name not in REGISTRY:
         raise ConfigError(f'model.name={name!r} is unknown; choose one of {sorted(REGISTRY)}.')

@@ -1,4 +1,11 @@
-"""ResNet (basic and bottleneck blocks), ImageNet and CIFAR layouts, with optional ZPM.
+"""ResNet (basic and bottleneck blocks), ImageNet and CIFAR layouts, ResNet-D, optional ZPM.
+
+ResNet-D (the release's ``sp_resnetd``; He et al., "Bag of Tricks", 2019, ResNet-C's deep
+stem plus ResNet-D's shortcut) differs in two places: the stem is three 3x3 convs of 32, 32
+and 64 channels (``stem1_conv``/``stem1_bn``, ``stem2_conv``/``stem2_bn``, then
+``stem_conv``/``stem_bn``; the first strided), and a projection shortcut of a strided
+block average-pools 2x2/2 before its 1x1 conv, which then has stride 1. The two extra stem
+convs are channel groups of their own, pruned like any inner conv.
 
 Names in the variable trees: ``stem_conv``/``stem_bn``, blocks ``layer{s}_{i}`` holding
 ``conv1``/``bn1``, ``conv2``/``bn2`` (and ``conv3``/``bn3`` for bottlenecks), a projection
@@ -95,6 +102,13 @@ def block_specs(depth: int, width: float) -> tuple[int, list[BlockSpec]]:
     return stem_ch, blocks
 
 
+DEEP_STEM = (32, 32)  # ResNet-D's first two stem convs, before the 64-channel ``stem_conv``
+
+
+def deep_stem_channels(width: float) -> tuple[int, ...]:
+    return tuple(scaled(c, width) for c in DEEP_STEM)
+
+
 def _stream_members(stage_blocks: list[BlockSpec]) -> list[str]:
     first = stage_blocks[0]
     members = [b.end for b in stage_blocks]
@@ -105,6 +119,12 @@ def _stream_members(stage_blocks: list[BlockSpec]) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class ResNetArch(Architecture):
     depth: int = 50
+    deep_stem: bool = False  # ResNet-D: three 3x3 stem convs instead of one 7x7
+    avg_down: bool = False  # ResNet-D: strided projection shortcuts average-pool first
+
+    @property
+    def first_conv(self) -> str:
+        return 'stem1_conv' if self.deep_stem else 'stem_conv'
 
     def table(self, width: float | None = None, zpm: bool = False) -> ChannelTable:
         w = self.full_width if width is None else width
@@ -128,6 +148,10 @@ class ResNetArch(Architecture):
         groups: list[ChannelGroup] = []
         streams: list[Stream] = []
         index = {b.name: i for i, b in enumerate(blocks)}
+        if self.deep_stem:
+            c1, c2 = deep_stem_channels(w)
+            groups.append(plain_group('stem1_conv', c1, 'stem1_bn', (('stem2_conv', 2),)))
+            groups.append(plain_group('stem2_conv', c2, 'stem2_bn', (('stem_conv', 2),)))
         if zpm or not stem_in_stream:
             groups.append(plain_group('stem_conv', stem_ch, 'stem_bn', readers(0),
                                       zpm_role='entry' if zpm and stem_in_stream else None))
@@ -173,6 +197,7 @@ class ResNetArch(Architecture):
     def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0,
                fold_slack: float = FOLD_SLACK):
         return ResNet(structure=structure, depth=self.depth, stem=self.stem,
+                      deep_stem=self.deep_stem, avg_down=self.avg_down,
                       num_classes=self.num_classes, dtype=dtype, bn_scale_init=bn_scale_init,
                       fold_slack=fold_slack)
 
@@ -180,6 +205,8 @@ class ResNetArch(Architecture):
 class ResNet(SlimModule):
     depth: int = 50
     stem: str = 'imagenet'
+    deep_stem: bool = False
+    avg_down: bool = False
 
     @nn.compact
     def __call__(self, x, subnet: int | float = -1, train: bool = False):
@@ -187,17 +214,26 @@ class ResNet(SlimModule):
         S = self.structure
         _, blocks = block_specs(self.depth, 1.0)
         stem_g = group_of(S, 'stem_conv', blocks[0].stage)
-        if self.stem == 'imagenet':
-            x = self.conv('stem_conv', stem_g, x.shape[-1], 7, 2)(x, self.n(stem_g, k))
+        stride = 2 if self.stem == 'imagenet' else 1
+        rows = x.shape[-1]
+        if self.deep_stem:  # 3x3 convs: the first strided, the last the stem's own group
+            for name in ('stem1', 'stem2'):
+                g = f'{name}_conv'
+                x = self.conv(g, g, rows, 3, stride)(x, self.n(g, k))
+                x = nn.relu(self.bn(f'{name}_bn', g)(x, k, train))
+                rows, stride = S.full_of(g), 1
+            x = self.conv('stem_conv', stem_g, rows, 3, 1)(x, self.n(stem_g, k))
+        elif self.stem == 'imagenet':
+            x = self.conv('stem_conv', stem_g, rows, 7, 2)(x, self.n(stem_g, k))
         else:
-            x = self.conv('stem_conv', stem_g, x.shape[-1], 3, 1)(x, self.n(stem_g, k))
+            x = self.conv('stem_conv', stem_g, rows, 3, 1)(x, self.n(stem_g, k))
         x = nn.relu(self.bn('stem_bn', stem_g)(x, k, train))
         if self.stem == 'imagenet':
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         a = layers.Activation(x, None, S.full_of(stem_g))
         for b, wiring in zip(blocks, block_wiring(S, blocks, self.fold_slack), strict=True):
             a = Block(spec=b, wiring=wiring, dtype=self.dtype, bn_scale_init=self.bn_scale_init,
-                      name=b.name)(a, k, train)
+                      avg_down=self.avg_down, name=b.name)(a, k, train)
         x = jnp.mean(a.x, axis=(1, 2))
         return self.logits(self.head(a.rows)(x, in_index=a.index))
 
@@ -245,6 +281,15 @@ def block_wiring(structure, blocks: list[BlockSpec],
     return out
 
 
+def avg_pool_down(x, stride: int):
+    """ResNet-D's shortcut pooling: ``stride`` x ``stride`` average pooling with stride
+    ``stride``, the last window of an odd size partial (ceil mode) and averaged over the
+    pixels it covers (padding not counted), so the output matches the strided body's size."""
+    pads = tuple((0, -size % stride) for size in x.shape[1:3])
+    return nn.avg_pool(x, (stride, stride), (stride, stride), padding=pads,
+                       count_include_pad=False)
+
+
 BODY = ('conv1', 'conv2', 'conv3')  # a block's convs, in order (basic blocks: the first two)
 
 
@@ -255,6 +300,7 @@ class Block(nn.Module):
     wiring: BlockWiring
     dtype: Any = jnp.float32
     bn_scale_init: float = 1.0
+    avg_down: bool = False
 
     @nn.compact
     def __call__(self, a: layers.Activation, k: int, train: bool) -> layers.Activation:
@@ -279,8 +325,11 @@ class Block(nn.Module):
                 y = nn.relu(y)
             rows, index = ch.full, None
         if w.proj is not None:
-            short = conv(w.proj, 'proj_conv', a.rows, 1, b.stride)(
-                a.x, w.proj.counts[k], in_index=a.index, out_index=short_at)
+            x, stride = a.x, b.stride
+            if self.avg_down and stride > 1:
+                x, stride = avg_pool_down(x, stride), 1
+            short = conv(w.proj, 'proj_conv', a.rows, 1, stride)(
+                x, w.proj.counts[k], in_index=a.index, out_index=short_at)
             short = bn(w.proj, 'proj_bn')(short, k, train, out_index=short_at)
         else:
             short = a.x

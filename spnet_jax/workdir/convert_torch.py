@@ -68,14 +68,21 @@ def module_names(arch) -> dict[str, str]:
     names = {'classifier.0': 'head'}
     if arch.name.startswith('resnet'):
         _, blocks = resnet.block_specs(arch.depth, 1.0)
-        names.update({'features.0.0': 'stem_conv', 'features.0.1': 'stem_bn'})
+        if arch.deep_stem:  # one Sequential of (conv, bn, relu) x 3, as the plain stem's
+            for i, part in enumerate(('stem1', 'stem2', 'stem')):
+                names[f'features.0.{3 * i}'] = f'{part}_conv'
+                names[f'features.0.{3 * i + 1}'] = f'{part}_bn'
+        else:
+            names.update({'features.0.0': 'stem_conv', 'features.0.1': 'stem_bn'})
         for b, spec in enumerate(blocks, start=1):
             n = 3 if spec.bottleneck else 2
             for i in range(n):
                 names[f'features.{b}.body.{3 * i}'] = f'{spec.name}/conv{i + 1}'
                 names[f'features.{b}.body.{3 * i + 1}'] = f'{spec.name}/bn{i + 1}'
-            names[f'features.{b}.shortcut.0'] = f'{spec.name}/proj_conv'
-            names[f'features.{b}.shortcut.1'] = f'{spec.name}/proj_bn'
+            # ResNet-D's strided shortcut starts with its average pool (no weights).
+            at = 1 if arch.avg_down and spec.stride > 1 else 0
+            names[f'features.{b}.shortcut.{at}'] = f'{spec.name}/proj_conv'
+            names[f'features.{b}.shortcut.{at + 1}'] = f'{spec.name}/proj_bn'
     elif arch.name == 'vgg19':
         index, conv = 0, 0
         for c in vgg.VGG19:

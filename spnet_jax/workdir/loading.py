@@ -297,7 +297,7 @@ def _legacy_arch(structure, params, config):
     cut out of a wider one, the width it was cut from, else the narrowest that holds it)."""
     num_classes = int(params['head']['kernel'].shape[1])
     stem = None
-    if structure.arch.startswith('resnet'):
+    if structure.arch.startswith('resnet') and not structure.arch.startswith('resnetd'):
         stem = 'imagenet' if params['stem_conv']['kernel'].shape[0] == 7 else 'small'
     configured = [] if config is None else [config.model.get('full_width', 1.0)]
     candidates = [structure.widths[-1]] if structure.widths else []
