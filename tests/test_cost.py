@@ -68,7 +68,8 @@ def _macs_without_padding(cost) -> int:
 
 
 @pytest.mark.parametrize('name,widths,size', [
-    ('resnet50', (0.5, 1.0), 64), ('resnetd50', (0.5, 1.0), 64), ('resnet20', (0.5, 1.0), 32), ('vgg19', (0.25, 1.0), 32),
+    ('resnet50', (0.5, 1.0), 64), ('resnetd50', (0.5, 1.0), 64), ('resnet20', (0.5, 1.0), 32),
+    ('vgg19', (0.25, 1.0), 32),
     ('mobilenet_v1', (0.5, 1.0), 64), ('mobilenet_v2', (0.75, 1.3), 64)])
 def test_macs_agree_with_xla_cost_analysis(name, widths, size):
     arch = get_arch(name, full_width=widths[-1])
