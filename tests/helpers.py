@@ -73,6 +73,23 @@ def fresh_statistics(variables):
     return {**variables, 'batch_stats': stats}
 
 
+def check_standalone_subnetworks(net, images) -> None:
+    """Every sub-network of the `SlimmableNetwork` ``net`` exported as a standalone network
+    (`spnet_jax.workdir.export.standalone`) computes the same logits on ``images`` and holds
+    exactly the parameters the cost model counts for it."""
+    from spnet_jax.workdir import export
+
+    for k in range(net.structure.num_subnets):
+        single, single_variables = export.standalone(net, k)
+        model = net.arch.module(single)
+        got = jax.jit(lambda v, x, model=model: model.apply(v, x, subnet=0))(
+            single_variables, images)
+        np.testing.assert_allclose(got, net(images, subnet=k, normalized=True), rtol=1e-5,
+                                   atol=1e-5)
+        count = sum(leaf.size for leaf in jax.tree.leaves(single_variables['params']))
+        assert count == net.subnets[k]['params']
+
+
 def jitted_apply(model, variables, **kw):
     """``f(x, train) -> logits``, jitted per mode."""
     fns = {train: jax.jit(lambda v, x, train=train: model.apply(

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from helpers import random_variables
+from helpers import check_standalone_subnetworks, random_variables
 
 import spnet_jax
 from spnet_jax.core.errors import ConfigError
@@ -269,15 +269,7 @@ def test_standalone_equals_subnetwork_other_layouts(name, width, zpm_on):
                                     zpm=zpm_on)
     net = spnet_jax.SlimmableNetwork(arch, structure, _private_statistics(variables, 5),
                                      image_size=IMAGE_SIZE)
-    for k in range(structure.num_subnets):
-        single, single_variables = export.standalone(net, k)
-        model = arch.module(single)
-        got = jax.jit(lambda v, x, model=model: model.apply(v, x, subnet=0))(
-            single_variables, IMAGES)
-        np.testing.assert_allclose(got, net(IMAGES, subnet=k, normalized=True), rtol=1e-5,
-                                   atol=1e-5)
-        count = sum(leaf.size for leaf in jax.tree.leaves(single_variables['params']))
-        assert count == net.subnets[k]['params']
+    check_standalone_subnetworks(net, IMAGES)
 
 
 # --------------------------------------------------------------- keep_first (subnets.py)

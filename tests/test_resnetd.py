@@ -5,13 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import random_variables
+from helpers import check_standalone_subnetworks, random_variables
 
 import spnet_jax
 from spnet_jax.core.cost import subnet_costs
 from spnet_jax.models import get_arch, resnet
 from spnet_jax.pruning import prune
-from spnet_jax.workdir import convert_torch, export
+from spnet_jax.workdir import convert_torch
 
 
 def test_resnetd50_costs_by_independent_arithmetic():
@@ -75,13 +75,7 @@ def test_pruned_resnetd_with_zpm_exports_the_same_function(pruned):
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(3, 16, 16, 3)), jnp.float32)
     net = spnet_jax.SlimmableNetwork(arch, structure, variables, image_size=16)
-    for k in range(structure.num_subnets):
-        single, single_variables = export.standalone(net, k)
-        model = arch.module(single)
-        got = jax.jit(lambda v, x, model=model: model.apply(v, x, subnet=0))(
-            single_variables, images)
-        np.testing.assert_allclose(got, net(images, subnet=k, normalized=True), rtol=1e-5,
-                                   atol=1e-5)
+    check_standalone_subnetworks(net, images)
     costs = subnet_costs(arch, structure, 16)
     assert costs[0].macs < costs[1].macs
 
