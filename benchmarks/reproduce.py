@@ -139,6 +139,46 @@ def share_bases(out: str, seed: int, name: str) -> list[str]:
     return copied
 
 
+def spnet_bases_missing(study: Study, out: str, seed: int, name: str) -> list[str]:
+    """The SP-Net base folders that ``name`` needs and that are not finished in ``out`` (a
+    fresh machine after an earlier session recorded SP-Net: its records keep the numbers,
+    not the trained bases)."""
+    if name not in BASES_FROM_SPNET:
+        return []
+    widths = (1.0,) if name == 'snet_warm' else study.module.SPNET_BASES
+    source = os.path.join(out, f'seed{seed}', 'spnet')
+    return [f'base_{float(w)}' for w in widths  # the stage folders' names (checkpoint.base_dir)
+            if not os.path.exists(os.path.join(source, f'base_{float(w)}', 'done.json'))]
+
+
+def rerun_spnet_bases(study: Study, out: str, seed: int, extra: list[str],
+                      niceness: int = 0) -> float:
+    """Trains the seed's SP-Net bases again (``--config.stages=base``, same config and seed:
+    the same networks up to float summation order) so that the arms starting from them start
+    from SP-Net's bases rather than from bases of their own. Returns the CPU seconds, which
+    are SP-Net's cost and are not added to the dependent arm's."""
+    workdir = os.path.join(out, f'seed{seed}', 'spnet')
+    os.makedirs(workdir, exist_ok=True)
+    cmd = [sys.executable, 'main.py', f'--config={study.config}:spnet', f'--workdir={workdir}',
+           f'--config.seed={seed}', '--config.stages=base', *extra]
+    print(f'[{time.strftime("%H:%M:%S")}] seed {seed} spnet bases again (recorded earlier, '
+          f'not on this machine): {" ".join(cmd[1:])}', flush=True)
+    env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': os.path.join(out, 'jax_cache')}
+    with open(os.path.join(workdir, 'run.log'), 'a') as log:
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                 preexec_fn=lambda: os.nice(niceness))
+        STOP['children'].add(child)
+        _, status, usage = os.wait4(child.pid, 0)
+        STOP['children'].discard(child)
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        raise SystemExit(f'seed {seed} spnet bases failed (exit {rc}); see {workdir}/run.log')
+    cpu = usage.ru_utime + usage.ru_stime
+    print(f'[{time.strftime("%H:%M:%S")}] seed {seed} spnet bases: done, {cpu:.0f} s CPU',
+          flush=True)
+    return cpu
+
+
 def record_path(records: str, seed: int, name: str) -> str:
     return os.path.join(records, f'seed{seed}', f'{name}.json')
 
@@ -191,6 +231,9 @@ def run_one(study: Study, out: str, seed: int, name: str, extra: list[str],
         previous = {'seconds': 0.0, 'cpu_seconds': 0.0, 'bases_from_spnet': []}
         if os.path.exists(timing):  # a resumed run adds to the earlier part
             previous.update(json.load(open(timing)))
+        if (spnet_bases_missing(study, out, seed, name)
+                and read_record(records, seed, 'spnet', epochs) is not None):
+            rerun_spnet_bases(study, out, seed, extra, niceness)
         shared = sorted(set(previous['bases_from_spnet']) | set(share_bases(out, seed, name)))
         cmd = [sys.executable, 'main.py', f'--config={study.config}:{name}',
                f'--workdir={workdir}', f'--config.seed={seed}', *extra]

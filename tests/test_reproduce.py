@@ -51,6 +51,39 @@ def test_an_unfinished_base_is_not_shared(tmp_path):
     assert not os.path.exists(tmp_path / 'seed0' / 'snet_warm' / 'base_1.0')
 
 
+def test_a_fresh_machine_trains_spnets_recorded_bases_again_for_the_arms_that_need_them(
+        tmp_path, monkeypatch):
+    out, records = str(tmp_path / 'out'), str(tmp_path / 'records')
+    assert reproduce.spnet_bases_missing(CONVERGED, out, 0, 'snet_warm') == ['base_1.0']
+    assert reproduce.spnet_bases_missing(CONVERGED, out, 0, 'spnet_reinit') == [
+        'base_0.5', 'base_0.75', 'base_1.0']
+    assert reproduce.spnet_bases_missing(CONVERGED, out, 0, 'snet') == []
+    _stage(os.path.join(out, 'seed0', 'spnet', 'base_1.0'))
+    assert reproduce.spnet_bases_missing(CONVERGED, out, 0, 'snet_warm') == []
+    assert reproduce.spnet_bases_missing(CONVERGED, out, 0, 'spnet_reinit') == [
+        'base_0.5', 'base_0.75']
+
+    calls = []
+
+    def rerun(study, out_, seed, extra, niceness=0):
+        calls.append(seed)
+        raise SystemExit('stop here')  # before run_one would launch main.py
+
+    monkeypatch.setattr(reproduce, 'rerun_spnet_bases', rerun)
+    epochs = CONVERGED.module.EPOCHS
+    # SP-Net not recorded: the arm is not SP-Net's to rebuild (the orchestrator runs SP-Net
+    # first on this machine), so nothing is retrained.
+    monkeypatch.setattr(reproduce.subprocess, 'Popen', lambda *a, **k: (_ for _ in ()).throw(
+        SystemExit('launched')))
+    with pytest.raises(SystemExit, match='launched'):
+        reproduce.run_one(CONVERGED, out, 1, 'spnet_reinit', [], records=records)
+    assert calls == []
+    reproduce.write_record(records, 1, 'spnet', epochs, _result([0.9] * 4))
+    with pytest.raises(SystemExit, match='stop here'):
+        reproduce.run_one(CONVERGED, out, 1, 'spnet_reinit', [], records=records)
+    assert calls == [1]
+
+
 def _result(top1s, seconds=100.0):
     rows = [{'top1': t, 'macs': 1e6 * (k + 1), 'params': 1e3 * (k + 1)}
             for k, t in enumerate(top1s)]
