@@ -70,7 +70,8 @@ def _macs_without_padding(cost) -> int:
 @pytest.mark.parametrize('name,widths,size', [
     ('resnet50', (0.5, 1.0), 64), ('resnetd50', (0.5, 1.0), 64), ('resnet20', (0.5, 1.0), 32),
     ('vgg19', (0.25, 1.0), 32),
-    ('mobilenet_v1', (0.5, 1.0), 64), ('mobilenet_v2', (0.75, 1.3), 64)])
+    ('mobilenet_v1', (0.5, 1.0), 64), ('mobilenet_v2', (0.75, 1.3), 64),
+    ('efficientnet_b0', (0.5, 1.0), 64)])
 def test_macs_agree_with_xla_cost_analysis(name, widths, size):
     arch = get_arch(name, full_width=widths[-1])
     structure = arch.snet_structure(widths)
@@ -90,7 +91,10 @@ def test_macs_agree_with_xla_cost_analysis(name, widths, size):
         # activation, far fewer than a conv layer (>= 9 MACs per activation) would add.
         extra = xla_macs - conv_macs
         assert 0.5 * activations <= extra <= 6 * activations, (cost.subnet, extra, activations)
-        assert conv_macs <= xla_macs <= 1.05 * conv_macs
+        # Swish, the SE's gates and its sigmoid are several flops per activation: beside
+        # EfficientNet's depthwise convs (9 or 25 MACs per activation) that is ~10%.
+        slack = 1.15 if name.startswith('efficientnet') else 1.05
+        assert conv_macs <= xla_macs <= slack * conv_macs
         # Our MACs differ from XLA's convs only by the padding taps.
         assert cost.macs >= conv_macs
 

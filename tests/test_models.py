@@ -22,6 +22,8 @@ CASES = [
     ('vgg19', (0.25, 0.5), 32, None),
     ('mobilenet_v1', (0.5, 0.75), 32, None),
     ('mobilenet_v2', (0.5, 1.0), 32, None),
+    # EfficientNet: squeeze-and-excitation, 5x5 depthwise convs, swish.
+    ('efficientnet_b0', (0.5, 1.0), 32, None),
 ]
 
 
@@ -183,7 +185,8 @@ def _zpm_structure(arch, table, counts, orders, stream_order=APPENDED):
     return structure, sizes, masks
 
 
-@pytest.mark.parametrize('name', ['resnet50', 'resnetd50', 'resnet18', 'mobilenet_v2'])
+@pytest.mark.parametrize('name', ['resnet50', 'resnetd50', 'resnet18', 'mobilenet_v2',
+                                  'efficientnet_b0'])
 def test_zpm_model_runs_every_subnet(name):
     arch = get_arch(name, num_classes=5, stem='small' if name == 'resnet18' else None,
                     full_width=0.5)
@@ -263,7 +266,7 @@ def test_zpm_junctions_move_activations_only_at_stream_entries_and_growth(stream
 def test_registry_has_the_issue_architectures():
     for name in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnet20',
                  'resnet56', 'vgg19', 'mobilenet_v1', 'mobilenet_v2', 'resnetd50', 'resnetd101',
-                 'resnetd152'):
+                 'resnetd152', *(f'efficientnet_b{i}' for i in range(8))):
         assert name in REGISTRY
     # ResNet-101/152 have the standard depth: count the 3x3 convs (one per bottleneck).
     for name, blocks in (('resnet101', 33), ('resnet152', 50), ('resnet56', 27)):
@@ -283,7 +286,8 @@ def test_mobilenet_v1_widths_are_the_releases_int_c_times_w():
     assert (sizes['stem_conv'], sizes['block13/pw_conv']) == (48, 1536)
 
 
-@pytest.mark.parametrize('name', ['resnet20', 'resnet50', 'resnetd50', 'mobilenet_v2'])
+@pytest.mark.parametrize('name', ['resnet20', 'resnet50', 'resnetd50', 'mobilenet_v2',
+                                  'efficientnet_b0'])
 def test_block_wiring_follows_the_tables_junctions(name):
     """Each block's precomputed wiring: its junction's sizes and kind of shortcut are the
     table's (a projection, the layer the stream starts from, or the stream before)."""
@@ -298,7 +302,7 @@ def test_block_wiring_follows_the_tables_junctions(name):
         wiring = dict(zip((b.name for b in blocks), resnet.block_wiring(structure, blocks),
                           strict=True))
     else:
-        _, specs, _ = mobilenet_v2.block_specs(1.0)
+        _, specs, _ = arch.block_specs(1.0)
         wiring = dict(zip((b.name for b in specs), mobilenet_v2.block_wiring(structure, specs),
                           strict=True))
     junctions = {j.name: j for j in table.junctions}

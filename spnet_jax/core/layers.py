@@ -281,20 +281,30 @@ class SlimBatchNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+# PyTorch's default for a layer with bias (uniform, bound 1/sqrt(fan_in) up to a constant):
+# the squeeze-and-excitation FCs.
+fc_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
 class SlimDense(nn.Module):
-    """The classifier: input rows are a prefix of the full ones, or gathered by ``in_index``."""
+    """A fully connected layer with bias (the classifier, squeeze-and-excitation FCs): input
+    rows are a prefix of the full ones, or gathered by ``in_index``; with ``n_out`` the
+    outputs (kernel columns and bias) are a prefix too."""
 
     in_features: int
     features: int
     dtype: Dtype = jnp.float32
+    # N(0, 0.01), as the release (and torchvision's MobileNets) initialise the classifier.
+    kernel_init: Any = nn.initializers.normal(0.01)
 
     @nn.compact
-    def __call__(self, x: Array, in_index: Array | None = None) -> Array:
-        # N(0, 0.01), as the release (and torchvision's MobileNets) initialise the classifier.
-        kernel = self.param('kernel', nn.initializers.normal(0.01),
-                            (self.in_features, self.features))
+    def __call__(self, x: Array, in_index: Array | None = None,
+                 n_out: int | None = None) -> Array:
+        kernel = self.param('kernel', self.kernel_init, (self.in_features, self.features))
         bias = self.param('bias', nn.initializers.zeros, (self.features,))
         kernel = _take_inputs(kernel, x.shape[-1], in_index, axis=0)
+        if n_out is not None:
+            kernel, bias = kernel[:, :n_out], bias[:n_out]
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
 

@@ -6,11 +6,14 @@ Every model is called as ``model.apply(variables, images_nhwc, subnet=k, train=.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.models.common import Architecture
+from spnet_jax.models.efficientnet import VARIANTS as EFFICIENTNETS
+from spnet_jax.models.efficientnet import EfficientNetArch
 from spnet_jax.models.mobilenet_v1 import MobileNetV1Arch
 from spnet_jax.models.mobilenet_v2 import MobileNetV2Arch
 from spnet_jax.models.resnet import CIFAR_DEPTHS, IMAGENET_DEPTHS, ResNetArch
@@ -34,16 +37,20 @@ REGISTRY.update({f'resnetd{d}': _resnetd(d) for d in RESNETD_DEPTHS})
 REGISTRY['vgg19'] = lambda **kw: VGGArch(name='vgg19', **kw)
 REGISTRY['mobilenet_v1'] = lambda **kw: MobileNetV1Arch(name='mobilenet_v1', **kw)
 REGISTRY['mobilenet_v2'] = lambda **kw: MobileNetV2Arch(name='mobilenet_v2', **kw)
+REGISTRY.update({f'efficientnet_{v}': functools.partial(
+    EfficientNetArch, name=f'efficientnet_{v}', variant=v) for v in EFFICIENTNETS})
 CIFAR_LAYOUTS = {f'resnet{d}' for d in CIFAR_DEPTHS}
 
 
 def get_arch(name: str, *, num_classes: int = 1000, full_width: float = 1.0,
-             stem: str | None = None) -> Architecture:
+             stem: str | None = None, **regularisation: float | None) -> Architecture:
     """The architecture ``name`` (see `REGISTRY`) with its head, full width and stem.
 
     ``stem`` (ResNets only) defaults to 'imagenet' (7x7/2 + max-pool), or 'small' (3x3/1,
     no pool) for the CIFAR ResNets. ResNet-D always has its deep stem (three 3x3 convs):
     'imagenet' strides its first conv and max-pools after it, 'small' does neither.
+    ``regularisation`` (EfficientNet only): ``dropout``, ``stochastic_depth`` (None: the
+    variant's defaults).
     """
     if name not in REGISTRY:
         raise ConfigError(f'model.name={name!r} is unknown; choose one of {sorted(REGISTRY)}.')
@@ -55,13 +62,18 @@ def get_arch(name: str, *, num_classes: int = 1000, full_width: float = 1.0,
         raise ConfigError(f'model.full_width={full_width} must be in (0, 4].')
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f'model.num_classes={num_classes!r} must be a positive int.')
-    return REGISTRY[name](num_classes=num_classes, full_width=full_width, stem=stem)
+    given = {k: v for k, v in regularisation.items() if v is not None}
+    if given and not name.startswith('efficientnet'):
+        raise ConfigError(f'model.{next(iter(given))} is for EfficientNet only; unset it for '
+                          f'{name}.')
+    return REGISTRY[name](num_classes=num_classes, full_width=full_width, stem=stem, **given)
 
 
 def arch_from_config(model: Any) -> Architecture:
-    """The architecture a config's ``model`` section describes."""
+    """The architecture a config's ``model`` section (or `ModelSettings`) describes."""
     return get_arch(model.name, num_classes=model.num_classes, full_width=model.full_width,
-                    stem=model.stem)
+                    stem=model.stem, dropout=getattr(model, 'dropout', None),
+                    stochastic_depth=getattr(model, 'stochastic_depth', None))
 
 
 def arch_from_spec(spec: Mapping[str, Any], where: str = 'the architecture file') -> Architecture:

@@ -22,6 +22,7 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from spnet_jax.core import layers
@@ -55,6 +56,9 @@ class BlockSpec:
     expand: bool
     residual: bool
     entry: bool  # a stage's first block whose output starts a residual stream
+    kernel: int = 3  # the depthwise conv's
+    se: int = 0  # squeeze-and-excitation channels (EfficientNet), 0: no SE
+    drop_path: float = 0.0  # stochastic depth: the probability of dropping the residual branch
 
     @property
     def name(self) -> str:
@@ -79,11 +83,25 @@ def block_specs(width: float) -> tuple[int, list[BlockSpec], int]:
     return stem, specs, last
 
 
+def se_members(b: BlockSpec) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """``(consumers, producers)`` a block's squeeze-and-excitation adds to the channel group of
+    its depthwise conv: the reducing FC reads the group (kernel axis 0), the expanding FC's
+    outputs (kernel axis -1 and bias) gate it channel by channel, so they are kept, dropped
+    and permuted with it. The SE's own squeezed channels are not slimmed."""
+    if not b.se:
+        return (), ()
+    return ((f'{b.name}/se_reduce', 0),), (f'{b.name}/se_expand',)
+
+
 @dataclasses.dataclass(frozen=True)
 class MobileNetV2Arch(Architecture):
+    def block_specs(self, width: float) -> tuple[int, list[BlockSpec], int]:
+        """``(stem channels, blocks, last conv channels)`` at ``width``."""
+        return block_specs(width)
+
     def table(self, width: float | None = None, zpm: bool = False) -> ChannelTable:
         w = self.full_width if width is None else width
-        stem, specs, last = block_specs(w)
+        stem, specs, last = self.block_specs(w)
 
         def first_reader(i: int) -> tuple[str, int]:
             """The param reading block i's output (i = len(specs): the last conv)."""
@@ -95,19 +113,25 @@ class MobileNetV2Arch(Architecture):
         groups: list[ChannelGroup] = []
         streams: list[Stream] = []
         first = specs[0]
-        groups.append(plain_group('stem_conv', stem, 'stem_bn',
-                                  (first_reader(0),) if first.expand else
-                                  ((f'{first.name}/project_conv', 2),),
-                                  followers=() if first.expand else (f'{first.name}/dw_conv',),
-                                  extra_bns=() if first.expand else (f'{first.name}/dw_bn',)))
+        se_readers, se_writers = se_members(first) if not first.expand else ((), ())
+        stem_group = plain_group('stem_conv', stem, 'stem_bn',
+                                 (first_reader(0),) if first.expand else
+                                 ((f'{first.name}/project_conv', 2), *se_readers),
+                                 followers=() if first.expand else (f'{first.name}/dw_conv',),
+                                 extra_bns=() if first.expand else (f'{first.name}/dw_bn',))
+        groups.append(dataclasses.replace(
+            stem_group, producers=(*stem_group.producers, *se_writers)))
         stream_members: list[str] = []
         for i, b in enumerate(specs):
             if b.expand:
                 e = f'{b.name}/expand_conv'
-                groups.append(plain_group(e, b.hidden, f'{b.name}/expand_bn',
-                                          ((f'{b.name}/project_conv', 2),),
-                                          followers=(f'{b.name}/dw_conv',),
-                                          extra_bns=(f'{b.name}/dw_bn',)))
+                se_readers, se_writers = se_members(b)
+                group = plain_group(e, b.hidden, f'{b.name}/expand_bn',
+                                    ((f'{b.name}/project_conv', 2), *se_readers),
+                                    followers=(f'{b.name}/dw_conv',),
+                                    extra_bns=(f'{b.name}/dw_bn',))
+                groups.append(dataclasses.replace(group,
+                                                  producers=(*group.producers, *se_writers)))
             p, pbn = f'{b.name}/project_conv', f'{b.name}/project_bn'
             in_stream = b.entry or b.residual
             if not in_stream:
@@ -195,23 +219,53 @@ def block_wiring(structure, specs: list[BlockSpec],
     return out
 
 
+ACTIVATIONS = {'relu6': layers.relu6, 'swish': jax.nn.silu}
+
+
 class MobileNetV2(SlimModule):
+    """MobileNetV2, and with ``specs`` / ``activation`` / ``dropout`` set, any network of
+    inverted residual blocks (EfficientNet: `spnet_jax.models.efficientnet`).
+
+    ``specs``: the blocks as built (names, kernels, strides, SE, stochastic depth; their
+    channels are the structure's), by default MobileNetV2's. Stochastic depth and the
+    classifier's dropout act in training mode when the caller passes a 'dropout' rng
+    (``model.apply(..., train=True, rngs={'dropout': key})``), else they are off (BN
+    calibration, evaluation)."""
+
+    specs: tuple[BlockSpec, ...] = ()
+    activation: str = 'relu6'
+    dropout: float = 0.0
+    stem_kernel: int = 3
+
     @nn.compact
     def __call__(self, x, subnet: int | float = -1, train: bool = False):
         k = self.structure.subnet_index(subnet)
         S = self.structure
-        x = self.conv('stem_conv', 'stem_conv', x.shape[-1], 3, 2)(x, self.n('stem_conv', k))
-        x = layers.relu6(self.bn('stem_bn', 'stem_conv')(x, k, train))
-        _, specs, _ = block_specs(1.0)
+        act = ACTIVATIONS[self.activation]
+        x = self.conv('stem_conv', 'stem_conv', x.shape[-1], self.stem_kernel, 2)(
+            x, self.n('stem_conv', k))
+        x = act(self.bn('stem_bn', 'stem_conv')(x, k, train))
+        specs = list(self.specs) or block_specs(1.0)[1]
         a = layers.Activation(x, None, S.full_of('stem_conv'))
         for b, wiring in zip(specs, block_wiring(S, specs, self.fold_slack), strict=True):
             a = InvertedResidual(spec=b, wiring=wiring, dtype=self.dtype,
-                                 bn_scale_init=self.bn_scale_init, name=b.name)(a, k, train)
+                                 bn_scale_init=self.bn_scale_init, activation=self.activation,
+                                 name=b.name)(a, k, train)
         x = self.conv('last_conv', 'last_conv', a.rows, 1)(a.x, self.n('last_conv', k),
                                                            in_index=a.index)
-        x = layers.relu6(self.bn('last_bn', 'last_conv')(x, k, train))
+        x = act(self.bn('last_bn', 'last_conv')(x, k, train))
         x = jnp.mean(x, axis=(1, 2))
+        if self.dropout:
+            x = nn.Dropout(self.dropout)(x, deterministic=not (train and self.has_rng('dropout')))
         return self.logits(self.head(S.full_of('last_conv'))(x))
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Stochastic depth: each example's residual branch is zeroed with probability ``rate``
+    and kept ones are scaled by ``1 / (1 - rate)`` (torchvision's ``StochasticDepth``,
+    mode 'row')."""
+    keep = jax.random.bernoulli(rng, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 class InvertedResidual(nn.Module):
@@ -221,18 +275,28 @@ class InvertedResidual(nn.Module):
     wiring: BlockWiring
     dtype: Any = jnp.float32
     bn_scale_init: float = 1.0
+    activation: str = 'relu6'
 
     @nn.compact
     def __call__(self, a: layers.Activation, k: int, train: bool) -> layers.Activation:
         b, w = self.spec, self.wiring
+        act = ACTIVATIONS[self.activation]
         bn = lambda ch, name: batch_norm(ch, name, self.bn_scale_init, self.dtype)
         y = a.x
         if b.expand:
             y = conv(w.hidden, 'expand_conv', a.rows, 1, dtype=self.dtype)(
                 y, w.hidden.counts[k], in_index=a.index)
-            y = layers.relu6(bn(w.hidden, 'expand_bn')(y, k, train))
-        y = conv(w.hidden, 'dw_conv', 1, 3, b.stride, depthwise=True, dtype=self.dtype)(y)
-        y = layers.relu6(bn(w.hidden, 'dw_bn')(y, k, train))
+            y = act(bn(w.hidden, 'expand_bn')(y, k, train))
+        y = conv(w.hidden, 'dw_conv', 1, b.kernel, b.stride, depthwise=True, dtype=self.dtype)(y)
+        y = act(bn(w.hidden, 'dw_bn')(y, k, train))
+        if b.se:  # squeeze-and-excitation: channel gates from the pooled activation
+            n = y.shape[-1]
+            s = jnp.mean(y, axis=(1, 2))
+            s = jax.nn.silu(layers.SlimDense(w.hidden.full, b.se, dtype=self.dtype,
+                                             kernel_init=layers.fc_init, name='se_reduce')(s))
+            s = layers.SlimDense(b.se, w.hidden.full, dtype=self.dtype,
+                                 kernel_init=layers.fc_init, name='se_expand')(s, n_out=n)
+            y = y * jax.nn.sigmoid(s)[:, None, None, :].astype(y.dtype)
         junction, body_at = None, None
         if w.junction is not None:
             junction = w.junction.module()
@@ -240,6 +304,8 @@ class InvertedResidual(nn.Module):
         y = conv(w.project, 'project_conv', w.hidden.full, 1, dtype=self.dtype)(
             y, w.project.counts[k], out_index=body_at)
         y = bn(w.project, 'project_bn')(y, k, train, out_index=body_at)
+        if b.residual and b.drop_path and train and self.has_rng('dropout'):
+            y = drop_path(y, b.drop_path, self.make_rng('dropout'))
         if not b.residual:
             return layers.Activation(y, None, w.project.full)
         if junction is None:

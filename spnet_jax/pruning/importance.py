@@ -55,7 +55,9 @@ def l1_importance(variables: dict, table: ChannelTable):
     params = flat_params(variables)
     scores = {}
     for g in table.groups:
-        norms = [np.abs(params[f'{p}/kernel']).sum(axis=(0, 1, 2)) for p in g.producers]
+        # Conv producers only: an SE's expanding FC gates the group, it does not compute it.
+        norms = [np.abs(params[f'{p}/kernel']).sum(axis=(0, 1, 2)) for p in g.producers
+                 if np.ndim(params[f'{p}/kernel']) == 4]
         scores[g.name] = np.max(np.stack(norms), axis=0)
     return scores, np.concatenate(list(scores.values()))
 

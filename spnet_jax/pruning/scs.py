@@ -1,8 +1,9 @@
 """Slimmable channel sorting: permute weights so every sub-network is a prefix slice.
 
 Each group's channels are put in descending importance. Permuting a group moves, together:
-its producers' kernels (output axis), its BNs (scale, bias and the statistics of the full
-network), its depthwise followers' kernels, and every consumer's input axis. On the full
+its producers' kernels (output axis; and biases, where an FC has one), its BNs (scale, bias
+and the statistics of the full network), its depthwise followers' kernels, and every
+consumer's input axis. On the full
 network this changes nothing in the function. Consumers of a ZPM stream are not touched:
 the stream stays in original channel order and they gather it by the fused index.
 """
@@ -34,6 +35,8 @@ def permute(variables: dict, table: ChannelTable, orders: dict[str, np.ndarray])
         order = orders[g.name]
         for p in (*g.producers, *g.followers):
             params[f'{p}/kernel'] = _take(params[f'{p}/kernel'], order, -1)
+            if f'{p}/bias' in params:  # an FC producer (squeeze-and-excitation's expand)
+                params[f'{p}/bias'] = _take(params[f'{p}/bias'], order, 0)
         for bn in g.bns:
             for tree in (params, stats):
                 for key in [k for k in tree if k.startswith(f'{bn}/')]:

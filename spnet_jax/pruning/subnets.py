@@ -47,11 +47,15 @@ def _cutter(params: dict[str, Any]):
     axis, or gathers the entries ``index`` (an array), in ``params`` (flat, updated)."""
 
     def cut(path: str, axis: int, index) -> None:
-        key = f'{path}/kernel'
-        if isinstance(index, int):
-            params[key] = jax.lax.slice_in_dim(params[key], 0, index, axis=axis % params[key].ndim)
-        else:
-            params[key] = jnp.take(params[key], index, axis=axis)
+        keys = [(f'{path}/kernel', axis)]
+        if axis == -1 and f'{path}/bias' in params:  # an FC's outputs: its bias too
+            keys.append((f'{path}/bias', -1))
+        for key, ax in keys:
+            if isinstance(index, int):
+                params[key] = jax.lax.slice_in_dim(params[key], 0, index,
+                                                   axis=ax % params[key].ndim)
+            else:
+                params[key] = jnp.take(params[key], index, axis=ax)
 
     return cut
 

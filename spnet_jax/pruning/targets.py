@@ -54,8 +54,9 @@ def macs_function(arch, table: ChannelTable, image_size: int,
     for layer in layers:
         if layer.kind == 'bn':
             continue
-        if layer.kind == 'dense':
-            terms.append((in_of['head'], ('const', layer.out_shape[0]), 1))
+        if layer.kind == 'dense':  # the classifier, squeeze-and-excitation FCs
+            terms.append((in_of.get(layer.path, ('const', layer.in_shape[0])),
+                          out_of.get(layer.path, ('const', layer.out_shape[0])), 1))
             continue
         h, w, _ = layer.out_shape
         k = layer.kernel_size
