@@ -28,6 +28,9 @@ def training_section(**overrides) -> ml_collections.ConfigDict:
     section.nesterov = True
     section.sparsity = 1e-5  # s in grad(gamma) += s * sign(gamma) (network slimming)
     section.label_smoothing = 0.0
+    # Mixup (the release's mixup / mixup_alpha): each batch is mixed with itself reversed,
+    # lam ~ Beta(alpha, alpha); 0 turns it off.
+    section.mixup_alpha = 0.0
     section.bn_scale_init = 0.5  # initial BN gamma of freshly initialised networks
     section.update(overrides)
     return section
@@ -52,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_classes = 1000
     config.model.stem = 'imagenet'  # 'imagenet' (7x7/2 + max-pool) | 'small' (3x3/1)
     config.model.full_width = 1.0  # width multiplier of the full (largest) network
+    # EfficientNet only: classifier dropout and the stochastic depth of the last block
+    # (None: the variant's dropout, 0.2 / 0.2-0.5, and 0.2, as torchvision and the release).
+    config.model.dropout = placeholder(float)
+    config.model.stochastic_depth = placeholder(float)
 
     config.data = ml_collections.ConfigDict()
     config.data.name = 'imagenet2012'
@@ -67,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_split = placeholder(str)
     config.data.eval_split = placeholder(str)
     config.data.shuffle_buffer = placeholder(int)
+    # RandAugment after the training crop and flip (the release's randaug_N / randaug_M, M on
+    # the paper's 0-30 scale); 0 operations: off. TFDS datasets only.
+    config.data.randaugment_ops = 0
+    config.data.randaugment_magnitude = 10.0
 
     # Stage 1: base networks with the L1 sub-gradient on BN scales.
     config.base = training_section()
@@ -129,7 +140,8 @@ def to_snet(config: ml_collections.ConfigDict, widths, *,
         epochs=base.epochs, num_steps=base.num_steps, batch_size=base.batch_size, lr=base.lr,
         schedule=base.schedule, lr_boundaries=base.lr_boundaries, lr_decay=base.lr_decay,
         warmup_epochs=base.warmup_epochs, weight_decay=base.weight_decay,
-        momentum=base.momentum, label_smoothing=base.label_smoothing, sparsity=0.0,
+        momentum=base.momentum, label_smoothing=base.label_smoothing,
+        mixup_alpha=base.mixup_alpha, sparsity=0.0,
         bn_scale_init=1.0, optimizer=base.optimizer)
     config.slim.widths = tuple(widths)
     config.slim.kd_alpha = 0.9 if inplace_distillation else 0.0

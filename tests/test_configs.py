@@ -141,7 +141,8 @@ def _one_step(name, manual_dir):
     with tfds.testing.mock_data(num_examples=8):
         batch = next(iter(data_lib.train_batches(config.data, global_batch_size=2, seed=0)))
     step = loop.jit_train_step(model, structure.num_subnets, tx, schedule, mesh,
-                               label_smoothing=section.label_smoothing)
+                               label_smoothing=section.label_smoothing,
+                               mixup_alpha=section.mixup_alpha, seed=config.seed)
     state, metrics = step(state, sharding.global_batch(batch, mesh))
     metrics = jax.device_get(metrics)
     assert int(state.step) == 1 and metrics['params_finite'] == 1.0

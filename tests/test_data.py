@@ -411,3 +411,31 @@ def test_prefetch_keeps_order_stops_and_forwards_errors():
     assert not any(t.name == 'prefetch' and t.is_alive() for t in threading.enumerate())
     with pytest.raises(ValueError, match='at least 1'):
         data.prefetch([], size=0)
+
+
+def test_randaugment_changes_training_images_only_and_keeps_their_range():
+    """RandAugment (N=2, M=10) after the crop and flip: the same examples in the same order,
+    other pixels, still within [0, 255] before normalisation; evaluation is untouched."""
+    base = {'name': 'cifar10', 'image_size': 32, 'preprocessing': 'small'}
+    augmented = {**base, 'randaugment_ops': 2, 'randaugment_magnitude': 10}
+    with tfds.testing.mock_data(num_examples=16):
+        plain = take(data.train_batches(base, global_batch_size=16, seed=0), 1)[0]
+        mixed = take(data.train_batches(augmented, global_batch_size=16, seed=0), 1)[0]
+        evals = [next(iter(data.eval_batches(c, global_batch_size=16))) for c in (base, augmented)]
+    np.testing.assert_array_equal(plain['label'], mixed['label'])
+    changed = np.abs(plain['image'] - mixed['image']).reshape(16, -1).max(axis=1) > 1e-3
+    assert changed.mean() >= 0.75
+    spec = data.DATASETS['cifar10']
+    pixels = (mixed['image'] * np.asarray(spec.std) + np.asarray(spec.mean)) * 255
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
+    assert_batches_equal(*evals)
+
+
+def test_randaugment_settings_are_checked():
+    with pytest.raises(ValueError, match=r'data.randaugment_magnitude .*\[0, 30\]'):
+        data.validate_config({'name': 'cifar10', 'randaugment_ops': 2,
+                              'randaugment_magnitude': 45})
+    with pytest.raises(ValueError, match='data.randaugment_ops=2 needs a TFDS dataset'):
+        data.validate_config(fashion(randaugment_ops=2))
+    with pytest.raises(ValueError, match='data.randaugment_ops must be an integer >= 0'):
+        data.validate_config({'name': 'cifar10', 'randaugment_ops': -1})

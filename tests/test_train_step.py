@@ -240,6 +240,69 @@ def test_batch_norm_matches_pytorch_in_training_mode():
             np.testing.assert_array_equal(stats[name], variables['batch_stats'][name])
 
 
+
+def test_mixup_loss_mixes_the_two_labels_losses():
+    """The release's mixup criterion: ``lam * CE(y) + (1 - lam) * CE(y_partner)``, each with
+    label smoothing; in-place distillation mixes only its hard part."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(6, 5)) * 3
+    labels, partner = rng.integers(0, 5, size=6), rng.integers(0, 5, size=6)
+    for lam, smoothing in ((0.3, 0.0), (0.8, 0.1), (1.0, 0.1)):
+        def ce(y, smoothing=smoothing):
+            target = np.eye(5)[y] * (1 - smoothing) + smoothing / 5
+            return -(target * _log_softmax(logits)).sum(-1).mean()
+        expect = lam * ce(labels) + (1 - lam) * ce(partner)
+        mixup = (jnp.float32(lam), jnp.asarray(partner))
+        got = step_lib.cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels),
+                                     smoothing, mixup)
+        np.testing.assert_allclose(float(got), expect, rtol=1e-5)
+        teacher = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+        args = (jnp.asarray(logits, jnp.float32), teacher, jnp.asarray(labels))
+        kd_only = step_lib.inplace_distillation_loss(*args, alpha=1.0, temperature=1.0)
+        mixed = step_lib.inplace_distillation_loss(*args, alpha=0.6, temperature=1.0,
+                                                   label_smoothing=smoothing, mixup=mixup)
+        np.testing.assert_allclose(float(mixed), 0.6 * float(kd_only) + 0.4 * expect,
+                                   rtol=1e-5)
+
+
+def test_mix_batch_pairs_each_image_with_one_partner():
+    images = jnp.broadcast_to(jnp.arange(8.0)[:, None, None, None], (8, 2, 2, 1))
+    labels = jnp.arange(8) * 10
+    mixed, (lam, partner_labels) = step_lib.mix_batch(jax.random.key(3), images, labels, 0.2)
+    lam = float(lam)
+    assert 0.0 < lam < 1.0
+    partner = (np.asarray(mixed)[:, 0, 0, 0] - lam * np.arange(8)) / (1 - lam)
+    np.testing.assert_allclose(np.sort(partner), np.arange(8), atol=1e-3)  # a permutation
+    np.testing.assert_array_equal(partner_labels, np.round(partner).astype(int) * 10)
+    # lam ~ Beta(alpha, alpha): mean 1/2, variance 1 / (4 (2 alpha + 1)).
+    lams = np.array([float(step_lib.mix_batch(jax.random.key(i), images, labels, 0.2)[1][0])
+                     for i in range(400)])
+    assert abs(lams.mean() - 0.5) < 0.05 and abs(lams.var() - 1 / (4 * 1.4)) < 0.03
+
+
+def _step_metrics(case, **kw):
+    model, structure, variables, batch, tx, schedule = case
+    mesh = sharding.make_mesh()
+    state = jax.jit(lambda v: state_lib.create_state(v, tx))(variables)
+    step = loop.jit_train_step(model, structure.num_subnets, tx, schedule, mesh,
+                               label_smoothing=0.0, distillation=(KD_ALPHA, KD_TEMPERATURE),
+                               **kw)
+    state, metrics = step(state, sharding.global_batch(batch, mesh))
+    return jax.device_get(metrics)
+
+
+def test_mixup_step_draws_from_the_seed_and_step(case, one_device_step):
+    """The same (seed, step) mixes the same way (a resumed run repeats an unbroken one);
+    another seed mixes differently; alpha 0 is the plain step."""
+    first = _step_metrics(case, mixup_alpha=0.2, seed=0)
+    again = _step_metrics(case, mixup_alpha=0.2, seed=0)
+    other = _step_metrics(case, mixup_alpha=0.2, seed=5)
+    plain = one_device_step['metrics']
+    assert first['loss'] == again['loss'] and first['params_finite'] == 1.0
+    assert first['loss'] != other['loss'] and first['loss'] != plain['loss']
+    np.testing.assert_allclose(_step_metrics(case, mixup_alpha=0.0, seed=5)['loss'],
+                               plain['loss'], rtol=1e-6)
+
 def test_float64_without_x64_is_refused_with_one_sentence():
     assert not jax.config.read('jax_enable_x64')  # the test processes run without x64
     with pytest.raises(ConfigError, match='x64'):

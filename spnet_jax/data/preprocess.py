@@ -202,6 +202,22 @@ def small_train(image: tf.Tensor, seed: tf.Tensor, *, image_size: int, padding: 
     return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
+def rand_augment(num_ops: int, magnitude: float, seed: int):
+    """RandAugment (Cubuk et al. 2020) as Keras ships it (`keras.layers.RandAugment`):
+    ``num_ops`` random operations per image at strength ``magnitude`` on the paper's 0-30
+    scale (Keras's ``factor = magnitude / 30``), on float images in [0, 255]. Returns a
+    function of one image.
+
+    Keras draws from its own seeded generator, not from the example's stateless seed: the
+    operations an image gets are not a function of its position in the stream (a resumed run
+    augments differently from an unbroken one; everything else in the pipeline repeats)."""
+    import keras  # noqa: PLC0415 - only the recipes that use RandAugment need Keras
+
+    layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=num_ops,
+                                     factor=magnitude / 30.0, seed=seed)
+    return lambda image: tf.clip_by_value(layer(tf.cast(image, tf.float32)), 0.0, 255.0)
+
+
 def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
     """Pixel values in [0, 255] -> float32 ``(x / 255 - mean) / std``, per channel."""
     image = tf.cast(image, tf.float32) / 255.0

@@ -146,6 +146,10 @@ class DataSettings:
       train_split, eval_split: split names (TFDS split syntax for TFDS datasets).
       num_train_examples, num_eval_examples: use only the first N examples (None: all).
       shuffle_buffer: tf.data shuffle buffer of the TFDS training stream.
+      randaugment_ops: RandAugment's N, the random operations per training image after the
+        crop and flip (0: none; TFDS datasets only).
+      randaugment_magnitude: RandAugment's M on the paper's 0-30 scale (the release's
+        ``randaug_M``).
     """
 
     spec: DatasetSpec
@@ -159,6 +163,8 @@ class DataSettings:
     num_train_examples: int | None
     num_eval_examples: int | None
     shuffle_buffer: int
+    randaugment_ops: int = 0
+    randaugment_magnitude: float = 10.0
 
     @property
     def name(self) -> str:
@@ -212,6 +218,15 @@ def parse_settings(config: Any) -> DataSettings:
             )
         splits[field] = split
     data_dir, manual_dir = _field(config, 'data_dir', default_dir), _field(config, 'manual_dir')
+    randaugment_ops = _int_field(config, 'randaugment_ops', 0, 0)
+    magnitude = _field(config, 'randaugment_magnitude', 10.0)
+    if isinstance(magnitude, bool) or not isinstance(magnitude, int | float) or not (
+            0 <= magnitude <= 30):
+        raise ConfigError(f'data.randaugment_magnitude must be a number in [0, 30] (the '
+                          f'RandAugment paper\'s scale), got {magnitude!r}.')
+    if randaugment_ops and spec.source == 'idx':
+        raise ConfigError(f'data.randaugment_ops={randaugment_ops} needs a TFDS dataset (it '
+                          f'runs in the tf.data pipeline); set it to 0 for {spec.name}.')
     return DataSettings(
         spec=spec,
         data_dir=None if data_dir is None else os.fspath(data_dir),
@@ -222,5 +237,7 @@ def parse_settings(config: Any) -> DataSettings:
         num_train_examples=_int_field(config, 'num_train_examples', None, 1),
         num_eval_examples=_int_field(config, 'num_eval_examples', None, 1),
         shuffle_buffer=_int_field(config, 'shuffle_buffer', max(spec.shuffle_buffer, 1), 1),
+        randaugment_ops=randaugment_ops,
+        randaugment_magnitude=float(magnitude),
         **splits,
     )

@@ -197,6 +197,10 @@ def train_dataset(
         )
     shuffle_key, augment_key = _stream_keys(seed, process_index)
     buffer_size = min(settings.shuffle_buffer, num_examples)
+    rand_augment = None
+    if settings.randaugment_ops:
+        rand_augment = preprocess.rand_augment(settings.randaugment_ops,
+                                               settings.randaugment_magnitude, augment_key)
 
     def epoch(index: tf.Tensor) -> tf.data.Dataset:
         epoch_seed = tf.random.stateless_uniform(
@@ -220,6 +224,8 @@ def train_dataset(
                 image_size=settings.image_size,
                 padding=settings.crop_padding,
             )
+        if rand_augment is not None:
+            image = rand_augment(image)
         image = preprocess.normalize(image, settings.spec.mean, settings.spec.std)
         return {'image': image, 'label': label}
 

@@ -108,18 +108,20 @@ def abstract_state(job: TrainJob, tx, mesh: Mesh) -> state_lib.TrainState:
 
 
 def jit_train_step(model, num_subnets: int, tx, schedule, mesh: Mesh, *,
-                   label_smoothing: float, distillation: tuple[float, float] = (0.0, 1.0)):
+                   label_smoothing: float, distillation: tuple[float, float] = (0.0, 1.0),
+                   mixup_alpha: float = 0.0, seed: int = 0):
     """The all-sub-network step, jitted over ``mesh``: state replicated and donated, the
     batch split on the 'data' axis. Returns ``(state, batch) -> (state, metrics)``.
 
     ``distillation``: (alpha, temperature) of the smaller sub-networks' in-place
-    distillation."""
+    distillation; ``mixup_alpha`` and ``seed``: see `step.train_step`."""
     repl = sharding.replicated(mesh)
     kd_alpha, kd_temperature = distillation
     fn = step_lib.bind(step_lib.train_step, model=model, num_subnets=num_subnets, tx=tx,
                        schedule=schedule, kd_alpha=float(kd_alpha),
                        kd_temperature=float(kd_temperature),
-                       label_smoothing=float(label_smoothing))
+                       label_smoothing=float(label_smoothing),
+                       mixup_alpha=float(mixup_alpha), seed=int(seed))
     return jax.jit(fn, in_shardings=(repl, sharding.batch_sharded(mesh)),
                    out_shardings=(repl, repl), donate_argnums=(0,))
 
@@ -171,7 +173,8 @@ def train_network(job: TrainJob, config: Settings, mesh: Mesh) -> dict[str, Any]
 
         train_step = jit_train_step(job.model, job.structure.num_subnets, tx, schedule, mesh,
                                     label_smoothing=section.label_smoothing,
-                                    distillation=job.distillation)
+                                    distillation=job.distillation,
+                                    mixup_alpha=section.mixup_alpha, seed=config.seed)
         writer = metrics_lib.TrainMetrics(job.name, job.directory, num_steps=num_steps,
                                           first_step=start,
                                           log_every_steps=config.log_every_steps)

@@ -38,6 +38,8 @@ LEGACY_DEFAULTS = {
     ('slim', 'drop_scaffold'): False, ('slim', 'init_from_base'): False,
     ('eval', 'latency_batch'): 32, ('eval', 'latency_runs'): 10, ('eval', 'latency_warmup'): 2,
     ('eval', 'baseline_workdir'): None,
+    ('base', 'mixup_alpha'): 0.0, ('slim', 'mixup_alpha'): 0.0,
+    ('model', 'dropout'): None, ('model', 'stochastic_depth'): None,
 }
 
 
@@ -97,10 +99,20 @@ class ModelSettings:
     num_classes: int
     stem: str
     full_width: float
+    dropout: float | None = None
+    stochastic_depth: float | None = None
 
     @classmethod
     def from_config(cls, section: Any) -> ModelSettings:
-        settings = cls(section.name, section.num_classes, section.stem, section.full_width)
+        regular = {f: _field(section, f, 'model') for f in ('dropout', 'stochastic_depth')}
+        for field, value in regular.items():
+            _check(value is None or (_number(value) and 0 <= value < 1),
+                   f'model.{field}={value!r} must be in [0, 1) (or None: the model\'s default).')
+            _check(value is None or section.name.startswith('efficientnet'),
+                   f'model.{field}={value!r} is for EfficientNet only; unset it for '
+                   f'{section.name}.')
+        settings = cls(section.name, section.num_classes, section.stem, section.full_width,
+                       **regular)
         settings.arch  # noqa: B018 - the registry checks the name, stem, width and classes
         return settings
 
@@ -127,6 +139,7 @@ class TrainingSettings:
     nesterov: bool
     sparsity: float
     label_smoothing: float
+    mixup_alpha: float
     bn_scale_init: float
     widths: tuple[float, ...]
 
@@ -166,12 +179,14 @@ class TrainingSettings:
                f'{f("sparsity")} must be >= 0.')
         _check(_number(values['label_smoothing']) and 0 <= values['label_smoothing'] < 1,
                f'{f("label_smoothing")} must be in [0, 1).')
+        _check(_number(values['mixup_alpha']) and values['mixup_alpha'] >= 0,
+               f'{f("mixup_alpha")} must be >= 0 (0: no mixup).')
         _check(_number(values['bn_scale_init']) and values['bn_scale_init'] > 0,
                f'{f("bn_scale_init")} must be positive.')
         values['lr_boundaries'] = tuple(float(b) for b in bounds)
         values['widths'] = tuple(values['widths'])
         for key in ('epochs', 'lr', 'lr_decay', 'warmup_epochs', 'weight_decay', 'momentum',
-                    'sparsity', 'label_smoothing', 'bn_scale_init'):
+                    'sparsity', 'label_smoothing', 'mixup_alpha', 'bn_scale_init'):
             values[key] = float(values[key])
         return values
 

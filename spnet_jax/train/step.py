@@ -29,29 +29,54 @@ def _loss_dtype(logits: jax.Array):
     return layers.statistics_dtype(logits.dtype)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0,
+                  mixup: tuple[jax.Array, jax.Array] | None = None):
     """Mean softmax cross-entropy with integer labels (optionally smoothed: the target is
-    ``(1 - label_smoothing) * one_hot + label_smoothing / classes``, as the release's)."""
+    ``(1 - label_smoothing) * one_hot + label_smoothing / classes``, as the release's).
+
+    ``mixup = (lam, partner_labels)``: the images were mixed ``lam * x + (1 - lam) *
+    x_partner``, and so are the (smoothed) targets, which is the release's ``lam *
+    CE(y) + (1 - lam) * CE(y_partner)``."""
     dtype = _loss_dtype(logits)
-    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=dtype)
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
+
+    def targets_of(y):
+        t = jax.nn.one_hot(y, logits.shape[-1], dtype=dtype)
+        return optax.smooth_labels(t, label_smoothing) if label_smoothing else t
+
+    targets = targets_of(labels)
+    if mixup is not None:
+        lam, partner = mixup
+        targets = lam.astype(dtype) * targets + (1 - lam.astype(dtype)) * targets_of(partner)
     return jnp.mean(optax.softmax_cross_entropy(logits.astype(dtype), targets))
+
+
+def mix_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, alpha: float):
+    """Mixup (Zhang et al. 2018, as the release applies it to a batch): ``lam ~ Beta(alpha,
+    alpha)``, each image mixed with a random partner of the same batch. Returns the mixed
+    images and ``(lam, partner labels)`` for `cross_entropy`."""
+    lam_rng, perm_rng = jax.random.split(rng)
+    lam = jax.random.beta(lam_rng, alpha, alpha).astype(jnp.float32)
+    partner = jax.random.permutation(perm_rng, images.shape[0])
+    mixed = lam.astype(images.dtype) * images + (1 - lam.astype(images.dtype)) * images[partner]
+    return mixed, (lam, labels[partner])
 
 
 def inplace_distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
                               labels: jax.Array, *, alpha: float, temperature: float,
-                              label_smoothing: float = 0.0) -> jax.Array:
+                              label_smoothing: float = 0.0,
+                              mixup: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     """``alpha * T^2 * CE(softmax(teacher / T), student / T) + (1 - alpha) * CE(labels)``.
 
     The release's in-place distillation (SPEC section 8). ``teacher_logits`` should already
     carry `jax.lax.stop_gradient`; the soft cross-entropy is ``-sum p_teacher log
     p_student`` (it differs from the KL divergence by the teacher's entropy, a constant).
+    With ``mixup`` the hard part's targets are mixed (`cross_entropy`); the teacher saw the
+    same mixed images.
     """
     t, dtype = temperature, _loss_dtype(student_logits)
     soft = jax.nn.softmax(teacher_logits.astype(dtype) / t, axis=-1)
     kd = jnp.mean(optax.softmax_cross_entropy(student_logits.astype(dtype) / t, soft))
-    hard = cross_entropy(student_logits, labels, label_smoothing)
+    hard = cross_entropy(student_logits, labels, label_smoothing, mixup)
     return alpha * t * t * kd + (1.0 - alpha) * hard
 
 
@@ -61,30 +86,43 @@ def _top1_correct(logits, labels):
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_subnets: int,
                tx: optax.GradientTransformation, schedule, kd_alpha: float,
-               kd_temperature: float, label_smoothing: float = 0.0):
+               kd_temperature: float, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+               seed: int = 0):
     """One update of every sub-network; returns the new state and per-sub-network metrics.
+
+    Randomness comes from ``(seed, state.step)``, so a resumed run draws what an unbroken
+    one would: ``mixup_alpha`` > 0 mixes the batch (`mix_batch`); each sub-network's
+    forward pass gets a 'dropout' rng of its own (stochastic depth and dropout, in the
+    models that have them).
 
     Metrics (scalars): ``loss/subnet_k`` (each sub-network's loss as trained: labels for the
     full network, in-place distillation for the others), ``top1/subnet_k`` (training-batch
-    accuracy), ``loss`` (their sum, what the gradient is of), ``lr``, and ``params_finite``
-    (1 if every updated parameter is finite, else 0).
+    accuracy, against the unmixed labels), ``loss`` (their sum, what the gradient is of),
+    ``lr``, and ``params_finite`` (1 if every updated parameter is finite, else 0).
     """
     images, labels = batch['image'], batch['label']
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    mixup = None
+    if mixup_alpha:
+        images, mixup = mix_batch(jax.random.fold_in(rng, num_subnets), images, labels,
+                                  mixup_alpha)
 
     def loss_fn(params):
         batch_stats, metrics, total, teacher = state.batch_stats, {}, 0.0, None
         for k in reversed(range(num_subnets)):  # the full network first: it is the teacher
             variables = network_variables(params, batch_stats, state.masks)
             logits, updated = model.apply(variables, images, subnet=k, train=True,
-                                          mutable=[layers.BATCH_STATS])
+                                          mutable=[layers.BATCH_STATS],
+                                          rngs={'dropout': jax.random.fold_in(rng, k)})
             batch_stats = updated[layers.BATCH_STATS]
             if teacher is None:
-                loss = cross_entropy(logits, labels, label_smoothing)
+                loss = cross_entropy(logits, labels, label_smoothing, mixup)
                 teacher = jax.lax.stop_gradient(logits)
             else:
                 loss = inplace_distillation_loss(logits, teacher, labels, alpha=kd_alpha,
                                                  temperature=kd_temperature,
-                                                 label_smoothing=label_smoothing)
+                                                 label_smoothing=label_smoothing,
+                                                 mixup=mixup)
             metrics[f'loss/subnet_{k}'] = loss
             metrics[f'top1/subnet_{k}'] = jnp.mean(_top1_correct(logits, labels))
             total = total + loss
