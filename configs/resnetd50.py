@@ -1,14 +1,13 @@
 """SP-ResNet-50-D on ImageNet, the release's recipe (``apps/sp_resnetd_imagenet_{train,
 finetune}.yml``): deep 3x3 stem and average-pool shortcuts; bases x0.75 and x1.0 trained
 200 epochs (cosine lr 0.1, 5 warm-up epochs, label smoothing 0.1, BN penalty s = 1e-5,
-gamma_0 = 0.5); keep ratios 0.5484 / 0.526 plus the full network, ZPM; fine-tuning from the
-x1.0 base, 200 epochs, cosine lr 0.1, in-place distillation T=1, alpha 0.9.
+gamma_0 = 0.5, mixup alpha 0.2); keep ratios 0.5484 / 0.526 plus the full network, ZPM;
+fine-tuning from the x1.0 base, 200 epochs, cosine lr 0.1, mixup, in-place distillation T=1,
+alpha 0.9.
 
     python main.py --config=configs/resnetd50.py --workdir=/ckpt/sp_resnetd50 \\
         --config.data.manual_dir=/data/imagenet_tars
 
-Not yet reproduced: the recipes' mixup (alpha 0.2) is not implemented in this project, so
-these runs train without it (README, "Configs and the release's recipes").
 ``zero_gamma`` is a no-op in the release (see README). ``--config.model.name=resnetd101`` or
 ``resnetd152`` gives the deeper ResNet-D (the release's ``depth``).
 """
@@ -24,7 +23,7 @@ def get_config():
     config.base.update(dict(
         epochs=200.0, batch_size=256, lr=0.1, schedule='cosine', lr_boundaries=(),
         warmup_epochs=5.0, weight_decay=1e-4, optimizer='sgd', label_smoothing=0.1,
-        sparsity=1e-5, bn_scale_init=0.5))
+        mixup_alpha=0.2, sparsity=1e-5, bn_scale_init=0.5))
     config.prune.keep_ratios = (0.5484, 0.526)
     config.prune.zpm = True
     config.prune.min_channels_ratio = 0.1
@@ -32,5 +31,5 @@ def get_config():
     config.slim.update(dict(
         epochs=200.0, batch_size=256, lr=0.1, schedule='cosine', lr_boundaries=(),
         warmup_epochs=0.0, weight_decay=1e-4, optimizer='sgd', label_smoothing=0.1,
-        sparsity=1e-5, bn_scale_init=0.5, kd_alpha=0.9, kd_temperature=1.0))
+        mixup_alpha=0.2, sparsity=1e-5, bn_scale_init=0.5, kd_alpha=0.9, kd_temperature=1.0))
     return config

@@ -34,8 +34,9 @@ SPNET = {
     ('mobilenet_v1_cifar100', 'release'): ('sp_mobilenet_v1_cifar100_train',
                                            'sp_mobilenet_v1_cifar100_finetune'),
     ('mobilenet_v2', ''): ('sp_mobilenet_v2_imagenet_train', 'sp_mobilenet_v2_imagenet_finetune'),
-    # Without the recipes' mixup (not implemented yet; README).
     ('resnetd50', ''): ('sp_resnetd_imagenet_train', 'sp_resnetd_imagenet_finetune'),
+    ('efficientnet_b2', ''): ('sp_efficientnet_imagenet_train',
+                              'sp_efficientnet_imagenet_finetune'),
 }
 SNET = {
     ('resnet50_snet', ''): 's_resnet_imagenet',
@@ -55,7 +56,8 @@ DELIBERATE = {
         'eliminate_width commented out and the release applied it when loading the model'),
     ('mobilenet_v1_cifar100', 'release', 'slim.drop_scaffold'): (True, 'as mobilenet_v1'),
 }
-DATASETS = {'imagenet': 'imagenet2012', 'cifar10': 'cifar10', 'cifar100': 'cifar100'}
+DATASETS = {'imagenet': 'imagenet2012', 'imagenet_randaug': 'imagenet2012',
+            'cifar10': 'cifar10', 'cifar100': 'cifar100'}
 SCHEDULES = {'multistep': 'multistep', 'cosine_decaying': 'cosine'}
 
 
@@ -67,6 +69,8 @@ def model_name(r):
     name = r['model'].removeprefix('models.sp_')
     if name in ('resnet', 'resnetd'):
         return f'{name}{r["depth"]}'
+    if name == 'efficientnet':
+        return f'efficientnet_{r["type"]}'
     return 'vgg19' if name == 'vgg' else name  # the release's VGG is VGG-19 with BN
 
 
@@ -77,6 +81,7 @@ def training(r, prefix):
         'nesterov': r['nesterov'], 'weight_decay': r['weight_decay'], 'lr': r['lr'],
         'schedule': SCHEDULES[r['lr_scheduler']], 'epochs': float(r['num_epochs']),
         'warmup_epochs': float(r['warmup_epochs']), 'label_smoothing': r['label_smoothing'],
+        'mixup_alpha': r['mixup_alpha'] if r['mixup'] else 0.0,
         # update_BN switches the L1 sub-gradient on; its rate is slimming_sparsity_rate.
         'sparsity': r['slimming_sparsity_rate'] if r['update_BN'] else 0.0,
         # reset_parameters: SP-Net BNs start at init_bn_val, the S-Net's switchable ones at 1.
@@ -89,8 +94,15 @@ def training(r, prefix):
 
 
 def common(r):
-    return {'model.name': model_name(r), 'data.name': DATASETS[r['dataset']],
-            'data.image_size': r['image_size']}
+    out = {'model.name': model_name(r), 'data.name': DATASETS[r['dataset']],
+           'data.image_size': r['image_size'],
+           # The release's RandAugment runs only in its 'imagenet_randaug' dataset.
+           'data.randaugment_ops': r['randaug_N'] if r['dataset'] == 'imagenet_randaug' else 0}
+    if out['data.randaugment_ops']:
+        out['data.randaugment_magnitude'] = float(r['randaug_M'])
+    if out['model.name'].startswith('efficientnet'):  # only its model reads this key
+        out['model.stochastic_depth'] = r['stochastic_depth_prob']
+    return out
 
 
 def slimmable(r):
@@ -181,8 +193,7 @@ def test_cifar_default_differs_from_the_release_only_in_resolution(name):
 
 def test_every_release_recipe_of_these_architectures_has_a_config():
     covered = {n for pair in SPNET.values() for n in pair} | set(SNET.values())
-    # EfficientNet is not implemented yet (issue 12).
-    wanted = {n for n in RELEASE if n != 'default_setting' and 'efficientnet' not in n}
+    wanted = {n for n in RELEASE if n != 'default_setting'}
     assert wanted == covered, sorted(wanted ^ covered)
 
 
