@@ -11,11 +11,12 @@ from helpers import check_standalone_subnetworks, random_variables
 import spnet_jax
 from spnet_jax.core import sharding
 from spnet_jax.core.cost import subnet_costs
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import get_arch, mobilenet_v2
 from spnet_jax.pruning import prune
 from spnet_jax.train import loop, optim
 from spnet_jax.train import state as state_lib
-from spnet_jax.workdir import export
+from spnet_jax.workdir import convert_torch, export
 
 # torchvision's published figures (EfficientNet_B*_Weights.IMAGENET1K_V1: num_params, GFLOPS
 # -- multiply-adds -- at its evaluation crop).
@@ -86,6 +87,34 @@ def test_squeeze_and_excitation_is_coupled_to_its_blocks_depthwise_group():
     assert ('block1/se_reduce', 0) in stem.consumers and 'block1/se_expand' in stem.producers
     # The squeezed channels are not a group: every sub-network keeps them.
     assert not any('se_' in name for name in groups)
+
+
+def test_blocks_without_expansion_on_a_stream_prune_with_it():
+    """B1-B7 repeat the first stage (expansion 1): block 2's depthwise conv, its BN and its
+    SE run on the residual stream's channels, so without ZPM they join the stream's group;
+    ZPM (which the release does not use for EfficientNet) is refused for them."""
+    arch = get_arch('efficientnet_b1')
+    groups = {g.name: g for g in arch.table().groups}
+    stream = groups['stream1']
+    assert 'block2/dw_conv' in stream.followers and 'block2/dw_bn' in stream.bns
+    assert ('block2/se_reduce', 0) in stream.consumers and 'block2/se_expand' in stream.producers
+    assert ('block2/project_conv', 2) in stream.consumers
+    assert stream.producers[:2] == ('block1/project_conv', 'block2/project_conv')
+    with pytest.raises(ConfigError, match='prune.zpm=True is not supported for efficientnet_b1'):
+        arch.table(zpm=True)
+    arch.table(zpm=False)  # and B0, whose first stage is one block, takes ZPM
+    get_arch('efficientnet_b0').table(zpm=True)
+
+
+def test_pruned_b1_exports_the_same_function():
+    arch = get_arch('efficientnet_b1', num_classes=5, full_width=0.25)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(3, 32, 32, 3)), jnp.float32)
+    base = random_variables(arch.module(arch.plain_structure()), x, seed=4)
+    structure, variables, _ = prune(arch, [base], [0.25], keep_ratios=[0.5], image_size=32,
+                                    zpm=False)
+    assert structure.count('stream1', 0) < structure.full_of('stream1')
+    net = spnet_jax.SlimmableNetwork(arch, structure, variables, image_size=32)
+    check_standalone_subnetworks(net, x)
 
 
 def test_residual_blocks_are_the_stages_repeats_at_every_width():
@@ -188,3 +217,11 @@ def test_one_slimmable_step_with_the_recipes_regularisation():
     before = variables['params']
     for name in ('se_reduce', 'se_expand', 'dw_conv', 'project_conv'):
         assert not np.allclose(params['block2'][name]['kernel'], before['block2'][name]['kernel'])
+
+
+def test_release_checkpoint_import_says_the_layout_is_unknown():
+    """The release's EfficientNet module names were not available: the import refuses it
+    with one sentence instead of guessing."""
+    with pytest.raises(ConfigError, match='no release checkpoint layout is known for '
+                                          'efficientnet_b2'):
+        convert_torch.module_names(get_arch('efficientnet_b2'))

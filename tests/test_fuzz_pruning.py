@@ -38,6 +38,8 @@ ARCHS = {
     'mobilenet_v1': dict(full_width=0.25),
     'mobilenet_v2': dict(full_width=0.25),
     'efficientnet_b0': dict(full_width=0.25),
+    # Blocks without expansion on a residual stream (the stream's group, no ZPM).
+    'efficientnet_b1': dict(full_width=0.25),
 }
 RESIDUAL = ('resnet20', 'resnet18', 'resnet50', 'resnetd50', 'mobilenet_v2', 'efficientnet_b0')
 HALVED_ROLES = ('end', 'shortcut')  # SPEC section 5: ZPM block ends and projection shortcuts

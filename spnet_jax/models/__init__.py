@@ -80,7 +80,8 @@ def arch_from_spec(spec: Mapping[str, Any], where: str = 'the architecture file'
     """The architecture an `Architecture.spec` (as saved in a stage folder) describes."""
     try:
         return get_arch(str(spec['name']), num_classes=int(spec['num_classes']),
-                        full_width=float(spec['full_width']), stem=spec.get('stem'))
+                        full_width=float(spec['full_width']), stem=spec.get('stem'),
+                        dropout=spec.get('dropout'), stochastic_depth=spec.get('stochastic_depth'))
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f'{where} is not an architecture description ({e!r}); re-save the '
                           'network.') from None

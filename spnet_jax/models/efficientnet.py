@@ -55,6 +55,11 @@ class EfficientNetArch(MobileNetV2Arch):
     stochastic_depth: float | None = None
 
     @property
+    def spec(self) -> dict[str, Any]:
+        regularisation = {'dropout': self.dropout, 'stochastic_depth': self.stochastic_depth}
+        return {**super().spec, **{k: v for k, v in regularisation.items() if v is not None}}
+
+    @property
     def resolution(self) -> int:
         return VARIANTS[self.variant][2]
 

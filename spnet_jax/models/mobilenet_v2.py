@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelGroup, ChannelTable, Junction, Stream
+from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import common
 from spnet_jax.models.common import (
     FOLD_SLACK,
@@ -102,45 +103,53 @@ class MobileNetV2Arch(Architecture):
     def table(self, width: float | None = None, zpm: bool = False) -> ChannelTable:
         w = self.full_width if width is None else width
         stem, specs, last = self.block_specs(w)
+        if zpm and any(not b.expand for b in specs[1:]):
+            raise ConfigError(
+                f'prune.zpm=True is not supported for {self.name}: blocks without expansion '
+                'after the first run a depthwise conv on a residual stream; set '
+                'prune.zpm=False (the release prunes EfficientNet without ZPM).')
 
-        def first_reader(i: int) -> tuple[str, int]:
-            """The param reading block i's output (i = len(specs): the last conv)."""
+        def reading(i: int) -> dict[str, tuple]:
+            """What block i (i = len(specs): the last conv) adds to the channel group of its
+            input: the conv reading it, and without expansion also the depthwise conv, its
+            BN and the squeeze-and-excitation, which act on those channels."""
             if i == len(specs):
-                return ('last_conv', 2)
+                return dict(consumers=(('last_conv', 2),))
             b = specs[i]
-            return (f'{b.name}/expand_conv' if b.expand else f'{b.name}/project_conv', 2)
+            if b.expand:
+                return dict(consumers=((f'{b.name}/expand_conv', 2),))
+            se_readers, se_writers = se_members(b)
+            return dict(consumers=((f'{b.name}/project_conv', 2), *se_readers),
+                        followers=(f'{b.name}/dw_conv',), extra_bns=(f'{b.name}/dw_bn',),
+                        producers=se_writers)
 
-        groups: list[ChannelGroup] = []
+        def group(name: str, size: int, bn: str, readers=(), zpm_role=None, **members):
+            """`plain_group` of conv ``name`` read by the blocks ``readers``, plus
+            ``members`` (consumers, followers, extra_bns, producers) of its own."""
+            parts = [reading(r) for r in readers] + [members]
+            joined = lambda key: tuple(x for part in parts for x in part.get(key, ()))
+            g = plain_group(name, size, bn, joined('consumers'), followers=joined('followers'),
+                            extra_bns=joined('extra_bns'), zpm_role=zpm_role)
+            return dataclasses.replace(g, producers=(*g.producers, *joined('producers')))
+
+        groups: list[ChannelGroup] = [group('stem_conv', stem, 'stem_bn', readers=(0,))]
         streams: list[Stream] = []
-        first = specs[0]
-        se_readers, se_writers = se_members(first) if not first.expand else ((), ())
-        stem_group = plain_group('stem_conv', stem, 'stem_bn',
-                                 (first_reader(0),) if first.expand else
-                                 ((f'{first.name}/project_conv', 2), *se_readers),
-                                 followers=() if first.expand else (f'{first.name}/dw_conv',),
-                                 extra_bns=() if first.expand else (f'{first.name}/dw_bn',))
-        groups.append(dataclasses.replace(
-            stem_group, producers=(*stem_group.producers, *se_writers)))
-        stream_members: list[str] = []
+        stream_members: list[int] = []
         for i, b in enumerate(specs):
             if b.expand:
-                e = f'{b.name}/expand_conv'
                 se_readers, se_writers = se_members(b)
-                group = plain_group(e, b.hidden, f'{b.name}/expand_bn',
-                                    ((f'{b.name}/project_conv', 2), *se_readers),
+                groups.append(group(f'{b.name}/expand_conv', b.hidden, f'{b.name}/expand_bn',
+                                    consumers=((f'{b.name}/project_conv', 2), *se_readers),
                                     followers=(f'{b.name}/dw_conv',),
-                                    extra_bns=(f'{b.name}/dw_bn',))
-                groups.append(dataclasses.replace(group,
-                                                  producers=(*group.producers, *se_writers)))
+                                    extra_bns=(f'{b.name}/dw_bn',), producers=se_writers))
             p, pbn = f'{b.name}/project_conv', f'{b.name}/project_bn'
             in_stream = b.entry or b.residual
             if not in_stream:
-                groups.append(plain_group(p, b.out, pbn, (first_reader(i + 1),)))
+                groups.append(group(p, b.out, pbn, readers=(i + 1,)))
                 continue
             if zpm:
-                readers = () if b.residual else (first_reader(i + 1),)
-                groups.append(plain_group(p, b.out, pbn, readers,
-                                          zpm_role='end' if b.residual else 'entry'))
+                groups.append(group(p, b.out, pbn, readers=() if b.residual else (i + 1,),
+                                    zpm_role='end' if b.residual else 'entry'))
             stream_members.append(i)
             ends = i + 1 == len(specs) or not specs[i + 1].residual
             if ends:
@@ -150,16 +159,21 @@ class MobileNetV2Arch(Architecture):
                     junctions = tuple(
                         Junction(m.name, f'{m.name}/project_conv',
                                  f'{members[0].name}/project_conv' if j == 1 else None,
-                                 (first_reader(stream_members[j] + 1),))
+                                 reading(stream_members[j] + 1)['consumers'])
                         for j, m in enumerate(members) if j > 0)
                     streams.append(Stream(name, b.out, junctions))
                 else:
                     prods = tuple(f'{m.name}/project_conv' for m in members)
                     bns = tuple(f'{m.name}/project_bn' for m in members)
-                    readers = tuple(first_reader(m + 1) for m in stream_members)
+                    readers = [reading(m + 1) for m in stream_members]
+                    joined = lambda key, readers=readers: tuple(
+                        x for part in readers for x in part.get(key, ()))
                     # Scored by the stage entry's projection, as the release links the
                     # residual projections' channel counts and order to it.
-                    groups.append(ChannelGroup(name, b.out, prods, bns, bns[:1], readers))
+                    groups.append(ChannelGroup(
+                        name, b.out, (*prods, *joined('producers')),
+                        (*bns, *joined('extra_bns')), bns[:1], joined('consumers'),
+                        followers=joined('followers')))
                 stream_members = []
         groups.append(plain_group('last_conv', last, 'last_bn', (('head', 0),)))
         return ChannelTable(self.name, tuple(groups), tuple(streams))

@@ -108,8 +108,11 @@ def _shapes(tree) -> dict[str, tuple]:
 
 
 def check_base_variables(arch, variables: dict, width: float, label: str) -> None:
-    """Refuses a base checkpoint whose parameters are not ``arch`` at ``width``."""
-    module = arch.module(arch.plain_structure(width))
+    """Refuses a base checkpoint whose parameters are not ``arch`` at ``width``: the network
+    of that full width, as the base stage trains it (EfficientNet's squeeze-and-excitation
+    sizes follow the network's width, not only its channel counts)."""
+    base = arch.at_width(width)
+    module = base.module(base.plain_structure())
     want = _shapes(jax.eval_shape(lambda: module.init(
         jax.random.key(0), jnp.zeros((1, 32, 32, 3))))['params'])
     got = _shapes(variables.get('params', {}))

@@ -109,7 +109,10 @@ def module_names(arch) -> dict[str, str]:
                 names[f'features.{b}.body.{3 * i}'] = f'block{b}/{part}_conv'
                 names[f'features.{b}.body.{3 * i + 1}'] = f'block{b}/{part}_bn'
     else:
-        raise ConfigError(f'no release checkpoint layout is known for {arch.name}.')
+        raise ConfigError(
+            f'no release checkpoint layout is known for {arch.name}: its module names in the '
+            'release were not available to this project; map its state dict onto this '
+            'model\'s parameter names yourself, or train it here.')
     return names
 
 
