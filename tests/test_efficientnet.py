@@ -168,7 +168,7 @@ def test_dropout_and_stochastic_depth_act_only_in_training_with_a_dropout_rng(sm
     np.testing.assert_array_equal(evaluation, np.asarray(model.apply(variables, x)))
 
 
-@pytest.mark.parametrize('zpm', [False, True])
+@pytest.mark.parametrize('zpm', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_pruned_efficientnet_exports_the_same_function(small, zpm):
     """The release prunes EfficientNet without ZPM; with it the SE gates follow the
     streams' layout too."""
@@ -185,6 +185,7 @@ def test_pruned_efficientnet_exports_the_same_function(small, zpm):
     assert costs[0].macs < costs[1].macs
 
 
+@pytest.mark.slow  # ~70 s of compiling on 2 cores; the mixup step is in test_train_step
 def test_one_slimmable_step_with_the_recipes_regularisation():
     """One jitted step of an EfficientNet S-Net with mixup, label smoothing, stochastic depth
     and dropout: a function of (seed, step) (`test_train_step` checks that another seed
