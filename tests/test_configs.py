@@ -203,6 +203,12 @@ BAD = [
     ('resnet50', 'slim.optimizer', 'adam', 'slim.optimizer'),
     ('fashion_mnist', 'data.data_dir', '/nonexistent/fashion', 'data_dir'),
     ('resnet50', 'data.manual_dir', '/nonexistent/tars', 'manual_dir'),
+    ('efficientnet_b2', 'prune.zpm', True, 'prune.zpm=True is not supported for efficientnet_b2'),
+    ('resnet50', 'model.stochastic_depth', 0.2, 'EfficientNet only'),
+    ('efficientnet_b2', 'model.dropout', 1.5, 'model.dropout=1.5 must be in [0, 1)'),
+    ('resnet50', 'base.mixup_alpha', -0.2, 'base.mixup_alpha'),
+    ('efficientnet_b2', 'data.randaugment_magnitude', 45.0, 'data.randaugment_magnitude'),
+    ('fashion_mnist', 'data.randaugment_ops', 2, 'data.randaugment_ops=2 needs a TFDS dataset'),
 ]
 
 
