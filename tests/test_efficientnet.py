@@ -106,6 +106,7 @@ def test_blocks_without_expansion_on_a_stream_prune_with_it():
     get_arch('efficientnet_b0').table(zpm=True)
 
 
+@pytest.mark.slow  # ~35 s; the default run has B0's export and B1's table and fuzz tests
 def test_pruned_b1_exports_the_same_function():
     arch = get_arch('efficientnet_b1', num_classes=5, full_width=0.25)
     x = jnp.asarray(np.random.default_rng(3).normal(size=(3, 32, 32, 3)), jnp.float32)
