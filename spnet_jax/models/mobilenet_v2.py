@@ -123,14 +123,17 @@ class MobileNetV2Arch(Architecture):
                         followers=(f'{b.name}/dw_conv',), extra_bns=(f'{b.name}/dw_bn',),
                         producers=se_writers)
 
+        def joined(parts: list[dict], key: str) -> tuple:
+            return tuple(x for part in parts for x in part.get(key, ()))
+
         def group(name: str, size: int, bn: str, readers=(), zpm_role=None, **members):
             """`plain_group` of conv ``name`` read by the blocks ``readers``, plus
             ``members`` (consumers, followers, extra_bns, producers) of its own."""
             parts = [reading(r) for r in readers] + [members]
-            joined = lambda key: tuple(x for part in parts for x in part.get(key, ()))
-            g = plain_group(name, size, bn, joined('consumers'), followers=joined('followers'),
-                            extra_bns=joined('extra_bns'), zpm_role=zpm_role)
-            return dataclasses.replace(g, producers=(*g.producers, *joined('producers')))
+            g = plain_group(name, size, bn, joined(parts, 'consumers'),
+                            followers=joined(parts, 'followers'),
+                            extra_bns=joined(parts, 'extra_bns'), zpm_role=zpm_role)
+            return dataclasses.replace(g, producers=(*g.producers, *joined(parts, 'producers')))
 
         groups: list[ChannelGroup] = [group('stem_conv', stem, 'stem_bn', readers=(0,))]
         streams: list[Stream] = []
@@ -166,14 +169,12 @@ class MobileNetV2Arch(Architecture):
                     prods = tuple(f'{m.name}/project_conv' for m in members)
                     bns = tuple(f'{m.name}/project_bn' for m in members)
                     readers = [reading(m + 1) for m in stream_members]
-                    joined = lambda key, readers=readers: tuple(
-                        x for part in readers for x in part.get(key, ()))
                     # Scored by the stage entry's projection, as the release links the
                     # residual projections' channel counts and order to it.
                     groups.append(ChannelGroup(
-                        name, b.out, (*prods, *joined('producers')),
-                        (*bns, *joined('extra_bns')), bns[:1], joined('consumers'),
-                        followers=joined('followers')))
+                        name, b.out, (*prods, *joined(readers, 'producers')),
+                        (*bns, *joined(readers, 'extra_bns')), bns[:1],
+                        joined(readers, 'consumers'), followers=joined(readers, 'followers')))
                 stream_members = []
         groups.append(plain_group('last_conv', last, 'last_bn', (('head', 0),)))
         return ChannelTable(self.name, tuple(groups), tuple(streams))
