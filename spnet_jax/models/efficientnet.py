@@ -16,8 +16,8 @@ conv's group and the expanding FC writes it (its columns and bias are kept, drop
 permuted with the group: `mobilenet_v2.se_members`); the squeezed channels themselves are not
 slimmed (each sub-network keeps the full network's, and the SE is not scored).
 
-Stochastic depth (torchvision's): block i's residual branch is dropped with probability
-``stochastic_depth * i / blocks``; blocks without a residual never drop.
+Stochastic depth (torchvision's): block i (from 1) drops its residual branch with probability
+``stochastic_depth * (i - 1) / blocks``; blocks without a residual never drop.
 """
 
 from __future__ import annotations

@@ -108,9 +108,6 @@ class ModelSettings:
         for field, value in regular.items():
             _check(value is None or (_number(value) and 0 <= value < 1),
                    f'model.{field}={value!r} must be in [0, 1) (or None: the model\'s default).')
-            _check(value is None or section.name.startswith('efficientnet'),
-                   f'model.{field}={value!r} is for EfficientNet only; unset it for '
-                   f'{section.name}.')
         settings = cls(section.name, section.num_classes, section.stem, section.full_width,
                        **regular)
         settings.arch  # noqa: B018 - the registry checks the name, stem, width and classes
