@@ -293,6 +293,8 @@ def collect(study: Study, out: str, seeds: list[int], extra: list[str], run: boo
     """
     arms = study.run_order if arms is None else [m for m in study.run_order if m in arms]
     tasks = [(seed, name) for seed in seeds for method in arms for name in study.runs_of(method)]
+    if jobs > 1:  # an arm waiting for SP-Net's bases would hold a worker: queue it last
+        tasks.sort(key=lambda t: (t[0], t[1] in BASES_FROM_SPNET))
     done: dict = {}
     if run:
         spnet_runs: dict = {}  # seed -> SP-Net's future: the arms sharing its bases wait on it
