@@ -28,9 +28,14 @@ def training_section(**overrides) -> ml_collections.ConfigDict:
     section.nesterov = True
     section.sparsity = 1e-5  # s in grad(gamma) += s * sign(gamma) (network slimming)
     section.label_smoothing = 0.0
-    # Mixup (the release's mixup / mixup_alpha): each batch is mixed with itself reversed,
-    # lam ~ Beta(alpha, alpha); 0 turns it off.
+    # Mixup (the release's mixup / mixup_alpha): each batch is mixed with a random
+    # permutation of itself, lam ~ Beta(alpha, alpha); 0 turns it off.
     section.mixup_alpha = 0.0
+    # Weight EMA (the release's enable_EMA / EMA_decay): an exponential moving average of the
+    # parameters and BN statistics, ema = decay * ema + (1 - decay) * weights after every
+    # step, starting from the stage's starting weights; the stage then hands on (evaluates,
+    # prunes, exports) the averaged network. 0 turns it off.
+    section.ema_decay = 0.0
     section.bn_scale_init = 0.5  # initial BN gamma of freshly initialised networks
     section.update(overrides)
     return section
@@ -141,7 +146,7 @@ def to_snet(config: ml_collections.ConfigDict, widths, *,
         schedule=base.schedule, lr_boundaries=base.lr_boundaries, lr_decay=base.lr_decay,
         warmup_epochs=base.warmup_epochs, weight_decay=base.weight_decay,
         momentum=base.momentum, label_smoothing=base.label_smoothing,
-        mixup_alpha=base.mixup_alpha, sparsity=0.0,
+        mixup_alpha=base.mixup_alpha, ema_decay=base.ema_decay, sparsity=0.0,
         bn_scale_init=1.0, optimizer=base.optimizer)
     config.slim.widths = tuple(widths)
     config.slim.kd_alpha = 0.9 if inplace_distillation else 0.0

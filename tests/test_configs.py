@@ -207,6 +207,7 @@ BAD = [
     ('resnet50', 'model.stochastic_depth', 0.2, 'EfficientNet only'),
     ('efficientnet_b2', 'model.dropout', 1.5, 'model.dropout=1.5 must be in [0, 1)'),
     ('resnet50', 'base.mixup_alpha', -0.2, 'base.mixup_alpha'),
+    ('resnet50', 'slim.ema_decay', 1.0, 'slim.ema_decay=1.0 must be in [0, 1)'),
     ('efficientnet_b2', 'data.randaugment_magnitude', 45.0, 'data.randaugment_magnitude'),
     ('fashion_mnist', 'data.randaugment_ops', 2, 'data.randaugment_ops=2 needs a TFDS dataset'),
 ]

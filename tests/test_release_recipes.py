@@ -82,6 +82,7 @@ def training(r, prefix):
         'schedule': SCHEDULES[r['lr_scheduler']], 'epochs': float(r['num_epochs']),
         'warmup_epochs': float(r['warmup_epochs']), 'label_smoothing': r['label_smoothing'],
         'mixup_alpha': r['mixup_alpha'] if r['mixup'] else 0.0,
+        'ema_decay': r['EMA_decay'] if r['enable_EMA'] else 0.0,
         # update_BN switches the L1 sub-gradient on; its rate is slimming_sparsity_rate.
         'sparsity': r['slimming_sparsity_rate'] if r['update_BN'] else 0.0,
         # reset_parameters: SP-Net BNs start at init_bn_val, the S-Net's switchable ones at 1.

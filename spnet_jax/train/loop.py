@@ -13,6 +13,10 @@ sub-network) and the slimmable stage (every sub-network in one step). It
 4. checkpoints every ``checkpoint_every_steps``, at the end, and on preemption (Orbax's
    ``reached_preemption`` on multi-host jobs, SIGTERM on one process);
 5. writes ``done.json`` after the final checkpoint.
+
+With weight EMA (``ema_decay`` > 0) the checkpoints also hold the averaged network (item
+``ema``); it is what the stage hands on (`checkpoint.load_network` reads it first) and what
+``evaluate_at_end`` measures, while training resumes from the raw weights.
 """
 
 from __future__ import annotations
@@ -102,26 +106,28 @@ def _sigterm_flag():
 def abstract_state(job: TrainJob, tx, mesh: Mesh) -> state_lib.TrainState:
     """Shapes, dtypes and shardings of the job's state (no compute)."""
     shapes = jax.eval_shape(lambda: state_lib.create_state(
-        state_lib.init_variables(job.model, jax.random.key(0), job.input_shape), tx))
+        state_lib.init_variables(job.model, jax.random.key(0), job.input_shape), tx,
+        ema=job.section.ema_decay > 0))
     repl = sharding.replicated(mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
 
 
 def jit_train_step(model, num_subnets: int, tx, schedule, mesh: Mesh, *,
                    label_smoothing: float, distillation: tuple[float, float] = (0.0, 1.0),
-                   mixup_alpha: float = 0.0, seed: int = 0):
+                   mixup_alpha: float = 0.0, seed: int = 0, ema_decay: float = 0.0):
     """The all-sub-network step, jitted over ``mesh``: state replicated and donated, the
     batch split on the 'data' axis. Returns ``(state, batch) -> (state, metrics)``.
 
     ``distillation``: (alpha, temperature) of the smaller sub-networks' in-place
-    distillation; ``mixup_alpha`` and ``seed``: see `step.train_step`."""
+    distillation; ``mixup_alpha``, ``seed`` and ``ema_decay``: see `step.train_step`."""
     repl = sharding.replicated(mesh)
     kd_alpha, kd_temperature = distillation
     fn = step_lib.bind(step_lib.train_step, model=model, num_subnets=num_subnets, tx=tx,
                        schedule=schedule, kd_alpha=float(kd_alpha),
                        kd_temperature=float(kd_temperature),
                        label_smoothing=float(label_smoothing),
-                       mixup_alpha=float(mixup_alpha), seed=int(seed))
+                       mixup_alpha=float(mixup_alpha), seed=int(seed),
+                       ema_decay=float(ema_decay))
     return jax.jit(fn, in_shardings=(repl, sharding.batch_sharded(mesh)),
                    out_shardings=(repl, repl), donate_argnums=(0,))
 
@@ -160,7 +166,9 @@ def train_network(job: TrainJob, config: Settings, mesh: Mesh) -> dict[str, Any]
             variables = {c: jax.tree.map(lambda v, a: jnp.asarray(v, a.dtype), variables[c],
                                          abstract.variables[c])
                          for c in abstract.variables}
-            create = jax.jit(lambda v: state_lib.create_state(v, tx), out_shardings=repl)
+            create = jax.jit(lambda v: state_lib.create_state(v, tx,
+                                                              ema=section.ema_decay > 0),
+                             out_shardings=repl)
             state = create(sharding.replicate(variables, mesh))
             start = 0
             logging.info('[%s] training %d steps (%d per epoch, batch %d) on %d devices.',
@@ -174,7 +182,8 @@ def train_network(job: TrainJob, config: Settings, mesh: Mesh) -> dict[str, Any]
         train_step = jit_train_step(job.model, job.structure.num_subnets, tx, schedule, mesh,
                                     label_smoothing=section.label_smoothing,
                                     distillation=job.distillation,
-                                    mixup_alpha=section.mixup_alpha, seed=config.seed)
+                                    mixup_alpha=section.mixup_alpha, seed=config.seed,
+                                    ema_decay=section.ema_decay)
         writer = metrics_lib.TrainMetrics(job.name, job.directory, num_steps=num_steps,
                                           first_step=start,
                                           log_every_steps=config.log_every_steps)
@@ -210,7 +219,7 @@ def train_network(job: TrainJob, config: Settings, mesh: Mesh) -> dict[str, Any]
         mngr.wait_until_finished()
         result = {'step': num_steps, 'kind': 'training'}
         if job.evaluate_at_end:
-            result['eval'] = evaluate(job.model, state.variables, job.structure.num_subnets,
+            result['eval'] = evaluate(job.model, state.network, job.structure.num_subnets,
                                       config, mesh, name=job.name)
             writer.write_eval(num_steps, result['eval'])
         checkpoint.mark_done(job.directory, result)

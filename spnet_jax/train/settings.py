@@ -39,6 +39,7 @@ LEGACY_DEFAULTS = {
     ('eval', 'latency_batch'): 32, ('eval', 'latency_runs'): 10, ('eval', 'latency_warmup'): 2,
     ('eval', 'baseline_workdir'): None,
     ('base', 'mixup_alpha'): 0.0, ('slim', 'mixup_alpha'): 0.0,
+    ('base', 'ema_decay'): 0.0, ('slim', 'ema_decay'): 0.0,
     ('model', 'dropout'): None, ('model', 'stochastic_depth'): None,
 }
 
@@ -137,6 +138,7 @@ class TrainingSettings:
     sparsity: float
     label_smoothing: float
     mixup_alpha: float
+    ema_decay: float
     bn_scale_init: float
     widths: tuple[float, ...]
 
@@ -178,12 +180,16 @@ class TrainingSettings:
                f'{f("label_smoothing")} must be in [0, 1).')
         _check(_number(values['mixup_alpha']) and values['mixup_alpha'] >= 0,
                f'{f("mixup_alpha")} must be >= 0 (0: no mixup).')
+        _check(_number(values['ema_decay']) and 0 <= values['ema_decay'] < 1,
+               f'{f("ema_decay")} must be in [0, 1) (0: no weight EMA; the release used '
+               '0.9999).')
         _check(_number(values['bn_scale_init']) and values['bn_scale_init'] > 0,
                f'{f("bn_scale_init")} must be positive.')
         values['lr_boundaries'] = tuple(float(b) for b in bounds)
         values['widths'] = tuple(values['widths'])
         for key in ('epochs', 'lr', 'lr_decay', 'warmup_epochs', 'weight_decay', 'momentum',
-                    'sparsity', 'label_smoothing', 'mixup_alpha', 'bn_scale_init'):
+                    'sparsity', 'label_smoothing', 'mixup_alpha', 'ema_decay',
+                    'bn_scale_init'):
             values[key] = float(values[key])
         return values
 

@@ -21,7 +21,7 @@ import optax
 from flax import traverse_util
 
 from spnet_jax.core import layers
-from spnet_jax.train.state import TrainState, network_variables
+from spnet_jax.train.state import TrainState, network_variables, update_ema
 
 
 def _loss_dtype(logits: jax.Array):
@@ -87,13 +87,14 @@ def _top1_correct(logits, labels):
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_subnets: int,
                tx: optax.GradientTransformation, schedule, kd_alpha: float,
                kd_temperature: float, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-               seed: int = 0):
+               seed: int = 0, ema_decay: float = 0.0):
     """One update of every sub-network; returns the new state and per-sub-network metrics.
 
     Randomness comes from ``(seed, state.step)``, so a resumed run draws what an unbroken
     one would: ``mixup_alpha`` > 0 mixes the batch (`mix_batch`); each sub-network's
     forward pass gets a 'dropout' rng of its own (stochastic depth and dropout, in the
-    models that have them).
+    models that have them). With ``ema_decay`` > 0 (the state was created with ``ema``)
+    the weight EMA moves towards the updated parameters and BN statistics.
 
     Metrics (scalars): ``loss/subnet_k`` (each sub-network's loss as trained: labels for the
     full network, in-place distillation for the others), ``top1/subnet_k`` (training-batch
@@ -137,8 +138,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, num_sub
     # A finite loss can still give an overflowing update; never checkpoint such a state.
     metrics['params_finite'] = jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)])).astype(jnp.float32)
+    ema = state.ema
+    if ema_decay:
+        ema = update_ema(ema, params, batch_stats, ema_decay)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+                              opt_state=opt_state, ema=ema)
     return new_state, metrics
 
 

@@ -5,6 +5,7 @@ Every stage writes one folder under the workdir (``base_0.75/``, ``base_1.0/``, 
 
     <stage>/checkpoints/<step>/variables   the network: {'params', 'batch_stats', 'masks'}
     <stage>/checkpoints/<step>/train       the optimizer: {'step', 'opt_state'} (training only)
+    <stage>/checkpoints/<step>/ema         with weight EMA: the averaged network, as variables
     <stage>/checkpoints/<step>/integrity   a fingerprint of every saved array (JSON)
     <stage>/damaged/<step>                 checkpoints found damaged, moved out of the way
     <stage>/structure.json                 the network's `Structure`
@@ -47,6 +48,7 @@ from spnet_jax.models import Architecture, arch_from_spec
 
 CHECKPOINTS = 'checkpoints'
 INTEGRITY = 'integrity'
+EMA_ITEM = 'ema'  # the weight EMA's network (training with ema_decay > 0)
 DAMAGED = 'damaged'
 STRUCTURE = 'structure.json'
 ARCHITECTURE = 'architecture.json'
@@ -316,6 +318,14 @@ def check_saved_shapes(directory: str, step: int, abstract_items: dict[str, Any]
                        where: str) -> None:
     """Refuses (`ConfigError`) a checkpoint whose arrays are not those of ``abstract_items``;
     `Damaged` if its metadata cannot be read."""
+    # Weight EMA on in one run and off in the other: say so, rather than call it damage.
+    saved_ema = os.path.isdir(os.path.join(step_dir(directory, step), EMA_ITEM))
+    if saved_ema != (EMA_ITEM in abstract_items):
+        raise ConfigError(
+            f'{where}: the checkpoint at step {step} was written with weight EMA '
+            f'{"on" if saved_ema else "off"} and the config has it '
+            f'{"off" if saved_ema else "on"}; set ema_decay as the run that wrote it had it, '
+            'or use a fresh --workdir.')
     for item, tree in abstract_items.items():
         try:
             saved = _saved_arrays(directory, step, item)
@@ -323,9 +333,9 @@ def check_saved_shapes(directory: str, step: int, abstract_items: dict[str, Any]
             raise Damaged(f'its {item} metadata does not read ({type(e).__name__})') from None
         want = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(
             tree)[0]}
-        if item == 'variables':
+        if item in ('variables', EMA_ITEM):
             detail = _shape_difference(
-                'variables', {k: tuple(m.shape) for k, m in saved.items()},
+                item, {k: tuple(m.shape) for k, m in saved.items()},
                 {k: tuple(x.shape) for k, x in want.items()})
         else:  # optimizer state: its containers are saved as plain lists and dicts
             got = sorted((tuple(m.shape), str(m.dtype)) for m in saved.values())
@@ -364,14 +374,15 @@ def restore_latest(mngr: ocp.CheckpointManager, directory: str,
     return None, None
 
 
-def load_network(directory: str, step: int | None = None
+def load_network(directory: str, step: int | None = None, *, ema: bool = True
                  ) -> tuple[Structure, dict[str, Any], ml_collections.ConfigDict | None]:
     """``(structure, variables, config or None)`` of the network saved in a stage folder.
 
     Reads the latest checkpoint (or ``step``) of a finished or interrupted stage, whatever
     the device topology that wrote it; variables are ``{'params', 'batch_stats', 'masks'?}``
-    as jax arrays on the default device. A checkpoint that does not read back as written is
-    refused with a `ConfigError`.
+    as jax arrays on the default device. A stage trained with weight EMA saved the averaged
+    network beside the raw one: it is read unless ``ema=False``. A checkpoint that does not
+    read back as written is refused with a `ConfigError`.
     """
     structure = Structure.load(os.path.join(directory, STRUCTURE))
     if not os.path.isdir(os.path.join(directory, CHECKPOINTS)):
@@ -386,15 +397,17 @@ def load_network(directory: str, step: int | None = None
             target = sharding.replicated(sharding.make_mesh())
         else:
             target = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        saved = _saved_arrays(directory, step, 'variables')
+        item = (EMA_ITEM if ema and os.path.isdir(os.path.join(step_dir(directory, step), EMA_ITEM))
+                else 'variables')
+        saved = _saved_arrays(directory, step, item)
         wide = [path for path, m in saved.items() if np.dtype(m.dtype).itemsize == 8]
         if wide and not jax.config.jax_enable_x64:
             raise ConfigError(
                 f'the checkpoint at step {step} in {directory} holds 64-bit arrays (e.g. '
-                f"variables{wide[0]}: a compute_dtype='float64' run); enable them first with "
+                f"{item}{wide[0]}: a compute_dtype='float64' run); enable them first with "
                 "jax.config.update('jax_enable_x64', True).")
         try:
-            abstract = {'variables': _abstract_from_metadata(saved, target)}
+            abstract = {item: _abstract_from_metadata(saved, target)}
             restored = _restore_checked(mngr, directory, step, abstract)
         except Damaged as e:
             raise ConfigError(
@@ -403,7 +416,7 @@ def load_network(directory: str, step: int | None = None
             ) from None
     finally:
         mngr.close()
-    variables = dict(restored['variables'])
+    variables = dict(restored[item])
     if jax.process_count() > 1:  # this process's copy, as on one process
         variables = jax.tree.map(jnp.asarray, sharding.to_host(variables))
     config_path = os.path.join(directory, CONFIG)

@@ -82,7 +82,7 @@ def resolve(path: str) -> tuple[str, int | None]:
         raise ConfigError(f'{path} is not a directory; give a workdir, a stage folder in it or '
                           'one of its checkpoints (<stage>/checkpoints/<step>).')
     name = os.path.basename(path)
-    if name in ('variables', 'train'):  # an item folder inside a checkpoint
+    if name in ('variables', 'train', checkpoint.EMA_ITEM):  # an item folder in a checkpoint
         path, name = os.path.dirname(path), os.path.basename(os.path.dirname(path))
     parent = os.path.dirname(path)
     if name.isdigit() and os.path.basename(parent) == CHECKPOINTS and _is_stage(
