@@ -107,7 +107,7 @@ def test_networks_without_zpm_execute_their_macs(name):
                 c.executed_macs
 
 
-@pytest.mark.parametrize('name', ['resnet20', 'mobilenet_v2'])
+@pytest.mark.parametrize('name', ['resnet20', pytest.param('mobilenet_v2', marks=pytest.mark.slow)])
 def test_placing_and_folding_compute_the_same_function(name):
     """The junction policy changes where zeros are computed, never the result: logits and
     BN batch statistics of every sub-network agree (eval and training mode)."""

@@ -265,6 +265,7 @@ def v1(tmp_path_factory):
             'bases': paths, 'folder': folder}
 
 
+@pytest.mark.slow  # two imports of MobileNetV1 with its scaffold: ~2 min on 2 cores
 def test_mobilenet_v1_after_eliminate_width_imports_as_the_published_network(v1):
     folder = v1['folder']
     run_import(folder / 'full', V1_CONFIG, folder / 'finetuned.npz', v1['bases'],
