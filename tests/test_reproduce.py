@@ -224,3 +224,25 @@ def test_a_recorded_run_is_not_run_again_and_a_record_of_another_e_is_ignored(tm
     assert got['snet_release'] == {}
     assert reproduce.run_one(CONVERGED, out, 0, 'snet', [], records=records) == result
     assert not os.path.exists(os.path.join(out, 'seed0', 'snet'))  # nothing was started
+
+
+def test_with_two_jobs_no_worker_idles_waiting_for_spnets_bases(monkeypatch, tmp_path):
+    """While SP-Net trains, the other worker runs an arm that does not need its bases (an arm
+    waiting for SP-Net would hold the worker idle for SP-Net's whole run)."""
+    import threading
+
+    other_started, started = threading.Event(), []
+
+    def run_one(study, out, seed, name, extra, niceness=0, records=None):
+        started.append(name)
+        if name == 'spnet':
+            assert other_started.wait(timeout=30), 'the second worker sat idle behind SP-Net'
+        else:
+            other_started.set()
+        return _result([0.9] * 4)
+
+    monkeypatch.setattr(reproduce, 'run_one', run_one)
+    results = reproduce.collect(CONVERGED, str(tmp_path), [0], [], run=True, jobs=2)
+    assert started[:2] == ['spnet', 'snet'] or started[:2] == ['snet', 'spnet']
+    assert set(started[-2:]) == set(reproduce.BASES_FROM_SPNET)
+    assert all(0 in results[m] for m in CONVERGED.methods)
