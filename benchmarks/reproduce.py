@@ -750,7 +750,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--smoke', action='store_true',
                         help='a few steps per stage, seed 0, workdirs in <out>_smoke')
     parser.add_argument('--smoke_steps', type=int, default=20)
-    parser.add_argument('--jobs', type=int, default=1, help='runs at once')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='runs at once (the arms that start from SP-Net\'s bases queue last)')
     parser.add_argument('--nice', type=int, default=0,
                         help='niceness of the runs (e.g. 19 to leave the machine to others)')
     parser.add_argument('--arms', default=None,
