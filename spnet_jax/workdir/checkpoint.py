@@ -257,6 +257,11 @@ def step_dir(directory: str, step: int) -> str:
     return os.path.join(directory, CHECKPOINTS, str(step))
 
 
+def _has_ema(directory: str, step: int) -> bool:
+    """Whether the checkpoint at ``step`` holds a weight EMA's network."""
+    return os.path.isdir(os.path.join(step_dir(directory, step), EMA_ITEM))
+
+
 def _saved_arrays(directory: str, step: int, item: str) -> dict[str, Any]:
     """``{leaf path: ArrayMetadata}`` of a saved item, read from its metadata alone."""
     path = epath.Path(os.path.abspath(os.path.join(step_dir(directory, step), item)))
@@ -319,7 +324,7 @@ def check_saved_shapes(directory: str, step: int, abstract_items: dict[str, Any]
     """Refuses (`ConfigError`) a checkpoint whose arrays are not those of ``abstract_items``;
     `Damaged` if its metadata cannot be read."""
     # Weight EMA on in one run and off in the other: say so, rather than call it damage.
-    saved_ema = os.path.isdir(os.path.join(step_dir(directory, step), EMA_ITEM))
+    saved_ema = _has_ema(directory, step)
     if saved_ema != (EMA_ITEM in abstract_items):
         raise ConfigError(
             f'{where}: the checkpoint at step {step} was written with weight EMA '
@@ -397,8 +402,7 @@ def load_network(directory: str, step: int | None = None, *, ema: bool = True
             target = sharding.replicated(sharding.make_mesh())
         else:
             target = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        item = (EMA_ITEM if ema and os.path.isdir(os.path.join(step_dir(directory, step), EMA_ITEM))
-                else 'variables')
+        item = EMA_ITEM if ema and _has_ema(directory, step) else 'variables'
         saved = _saved_arrays(directory, step, item)
         wide = [path for path, m in saved.items() if np.dtype(m.dtype).itemsize == 8]
         if wide and not jax.config.jax_enable_x64:
