@@ -15,6 +15,9 @@ Variants: ``fold`` (each ZPM branch conv writes the whole stream's width, ``fold
 gather wherever the stream is wider, ``fold_slack=0``), ``no_zpm`` (one channel set per
 stream, same MACs targets), each with ``round_to`` 1 and 4 (ResNet-20) or 8 (ResNet-50), MACs
 targets within 3%, and S-Net at the matching widths.
+``bytes_accessed`` is XLA's cost analysis of the compiled program (memory traffic, which the
+narrow layers of these sub-networks are bound by on CPU); ``--repeats=0`` records it without
+timing anything, so it can run on a busy machine.
 All programs run interleaved in one process (``repeats`` rounds, median), so load changes hit
 them alike. ``executed`` is `spnet_jax.core.cost.executed_macs` over the sub-network's MACs.
 """
@@ -60,7 +63,8 @@ def networks():
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--repeats', type=int, default=7,
+                        help='timed rounds; 0 records only what XLA says the programs do')
     parser.add_argument('--out', default='benchmarks/junction_choice.json')
     parser.add_argument('--only', default=None, help='one network name')
     args = parser.parse_args()
@@ -69,11 +73,11 @@ def main():
         if args.only and name != args.only:
             continue
         x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
-        programs = {}  # (variant, subnet) -> (fn, variables, macs, executed)
+        programs = {}  # (variant, subnet) -> (model, subnet, variables, macs, stream sizes)
         snet = arch.snet_structure(snet_widths)
         for c in cost.subnet_costs(arch, snet, shape[0], shape[2]):
             programs[('snet', c.subnet)] = (arch.module(snet), c.subnet,
-                                            random_variables(arch, snet, shape, 0), c.macs)
+                                            random_variables(arch, snet, shape, 0), c.macs, None)
         for zpm in (True, False):
             for round_to in rounds:
                 S, v, _ = prune(arch, bases, widths, macs_targets=targets, image_size=shape[0],
@@ -82,17 +86,21 @@ def main():
                 for policy, slack in (POLICIES.items() if zpm else [('no_zpm', 0.0)]):
                     for c in cost.subnet_costs(arch, S, shape[0], shape[2]):
                         programs[(f'{policy}_r{round_to}', c.subnet)] = (
-                            arch.module(S, fold_slack=slack), c.subnet, v, c.macs)
+                            arch.module(S, fold_slack=slack), c.subnet, v, c.macs,
+                            list(S.stream_sizes[c.subnet]) if S.zpm else None)
         timed = {}
-        for key, (model, k, v, macs) in programs.items():
+        for key, (model, k, v, macs, streams) in programs.items():
             fn = jax.jit(lambda v, x, m=model, k=k: m.apply(v, x, subnet=k))
             lowered = fn.lower(v, x)
             executed = cost.executed_macs(lowered.as_text())
             t = time.perf_counter()
             compiled = lowered.compile()
             jax.block_until_ready(compiled(v, x))
+            analysis = compiled.cost_analysis()  # a list of one dict on some jax versions
+            analysis = analysis[0] if isinstance(analysis, list) else analysis
             timed[key] = {'fn': compiled, 'v': v, 'macs': macs,
                           'executed': executed / (macs * batch),
+                          'bytes': analysis.get('bytes accessed'), 'streams': streams,
                           'compile_s': time.perf_counter() - t, 'times': []}
         for _ in range(args.repeats):  # interleaved rounds
             for entry in timed.values():
@@ -102,7 +110,8 @@ def main():
         for (variant, k), e in timed.items():
             rows.append({'network': name, 'batch': batch, 'variant': variant, 'subnet': k,
                          'macs': e['macs'], 'executed_over_macs': round(e['executed'], 4),
-                         'ms': 1e3 * statistics.median(e['times']),
+                         'ms': 1e3 * statistics.median(e['times']) if e['times'] else None,
+                         'bytes_accessed': e['bytes'], 'stream_sizes': e['streams'],
                          'compile_s': round(e['compile_s'], 2)})
             print(json.dumps(rows[-1]), flush=True)
     payload = {'rows': rows, 'date': time.strftime('%Y-%m-%d'), 'machine': platform.machine(),
