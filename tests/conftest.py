@@ -1,7 +1,11 @@
 import os
 
 # Tests run on the host CPU; keep XLA from grabbing every thread of a shared 2-core machine.
-os.environ.setdefault('XLA_FLAGS', '--xla_cpu_multi_thread_eigen=true')
+# The suite is bound by XLA compilation of many small programs: LLVM's lowest optimization
+# level compiles them 17-26% faster (measured on tests/test_models.py, test_ema.py and
+# test_reference.py, one after the other), and the reference parity tests pass under it.
+os.environ.setdefault('XLA_FLAGS', '--xla_cpu_multi_thread_eigen=true '
+                      '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 

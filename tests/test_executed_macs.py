@@ -59,6 +59,13 @@ def recipe(request):
     return _recipe(request.param)
 
 
+# ResNet-50's exports and training steps (76 s of lowering on CI's 2 cores) run with `-m slow`;
+# its forward programs, and every MobileNetV2 and Fashion-MNIST case, run by default.
+RECIPES_RESNET50_SLOW = pytest.mark.parametrize(
+    'recipe', [pytest.param('resnet50', marks=pytest.mark.slow), 'mobilenet_v2', 'resnet20'],
+    indirect=True)
+
+
 def _program_macs(model, variables, shape, k):
     x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
     fn = jax.jit(lambda v, x: model.apply(v, x, subnet=k))
@@ -83,6 +90,7 @@ def test_programs_execute_what_the_cost_model_predicts(recipe):
         assert c.macs <= got <= 1.03 * c.macs, (c.subnet, got / c.macs)
 
 
+@RECIPES_RESNET50_SLOW
 def test_exported_subnetworks_execute_what_the_cost_model_predicts(recipe):
     arch, structure, variables, shape = recipe
     net = spnet_jax.SlimmableNetwork(arch, structure, variables, image_size=shape[0])
@@ -171,6 +179,7 @@ def _training_macs(model, variables, shape, k):
     return cost.executed_macs(jax.jit(jax.grad(loss)).lower(variables['params'], x).as_text()) / 2
 
 
+@RECIPES_RESNET50_SLOW
 def test_training_steps_execute_three_times_the_forward(recipe):
     """Forward, input gradients and weight gradients: 3x the forward's MACs (the first conv's
     input gradient is not computed). Placing junctions: 3x the logical MACs within 3%;

@@ -35,7 +35,17 @@ def _leaf_count(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize('name,widths,size,stem', CASES, ids=[c[0] for c in CASES])
+# ResNet-D shares ResNet-50's blocks and EfficientNet has its own tests (test_efficientnet.py):
+# their shape checks run with `-m slow`, keeping the default suite within CI's time.
+_SLOW_SHAPES = ('resnetd50', 'efficientnet_b0')
+
+
+def _cases(slow=_SLOW_SHAPES):
+    return [pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] in slow else [])
+            for c in CASES]
+
+
+@pytest.mark.parametrize('name,widths,size,stem', _cases())
 def test_every_subnet_runs_jitted_with_static_shapes(name, widths, size, stem):
     arch = _arch(name, widths, stem)
     structure = arch.snet_structure(widths)
@@ -185,8 +195,8 @@ def _zpm_structure(arch, table, counts, orders, stream_order=APPENDED):
     return structure, sizes, masks
 
 
-@pytest.mark.parametrize('name', ['resnet50', 'resnetd50', 'resnet18', 'mobilenet_v2',
-                                  'efficientnet_b0'])
+@pytest.mark.parametrize('name', ['resnet50', 'resnet18', 'mobilenet_v2'] + [
+    pytest.param(n, marks=pytest.mark.slow) for n in _SLOW_SHAPES])
 def test_zpm_model_runs_every_subnet(name):
     arch = get_arch(name, num_classes=5, stem='small' if name == 'resnet18' else None,
                     full_width=0.5)

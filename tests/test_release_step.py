@@ -136,10 +136,13 @@ def ours(tmp_path_factory):
     np.savez(work / 'masks.npz', **{k: np.asarray(v) for k, v in traverse_util.flatten_dict(
         variables['masks'], sep='/').items()})
     # x64 for the float64 step; LLVM's expensive passes off halve the compile time on CPU
-    # (the step then runs in seconds either way).
+    # (the step then runs in seconds either way). Not conftest's lowest optimization level:
+    # XLA:CPU's float64 convolutions are LLVM loops, which run twice as long unoptimized.
+    flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+             if not f.startswith('--xla_backend_optimization_level')]
+    flags = dict.fromkeys(flags + ['--xla_llvm_disable_expensive_passes=true'])
     env = {**os.environ, 'JAX_ENABLE_X64': '1', 'JAX_PLATFORMS': 'cpu',
-           'XLA_FLAGS': (os.environ.get('XLA_FLAGS', '') +
-                         ' --xla_llvm_disable_expensive_passes=true').strip()}
+           'XLA_FLAGS': ' '.join(flags)}
     out = work / 'step.npz'
     done = subprocess.run([sys.executable, __file__, str(work / 'structure.json'),
                            str(work / 'masks.npz'), str(out)], cwd=ROOT, env=env,
