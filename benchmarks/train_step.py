@@ -20,6 +20,12 @@ Two networks are timed side by side in this one process:
   the junctions. The ZPM share of the step is ``1 - t(no_zpm) / t(zpm)`` (likewise for
   ``zpm_gather``).
 
+With ``--vs_snet=N`` the networks are instead S-Net (``--snet_widths``, private BN per
+width) and SP-Net pruned to S-Net's MACs (all but the widest, within 3%): ZPM and not, each
+with ``round_to`` 1 and N (issue 16: the slim step at equal MACs).
+
+    python benchmarks/train_step.py --config=configs/fashion_mnist.py --batch=128 --vs_snet=4
+
 Prints a table and writes JSON (``--out``): per network the sub-networks' MACs, median step
 seconds over ``--steps`` (after a warm-up step; the two networks' steps interleaved, so load
 changes on a shared machine hit both), images/s, compile seconds, and the peak resident
@@ -114,6 +120,9 @@ def main():
     parser.add_argument('--batch', type=int, default=16)
     parser.add_argument('--steps', type=int, default=4)
     parser.add_argument('--out', default=None)
+    parser.add_argument('--vs_snet', type=int, default=0,
+                        help='N > 0: S-Net against SP-Net at its MACs, round_to 1 and N')
+    parser.add_argument('--snet_widths', default='0.5,0.75,1.0')
     args = parser.parse_args()
     config = load_config(args.config)
     image_size = int(config.data.image_size)
@@ -136,9 +145,22 @@ def main():
     plain_structure, plain_variables, _ = prune(arch, bases, widths, zpm=False, **recipe)
     plain_costs = subnet_costs(arch, plain_structure, image_size, in_channels)
 
-    networks = (('zpm', structure, variables, costs),
+    networks = [('zpm', structure, variables, costs),
                 ('zpm_gather', structure, variables, costs),
-                ('no_zpm', plain_structure, plain_variables, plain_costs))
+                ('no_zpm', plain_structure, plain_variables, plain_costs)]
+    if args.vs_snet:  # S-Net against SP-Net at S-Net's MACs, ZPM and not, round_to 1 and N
+        snet = arch.snet_structure(tuple(float(w) for w in args.snet_widths.split(',')))
+        snet_costs = subnet_costs(arch, snet, image_size, in_channels)
+        snet_vars = init_variables(arch.module(snet), jax.random.key(0),
+                                   (32, 32, in_channels))
+        recipe['macs_targets'] = [c.macs for c in snet_costs[:-1]]
+        networks = [('snet', snet, snet_vars, snet_costs)]
+        for zpm in (True, False):
+            for round_to in (1, args.vs_snet):
+                s_, v_, _ = prune(arch, bases, widths, zpm=zpm, round_to=round_to,
+                                  tolerance=0.03, **recipe)
+                networks.append((f'{"zpm" if zpm else "no_zpm"}_r{round_to}', s_, v_,
+                                 subnet_costs(arch, s_, image_size, in_channels)))
     runs = []
     folded = layers.ZPMAdd.placement
     for name, s, v, _ in networks:
@@ -147,7 +169,7 @@ def main():
         runs.append(compiled_step(arch, s, v, config, args.batch, image_size, in_channels))
         layers.ZPMAdd.placement = folded
     times = [[] for _ in networks]
-    for _ in range(args.steps):  # interleaved, so load changes on a shared machine hit both
+    for _ in range(args.steps):  # interleaved, so load changes on a shared machine hit all
         for i, (run, _) in enumerate(runs):
             times[i].append(run())
     rows = []
@@ -155,8 +177,13 @@ def main():
         step_s = statistics.median(t)
         rows.append({'network': name, 'subnet_macs': [x.macs for x in c], 'step_s': step_s,
                      'images_per_s': args.batch / step_s, 'compile_s': compile_s})
-    zpm_share = 1 - rows[2]['step_s'] / rows[0]['step_s']
-    gather_share = 1 - rows[2]['step_s'] / rows[1]['step_s']
+        if args.vs_snet:
+            rows[-1]['over_snet'] = step_s / statistics.median(times[0])
+    if args.vs_snet:
+        zpm_share = gather_share = None
+    else:
+        zpm_share = 1 - rows[2]['step_s'] / rows[0]['step_s']
+        gather_share = 1 - rows[2]['step_s'] / rows[1]['step_s']
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f'{config.model.name} at {image_size} px, batch {args.batch}, '
           f'{structure.num_subnets} sub-networks, {jax.device_count()} x {jax.default_backend()}')
@@ -165,9 +192,14 @@ def main():
         macs = ' / '.join(f'{m / 1e6:.1f}M' for m in r['subnet_macs'])
         print(f'{r["network"]:>10} {macs:>28} {r["step_s"] * 1e3:>9.1f} '
               f'{r["images_per_s"]:>7.1f} {r["compile_s"]:>9.1f}')
-    print(f'ZPM share of the step: {zpm_share:.1%} (junctions as gathers: {gather_share:.1%}); '
-          f'peak RSS {peak:.0f} MiB')
-    out = args.out or f'benchmarks/train_step_{config.model.name}.json'
+    if args.vs_snet:
+        ratios = ', '.join(f'{r["network"]} {r["over_snet"]:.2f}x' for r in rows[1:])
+        print(f'step time over S-Net\'s: {ratios}; peak RSS {peak:.0f} MiB')
+    else:
+        print(f'ZPM share of the step: {zpm_share:.1%} (junctions as gathers: '
+              f'{gather_share:.1%}); peak RSS {peak:.0f} MiB')
+    suffix = '_vs_snet' if args.vs_snet else ''
+    out = args.out or f'benchmarks/train_step_{config.model.name}{suffix}.json'
     with open(out, 'w') as f:
         json.dump({'config': args.config, 'batch': args.batch, 'steps': args.steps,
                    'image_size': image_size, 'rows': rows, 'zpm_share': zpm_share,
