@@ -2,6 +2,7 @@
 channel rounding, against S-Net at equal MACs. Eval-mode forward, CPU, jitted.
 
     python benchmarks/junction_choice.py [--repeats=7] [--out=benchmarks/junction_choice.json]
+        [--only=resnet20_fmnist|resnet50_release] [--batch=N]
 
 Two networks, random bases (latency does not depend on the values):
 
@@ -67,11 +68,14 @@ def main():
                         help='timed rounds; 0 records only what XLA says the programs do')
     parser.add_argument('--out', default='benchmarks/junction_choice.json')
     parser.add_argument('--only', default=None, help='one network name')
+    parser.add_argument('--batch', type=int, default=None,
+                        help="every network's batch (default: 256 for ResNet-20, 8 for ResNet-50)")
     args = parser.parse_args()
     rows = []
     for name, arch, bases, widths, targets, snet_widths, shape, batch, rounds in networks():
         if args.only and name != args.only:
             continue
+        batch = args.batch or batch
         x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
         programs = {}  # (variant, subnet) -> (model, subnet, variables, macs, stream sizes)
         snet = arch.snet_structure(snet_widths)

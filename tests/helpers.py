@@ -36,6 +36,12 @@ def needs_reference(name: str):
         reason=f'needs the release reference case {name} (../shared/reference, beside the clone)')
 
 
+def host_devices_flags(count: int) -> str:
+    """XLA_FLAGS for a subprocess with ``count`` host devices that compiles as this process
+    does (conftest's optimization flags kept), so their results can be compared bit for bit."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
+
+
 def random_variables(model, x, seed=0, masks=None, **init_kwargs):
     """Variables of ``model`` with random, well-scaled values: He-normal kernels, distinct
     BN scales in [0.1, 1], small biases and means, variances in [0.5, 1.5].

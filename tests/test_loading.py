@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from helpers import random_variables
+from helpers import host_devices_flags, random_variables
 
 import spnet_jax
 from spnet_jax.core.errors import ConfigError
@@ -204,7 +204,7 @@ def test_logits_on_8_devices_equal_one_device(finished, tmp_path):
     """A subprocess with 8 host devices loads the workdir and runs batches of 5 and 3 (both
     padded to 8 rows); the logits must equal this process's single-device ones."""
     out = tmp_path / 'eight.npz'
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    env = dict(os.environ, XLA_FLAGS=host_devices_flags(8),
                JAX_PLATFORMS='cpu')
     proc = subprocess.run([sys.executable, os.path.abspath(__file__),
                            str(finished['workdir']), str(out)],

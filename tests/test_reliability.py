@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 from absl import logging as absl_logging
-from helpers import flip_bytes, needs_fashion_mnist, truncate
+from helpers import flip_bytes, host_devices_flags, needs_fashion_mnist, truncate
 
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import arch_from_config
@@ -292,7 +292,7 @@ def test_two_processes_train_the_recipe_as_one_process_does(tmp_path):
         for i in range(2)]
     one = subprocess.run(
         [sys.executable, 'main.py', *recipe, f'--workdir={tmp_path / "one"}'], cwd=ROOT,
-        env=dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=2'),
+        env=dict(env, XLA_FLAGS=host_devices_flags(2)),
         capture_output=True, text=True, timeout=1800)
     assert one.returncode == 0, one.stderr[-3000:]
     outputs = [p.communicate(timeout=1800) for p in two]

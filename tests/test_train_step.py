@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+from helpers import host_devices_flags
 
 from spnet_jax.core import layers, sharding
 from spnet_jax.core.errors import ConfigError
@@ -155,7 +156,7 @@ def test_step_equals_independent_computation(case, one_device_step):
 
 def test_step_on_8_devices_equals_one_device(one_device_step, tmp_path):
     out_file = tmp_path / 'eight.npz'
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    env = dict(os.environ, XLA_FLAGS=host_devices_flags(8),
                JAX_PLATFORMS='cpu')
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(out_file)], env=env,
