@@ -40,12 +40,9 @@ def _leaf_count(tree) -> int:
 _SLOW_SHAPES = ('resnetd50', 'efficientnet_b0')
 
 
-def _cases(slow=_SLOW_SHAPES):
-    return [pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] in slow else [])
-            for c in CASES]
-
-
-@pytest.mark.parametrize('name,widths,size,stem', _cases())
+@pytest.mark.parametrize('name,widths,size,stem', [
+    pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] in _SLOW_SHAPES else [])
+    for c in CASES])
 def test_every_subnet_runs_jitted_with_static_shapes(name, widths, size, stem):
     arch = _arch(name, widths, stem)
     structure = arch.snet_structure(widths)
