@@ -137,22 +137,12 @@ def main():
         recipe['macs_targets'] = list(config.prune.macs_targets)
     else:
         recipe['keep_ratios'] = list(config.prune.keep_ratios)
-    structure, variables, _ = prune(arch, bases, widths, zpm=True, **recipe)
-    costs = subnet_costs(arch, structure, image_size, in_channels)
-    targets = [c.macs for c in costs[:-1]]
-    recipe.pop('keep_ratios', None)
-    recipe['macs_targets'] = targets
-    plain_structure, plain_variables, _ = prune(arch, bases, widths, zpm=False, **recipe)
-    plain_costs = subnet_costs(arch, plain_structure, image_size, in_channels)
-
-    networks = [('zpm', structure, variables, costs),
-                ('zpm_gather', structure, variables, costs),
-                ('no_zpm', plain_structure, plain_variables, plain_costs)]
     if args.vs_snet:  # S-Net against SP-Net at S-Net's MACs, ZPM and not, round_to 1 and N
         snet = arch.snet_structure(tuple(float(w) for w in args.snet_widths.split(',')))
         snet_costs = subnet_costs(arch, snet, image_size, in_channels)
         snet_vars = init_variables(arch.module(snet), jax.random.key(0),
                                    (32, 32, in_channels))
+        recipe.pop('keep_ratios', None)
         recipe['macs_targets'] = [c.macs for c in snet_costs[:-1]]
         networks = [('snet', snet, snet_vars, snet_costs)]
         for zpm in (True, False):
@@ -161,6 +151,16 @@ def main():
                                   tolerance=0.03, **recipe)
                 networks.append((f'{"zpm" if zpm else "no_zpm"}_r{round_to}', s_, v_,
                                  subnet_costs(arch, s_, image_size, in_channels)))
+    else:
+        structure, variables, _ = prune(arch, bases, widths, zpm=True, **recipe)
+        costs = subnet_costs(arch, structure, image_size, in_channels)
+        recipe.pop('keep_ratios', None)
+        recipe['macs_targets'] = [c.macs for c in costs[:-1]]
+        plain_structure, plain_variables, _ = prune(arch, bases, widths, zpm=False, **recipe)
+        plain_costs = subnet_costs(arch, plain_structure, image_size, in_channels)
+        networks = [('zpm', structure, variables, costs),
+                    ('zpm_gather', structure, variables, costs),
+                    ('no_zpm', plain_structure, plain_variables, plain_costs)]
     runs = []
     folded = layers.ZPMAdd.placement
     for name, s, v, _ in networks:
@@ -186,7 +186,8 @@ def main():
         gather_share = 1 - rows[2]['step_s'] / rows[1]['step_s']
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f'{config.model.name} at {image_size} px, batch {args.batch}, '
-          f'{structure.num_subnets} sub-networks, {jax.device_count()} x {jax.default_backend()}')
+          f'{networks[0][1].num_subnets} sub-networks, '
+          f'{jax.device_count()} x {jax.default_backend()}')
     print(f'{"network":>10} {"sub-network MACs":>28} {"step ms":>9} {"img/s":>7} {"compile s":>9}')
     for r in rows:
         macs = ' / '.join(f'{m / 1e6:.1f}M' for m in r['subnet_macs'])

@@ -29,10 +29,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv('SPNET_NOTEBOOK_WORKDIR', str(workdir))
     monkeypatch.setenv('SPNET_NOTEBOOK_OVERRIDES', json.dumps(OVERRIDES))
     monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-    # XLA:CPU compiles about 1.5x faster without LLVM's optimisations; two training steps
-    # and 32 test images do not notice the slower code.
-    monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0 '
-                                    '--xla_llvm_disable_expensive_passes=true')
+    # The kernel inherits conftest's XLA_FLAGS (LLVM's lowest optimization level).
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     assert not any(cell.get('outputs') for cell in notebook.cells), 'commit it without outputs'
     NotebookClient(notebook, timeout=600, kernel_name='python3',
