@@ -12,9 +12,9 @@ depend on the values).
 Two networks are timed side by side in this one process:
 
 * ``zpm``: the recipe as configured (ZPM on);
-* ``zpm_gather``: the same network with the junctions computed as before 2026-11-29: each
-  branch moved into the stream by an activation gather (`ZPMAdd.placement` returning None),
-  instead of being written in place by its last conv and BN;
+* ``zpm_gather``: the same network with every junction placed (``fold_slack=0``, the
+  ``place`` policy of `junction_choice.py`): a branch narrower than its stream is moved into
+  it by an activation gather at the add instead of its last conv writing the stream's width;
 * ``no_zpm``: ZPM off, each pruned sub-network aimed (MACs targets, within 1%) at the MACs
   of the ``zpm`` network's, so the two do the same convolution work and the difference is
   the junctions. The ZPM share of the step is ``1 - t(no_zpm) / t(zpm)`` (likewise for
@@ -46,10 +46,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spnet_jax.core import layers, sharding
+from spnet_jax.core import sharding
 from spnet_jax.core.cost import subnet_costs
 from spnet_jax.data.specs import DATASETS
 from spnet_jax.models import get_arch
+from spnet_jax.models.common import FOLD_SLACK
 from spnet_jax.pruning import prune
 from spnet_jax.train import step as step_lib
 from spnet_jax.train.optim import make_optimizer
@@ -80,9 +81,11 @@ def random_base(config, width: float, in_channels: int, seed: int) -> dict:
     return jax.tree_util.tree_map_with_path(value, variables)
 
 
-def compiled_step(arch, structure, variables, config, batch_size, image_size, in_channels):
+def compiled_step(arch, structure, variables, config, batch_size, image_size, in_channels,
+                  fold_slack=FOLD_SLACK):
     """``(run, compile_s)``: ``run()`` does one step on a fixed batch and returns seconds."""
-    model = arch.module(structure, bn_scale_init=config.slim.bn_scale_init)
+    model = arch.module(structure, bn_scale_init=config.slim.bn_scale_init,
+                        fold_slack=fold_slack)
     tx, schedule = make_optimizer(config.slim, steps_per_epoch=100, num_steps=1000,
                                   table=arch.table(zpm=structure.zpm))
     mesh = sharding.make_mesh()
@@ -162,12 +165,10 @@ def main():
                     ('zpm_gather', structure, variables, costs),
                     ('no_zpm', plain_structure, plain_variables, plain_costs)]
     runs = []
-    folded = layers.ZPMAdd.placement
     for name, s, v, _ in networks:
-        if name == 'zpm_gather':  # traced (and compiled) with the placement left to the add
-            layers.ZPMAdd.placement = lambda self, subnet: (None, None)
-        runs.append(compiled_step(arch, s, v, config, args.batch, image_size, in_channels))
-        layers.ZPMAdd.placement = folded
+        slack = 0.0 if name == 'zpm_gather' else FOLD_SLACK
+        runs.append(compiled_step(arch, s, v, config, args.batch, image_size, in_channels,
+                                  fold_slack=slack))
     times = [[] for _ in networks]
     for _ in range(args.steps):  # interleaved, so load changes on a shared machine hit all
         for i, (run, _) in enumerate(runs):
