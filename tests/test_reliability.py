@@ -19,7 +19,7 @@ from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import arch_from_config
 from spnet_jax.train import loop, train_and_evaluate
 from spnet_jax.train.settings import Settings
-from spnet_jax.workdir import checkpoint
+from spnet_jax.workdir import checkpoint, integrity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -196,17 +196,17 @@ def test_damaged_finished_network_is_refused_with_one_sentence(tmp_path):
 def test_fingerprint_sees_one_flipped_bit_and_swapped_values():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, 5, 7)).astype(np.float32)
-    base = checkpoint.fingerprints({'v': {'x': x}})['v']["['x']"]
+    base = integrity.fingerprints({'v': {'x': x}})['v']["['x']"]
     bits = x.view(np.uint32)
     for index in [(0, 0, 0), (1, 2, 3), (2, 4, 6)]:
         for bit in (0, 17, 31):
             flipped = bits.copy()
             flipped[index] ^= np.uint32(1 << bit)
-            value = checkpoint.fingerprints({'v': {'x': flipped.view(np.float32)}})['v']["['x']"]
+            value = integrity.fingerprints({'v': {'x': flipped.view(np.float32)}})['v']["['x']"]
             assert value != base, (index, bit)
     swapped = x.copy()
     swapped[0, 0, [0, 1]] = swapped[0, 0, [1, 0]]
-    assert checkpoint.fingerprints({'v': {'x': swapped}})['v']["['x']"] != base
+    assert integrity.fingerprints({'v': {'x': swapped}})['v']["['x']"] != base
 
 
 # ------------------------------------------------------------------ real processes

@@ -19,18 +19,17 @@ complete, so a stage is either finished or resumable from its latest checkpoint.
 
 Atomic writes do not protect against what happens to the files later (a disk that truncates
 or flips bytes, a half-copied workdir). Every checkpoint therefore carries a fingerprint of
-each array (a position-weighted sum of its bits, computed on device), saved atomically with
-it. `restore_latest` restores the newest checkpoint that reads back with the same
-fingerprints, moving damaged ones to ``<stage>/damaged/`` with a warning naming them; a
-checkpoint whose arrays have other shapes than the configured model's is refused with a
-`ConfigError` instead (that is the wrong run, not damage).
+each array (`spnet_jax.workdir.integrity`), saved atomically with it. `restore_latest`
+restores the newest checkpoint that reads back with the same fingerprints, moving damaged
+ones to ``<stage>/damaged/`` with a warning naming them; a checkpoint whose arrays have other
+shapes than the configured model's is refused with a `ConfigError` instead (that is the wrong
+run, not damage).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import jax
@@ -45,9 +44,9 @@ from spnet_jax.core import layers, sharding
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import Structure
 from spnet_jax.models import Architecture, arch_from_spec
+from spnet_jax.workdir import integrity
 
 CHECKPOINTS = 'checkpoints'
-INTEGRITY = 'integrity'
 EMA_ITEM = 'ema'  # the weight EMA's network (training with ema_decay > 0)
 DAMAGED = 'damaged'
 STRUCTURE = 'structure.json'
@@ -180,32 +179,10 @@ def manager(directory: str, *, save_every_steps: int = 1, max_to_keep: int | Non
                                  options=options)
 
 
-def _leaf_fingerprint(x: jax.Array) -> jax.Array:
-    """A uint32 of all of ``x``'s bits: a sum of each element's bits times an odd weight that
-    depends on its position, so any flipped bit (or moved element) changes it."""
-    if x.dtype == jnp.bool_:
-        x = x.astype(jnp.uint8)
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
-    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).ravel()
-    weights = (jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761)) | jnp.uint32(1)
-    return jnp.sum(bits * weights, dtype=jnp.uint32)
-
-
-_fingerprints_jit = jax.jit(lambda tree: jax.tree.map(_leaf_fingerprint, tree))
-
-
-def fingerprints(items: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """``{item: {leaf path: uint32}}`` of a checkpoint's items (computed where they live)."""
-    values = sharding.to_host(_fingerprints_jit(items))
-    return {name: {jax.tree_util.keystr(p): int(v)
-                   for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-            for name, tree in values.items()}
-
-
 def save_args(items: dict[str, Any]) -> ocp.args.Composite:
     """The items, plus their fingerprints (written atomically with them)."""
     args = {k: ocp.args.StandardSave(v) for k, v in items.items()}
-    args[INTEGRITY] = ocp.args.JsonSave({'fingerprints': fingerprints(items)})
+    args[integrity.ITEM] = ocp.args.JsonSave({'fingerprints': integrity.fingerprints(items)})
     return ocp.args.Composite(**args)
 
 
@@ -269,56 +246,6 @@ def _saved_arrays(directory: str, step: int, item: str) -> dict[str, Any]:
     return {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-class Damaged(Exception):
-    """A checkpoint that cannot be read back as it was written (message: what is wrong)."""
-
-
-def _verify(directory: str, step: int, restored: dict[str, Any], saved: Any) -> None:
-    """Raises `Damaged` naming the first array whose fingerprint differs from the saved one."""
-    if saved is None:
-        return  # written before checkpoints carried fingerprints
-    want = saved['fingerprints']
-    got = fingerprints({k: restored[k] for k in want if k in restored})
-    for item, leaves in got.items():
-        for path, value in leaves.items():
-            if want[item].get(path) != value:
-                raise Damaged(f'{item}{path} does not read back as it was written')
-
-
-def _restore_checked(mngr: ocp.CheckpointManager, directory: str, step: int,
-                     abstract_items: dict[str, Any]) -> dict[str, Any]:
-    """Restores ``step`` into ``abstract_items`` and verifies it; `Damaged` if it cannot."""
-    has_integrity = os.path.isdir(os.path.join(step_dir(directory, step), INTEGRITY))
-    args = {k: ocp.args.StandardRestore(v) for k, v in abstract_items.items()}
-    if has_integrity:
-        args[INTEGRITY] = ocp.args.JsonRestore()
-    try:
-        restored = mngr.restore(step, args=ocp.args.Composite(**args))
-    except Exception as e:  # noqa: BLE001 - TensorStore raises bare Exceptions on bad bytes
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        # TensorStore appends the repr of a bound method ("See full TensorStore details").
-        first = first.split(' See full TensorStore details')[0].rstrip('.')[:200]
-        raise Damaged(f'it does not read back ({first})') from None
-    restored = {k: restored[k] for k in args}
-    _verify(directory, step, restored, restored.pop(INTEGRITY, None))
-    return restored
-
-
-def _quarantine(directory: str, step: int) -> str:
-    """Moves a damaged step folder to ``<stage>/damaged/`` (process 0); returns where."""
-    target = os.path.join(directory, DAMAGED, str(step))
-    if os.path.exists(target):
-        target = f'{target}-{int(time.time())}'
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.replace(step_dir(directory, step), target)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f'quarantine {directory} {step}')
-    return target
-
-
 def check_saved_shapes(directory: str, step: int, abstract_items: dict[str, Any],
                        where: str) -> None:
     """Refuses (`ConfigError`) a checkpoint whose arrays are not those of ``abstract_items``;
@@ -335,7 +262,8 @@ def check_saved_shapes(directory: str, step: int, abstract_items: dict[str, Any]
         try:
             saved = _saved_arrays(directory, step, item)
         except Exception as e:  # noqa: BLE001
-            raise Damaged(f'its {item} metadata does not read ({type(e).__name__})') from None
+            raise integrity.Damaged(
+                f'its {item} metadata does not read ({type(e).__name__})') from None
         want = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(
             tree)[0]}
         if item in ('variables', EMA_ITEM):
@@ -367,9 +295,10 @@ def restore_latest(mngr: ocp.CheckpointManager, directory: str,
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
             check_saved_shapes(directory, step, abstract_items, f'[{name}] {directory}')
-            return step, _restore_checked(mngr, directory, step, abstract_items)
-        except Damaged as e:
-            moved = _quarantine(directory, step)
+            return step, integrity.restore_checked(mngr, step, abstract_items)
+        except integrity.Damaged as e:
+            moved = integrity.quarantine(step_dir(directory, step),
+                                         os.path.join(directory, DAMAGED))
             mngr.reload()
             older = [s for s in mngr.all_steps() if s < step]
             logging.warning('[%s] skipped the damaged checkpoint at step %d (%s); moved it to '
@@ -412,8 +341,8 @@ def load_network(directory: str, step: int | None = None, *, ema: bool = True
                 "jax.config.update('jax_enable_x64', True).")
         try:
             abstract = {item: _abstract_from_metadata(saved, target)}
-            restored = _restore_checked(mngr, directory, step, abstract)
-        except Damaged as e:
+            restored = integrity.restore_checked(mngr, step, abstract)
+        except integrity.Damaged as e:
             raise ConfigError(
                 f'the checkpoint at step {step} in {directory} is damaged ({e}); restore the '
                 'folder from a copy, or delete it and its done.json to train that stage again.'
