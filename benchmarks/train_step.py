@@ -9,7 +9,7 @@ local devices (the batch sharded over them), exactly as `main.py` runs it. The s
 network comes from the config's pruning recipe applied to random bases (step time does not
 depend on the values).
 
-Two networks are timed side by side in this one process:
+Three networks are timed side by side in this one process:
 
 * ``zpm``: the recipe as configured (ZPM on);
 * ``zpm_gather``: the same network with every junction placed (``fold_slack=0``, the
@@ -27,7 +27,7 @@ with ``round_to`` 1 and N (issue 16: the slim step at equal MACs).
     python benchmarks/train_step.py --config=configs/fashion_mnist.py --batch=128 --vs_snet=4
 
 Prints a table and writes JSON (``--out``): per network the sub-networks' MACs, median step
-seconds over ``--steps`` (after a warm-up step; the two networks' steps interleaved, so load
+seconds over ``--steps`` (after a warm-up step; the networks' steps interleaved, so load
 changes on a shared machine hit both), images/s, compile seconds, and the peak resident
 memory of the process.
 """
