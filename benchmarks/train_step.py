@@ -28,7 +28,7 @@ with ``round_to`` 1 and N (issue 16: the slim step at equal MACs).
 
 Prints a table and writes JSON (``--out``): per network the sub-networks' MACs, median step
 seconds over ``--steps`` (after a warm-up step; the networks' steps interleaved, so load
-changes on a shared machine hit both), images/s, compile seconds, and the peak resident
+changes on a shared machine hit all), images/s, compile seconds, and the peak resident
 memory of the process.
 """
 
