@@ -28,6 +28,9 @@ def load_config(name):
 def test_profile_json_lists_every_snet_width_smallest_first():
     done = run('spnet_jax.profile', '--config=configs/resnet50_snet.py', '--json')
     assert done.returncode == 0, done.stderr
+    # Nothing but the answer: no library INFO lines (XLA's "Unable to initialize backend
+    # 'tpu'" used to precede every command's output).
+    assert 'Unable to initialize backend' not in done.stderr, done.stderr
     rows = json.loads(done.stdout)
     assert [r['subnet'] for r in rows] == [0, 1, 2]
     assert [r['width'] for r in rows] == [0.5, 0.75, 1.0]

@@ -72,10 +72,12 @@ def test_a_text_file_is_not_taken_for_a_checkpoint(tmp_path):
 
 
 def run_tool_whose_main_is(code, workdir):
-    """Runs a command-line tool (profile's flags) through the entry wrapper with ``code``
-    defining its ``main``, in a fresh interpreter; returns the finished process."""
-    script = ('from spnet_jax.cli import entry, profile\n' + code +
-              'profile.main = main\nentry.run(profile)\n')
+    """Runs a command-line tool that writes its workdir (evaluate's flags) through the entry
+    wrapper with ``code`` defining its ``main``, in a fresh interpreter; returns the finished
+    process. (A tool that only reads, as profile, keeps its log out of the workdir:
+    test_reader_misuse.py.)"""
+    script = ('from spnet_jax.cli import entry, evaluate\n' + code +
+              'evaluate.main = main\nentry.run(evaluate)\n')
     return subprocess.run([sys.executable, '-c', script, f'--workdir={workdir}'], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, 'JAX_PLATFORMS': 'cpu'})

@@ -87,7 +87,7 @@ def interrupted(tmp_path, monkeypatch):
     with pytest.raises(Crash):
         train_and_evaluate(config, str(tmp_path))
     slim = os.path.join(str(tmp_path), 'slim')
-    assert checkpoint.manager(slim, create=False).all_steps() == [2, 4]
+    assert checkpoint.reader(slim).all_steps() == [2, 4]
     return config, str(tmp_path), slim, starts
 
 
@@ -156,7 +156,7 @@ def test_checkpoint_of_other_shapes_is_refused_not_loaded_or_skipped(interrupted
                      r"model wants \([\d, ]+\)\)", message), message
     assert '\n' not in message
     # Not mistaken for damage: nothing was moved or deleted.
-    assert checkpoint.manager(slim, create=False).all_steps() == [2, 4]
+    assert checkpoint.reader(slim).all_steps() == [2, 4]
     assert not os.path.exists(os.path.join(slim, 'damaged'))
 
 
@@ -251,7 +251,7 @@ def test_sigkill_mid_stage_then_the_same_command_ends_with_the_same_parameters(t
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=60) == -signal.SIGKILL
     assert not checkpoint.is_done(slim)
-    killed_at = checkpoint.manager(slim, create=False).latest_step()
+    killed_at = checkpoint.reader(slim).latest_step()
     assert 4 <= killed_at < 16
 
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,

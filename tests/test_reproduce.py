@@ -205,7 +205,7 @@ def test_sigterm_stops_the_study_keeping_the_time_and_the_checkpoint(tmp_path):
                               'run.log')
     timing = json.loads((log.parent / 'timing.json').read_text())
     assert timing['seconds'] > 0 and timing['cpu_seconds'] > 0
-    assert 'on request; the state is checkpointed' in log.read_text()
+    assert 'on SIGTERM; the state is checkpointed' in log.read_text()
 
 
 def test_a_recorded_run_is_not_run_again_and_a_record_of_another_e_is_ignored(tmp_path):

@@ -238,7 +238,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
         train_and_evaluate(config, resumed)
     slim = os.path.join(resumed, 'slim')
     assert not checkpoint.is_done(slim)
-    assert checkpoint.manager(slim, create=False).latest_step() == 4
+    assert checkpoint.reader(slim).latest_step() == 4
     monkeypatch.setattr(loop.data_lib, 'train_batches',
                         lambda *a, **k: (starts.append(k['start_step']), real_batches(*a, **k))[1])
     summary = train_and_evaluate(config, resumed)
@@ -261,10 +261,10 @@ def test_sigterm_checkpoints_and_stops_then_the_rerun_finishes(tmp_path, monkeyp
             yield batch
 
     monkeypatch.setattr(loop.data_lib, 'train_batches', terminating_batches)
-    with pytest.raises(loop.Preempted, match='rerun the same command') as stopped:
+    with pytest.raises(loop.Preempted, match='rerunning the same command resumes') as stopped:
         train_and_evaluate(config, str(tmp_path))
     slim = os.path.join(str(tmp_path), 'slim')
-    latest = checkpoint.manager(slim, create=False).latest_step()
+    latest = checkpoint.reader(slim).latest_step()
     # The data is prefetched, so the signal lands during step 1, 2 or 3; that step is saved.
     assert latest in (1, 2, 3) and f'stopped at step {latest} ' in str(stopped.value)
     assert not checkpoint.is_done(slim)
@@ -286,7 +286,7 @@ def _poison_step_3(monkeypatch, poison):
 def _assert_stopped_at_step_3_with_step_2_kept(workdir):
     slim = os.path.join(workdir, 'slim')
     assert not checkpoint.is_done(slim)
-    assert checkpoint.manager(slim, create=False).latest_step() == 2
+    assert checkpoint.reader(slim).latest_step() == 2
     _, variables, _ = checkpoint.load_network(slim)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
 
@@ -307,6 +307,10 @@ def test_non_finite_loss_stops_with_step_and_subnet_and_keeps_last_good_checkpoi
     assert (e.step, e.subnet) == (3, 1), str(e)
     assert 'sub-network 1 became non-finite at step 3' in str(e)
     assert 'the last good checkpoint is step 2' in str(e)
+    # How to retry with a lower rate, in words the recipe check accepts (a fresh workdir;
+    # test_reader_misuse checks that finished stages copied into it are accepted).
+    assert "this workdir's recipe is fixed" in str(e) and \
+        '--workdir=NEW_WORKDIR --config.slim.lr=<lower>' in str(e)
     _assert_stopped_at_step_3_with_step_2_kept(str(tmp_path))
 
 

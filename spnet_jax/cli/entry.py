@@ -8,7 +8,10 @@ every tool the same behaviour:
   file, an unknown ``--config.<field>`` override or a bad flag value is one sentence;
 * `ConfigError` (bad input of any kind) -> ``error: <sentence>`` on stderr, exit status 2,
   before any work; a non-finite loss or a preemption -> its sentence, exit status 1;
-* a full disk -> one sentence; any other error (a bug, a library failing) -> one line naming
+* Ctrl-C -> one sentence with what was kept and the command that resumes (exit status 130;
+  in training a first Ctrl-C checkpoints after the current step, see `spnet_jax.train.loop`);
+* a full disk (however the library words it) -> one sentence with what was kept and the
+  command that resumes; any other error (a bug, a library failing) -> one line naming
   it and ``<workdir>/error.log``, which keeps the whole traceback (exit status 1).
 """
 
@@ -20,6 +23,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from types import ModuleType
@@ -37,12 +41,18 @@ ERROR_LOG = 'error.log'  # where an unexpected error's traceback goes (the workd
 
 class QuietLibraries(std_logging.Filter):
     """Keeps the terminal to the project's lines: drops the libraries' INFO chatter (Orbax's
-    checkpoint reads and writes, JAX's backend notes); their warnings stay."""
+    checkpoint reads and writes, JAX's backend notes); their warnings stay, their tracebacks
+    go to the error log."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-        return (record.levelno >= std_logging.WARNING
-                or f'{os.sep}spnet_jax{os.sep}' in record.pathname
+        ours = (f'{os.sep}spnet_jax{os.sep}' in record.pathname
                 or record.pathname.endswith('main.py'))
+        if not ours and record.exc_info and record.exc_info[1] is not None:
+            # A library's traceback (Orbax's save thread on a full disk): the error log keeps
+            # it; the terminal gets the one sentence the command ends with.
+            _to_log(record.getMessage()[:300], record.exc_info[1])
+            return False
+        return ours or record.levelno >= std_logging.WARNING
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -96,11 +106,68 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return []  # not reached
 
 
-def _log_path() -> str:
-    """``<workdir>/error.log`` when the tool has an existing workdir, else a temporary file."""
+# Tools that only read the workdir they are given (``READS_ONLY = True`` in their module:
+# export, profile) keep their error log out of it: a reader never writes into a run.
+_STATE: dict[str, Any] = {'reads_only': False}
+
+
+def _workdir() -> str | None:
     workdir = getattr(FLAGS, 'workdir', None) if 'workdir' in FLAGS else None
-    folder = workdir if workdir and os.path.isdir(workdir) else tempfile.gettempdir()
-    return os.path.join(folder, ERROR_LOG)
+    return workdir if workdir and os.path.isdir(workdir) else None
+
+
+def _log_path() -> str:
+    """``<workdir>/error.log`` when the tool writes an existing workdir, else a temporary
+    file."""
+    workdir = None if _STATE['reads_only'] else _workdir()
+    return os.path.join(workdir or tempfile.gettempdir(), ERROR_LOG)
+
+
+def _command() -> str:
+    """The command line that was run, as the user would type it again."""
+    program = os.path.basename(sys.argv[0])
+    if program != 'main.py' and os.path.basename(os.path.dirname(sys.argv[0])) == 'spnet_jax':
+        program = f'-m spnet_jax.{program.removesuffix(".py")}'
+    return ' '.join(['python', program, *sys.argv[1:]])
+
+
+def _kept() -> str:
+    """What a stopped run leaves in its workdir: finished stages, and the latest checkpoint of
+    an unfinished one (what the same command resumes from)."""
+    from spnet_jax.workdir import checkpoint  # noqa: PLC0415 - only when a run stops
+
+    workdir = _workdir()
+    if _STATE['reads_only'] or workdir is None:
+        return 'nothing was written'
+    finished, partial = [], []
+    for name in sorted(os.listdir(workdir)):
+        folder = os.path.join(workdir, name)
+        if checkpoint.is_done(folder):
+            finished.append(name)
+            continue
+        root = os.path.join(folder, checkpoint.CHECKPOINTS)
+        steps = sorted(int(n) for n in os.listdir(root) if n.isdigit()) if os.path.isdir(
+            root) else []
+        if steps:
+            partial.append(f'{name} at its checkpoint of step {steps[-1]}')
+    parts = ([f'the finished stages {", ".join(finished)}'] if finished else []) + partial
+    return f'kept in {workdir}: {"; ".join(parts)}' if parts else f'nothing in {workdir} ' \
+        'is finished yet'
+
+
+def _disk_full(error: BaseException) -> bool:
+    """A full disk, however the library words it: OSError(ENOSPC), or TensorStore's
+    RESOURCE_EXHAUSTED that Orbax re-raises as a ValueError, anywhere in the chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        text = str(error)
+        if 'No space left on device' in text or 'RESOURCE_EXHAUSTED' in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _unexpected(error: BaseException) -> None:
@@ -118,14 +185,15 @@ def _unexpected(error: BaseException) -> None:
     fail(f'{type(error).__name__}: {first}{where}.', status=1)
 
 
-def _unraisable_to_log(unraisable: Any) -> None:
-    """`sys.unraisablehook`: exceptions nobody can catch (Orbax's asyncio readers left
-    behind by a damaged checkpoint print "Event loop is closed" by the hundred) go to the
-    error log, not around the one sentence that matters on the terminal."""
+def _to_log(what: str, error: BaseException | None) -> None:
+    """`sys.unraisablehook` and `threading.excepthook`: exceptions nobody can catch (Orbax's
+    asyncio readers left behind by a damaged checkpoint print "Event loop is closed" by the
+    hundred; its background save thread re-raises a full disk that the main thread reports
+    too) go to the error log, not around the one sentence that matters on the terminal."""
     try:
         with open(_log_path(), 'a') as fh:
-            fh.write(f'--- {time.ctime()}: ignored in {unraisable.object!r}\n')
-            traceback.print_exception(unraisable.exc_value, file=fh)
+            fh.write(f'--- {time.ctime()}: {what}\n')
+            traceback.print_exception(error, file=fh)
     except OSError:
         pass
 
@@ -133,11 +201,20 @@ def _unraisable_to_log(unraisable: Any) -> None:
 def run(tool: ModuleType) -> None:
     """Defines ``tool``'s flags and runs its ``main`` under the common behaviour."""
     tool.define_flags()
+    _STATE['reads_only'] = getattr(tool, 'READS_ONLY', False)
 
     def main(argv: list[str]) -> None:
-        logging.get_absl_logger().addFilter(QuietLibraries())
-        std_logging.getLogger().addFilter(QuietLibraries())
-        sys.unraisablehook = _unraisable_to_log
+        quiet = QuietLibraries()
+        logging.get_absl_logger().addFilter(quiet)
+        # A logger's filter does not see records that propagate from other loggers (JAX's
+        # "Unable to initialize backend 'tpu'"): the handlers' filters do.
+        for logger in (std_logging.getLogger(), logging.get_absl_logger()):
+            logger.addFilter(quiet)
+            for handler in logger.handlers:
+                handler.addFilter(quiet)
+        sys.unraisablehook = lambda u: _to_log(f'ignored in {u.object!r}', u.exc_value)
+        threading.excepthook = lambda h: _to_log(f'in thread {h.thread and h.thread.name}',
+                                                 h.exc_value)
         if len(argv) > 1:
             fail(f'unexpected arguments {argv[1:]}; every input is a --flag (see --help).')
         try:
@@ -147,14 +224,16 @@ def run(tool: ModuleType) -> None:
         except NonFiniteLossError as e:
             fail(f'training stopped: {e}', status=1)
         except Preempted as e:  # not an error: the state is saved, the same command resumes
-            print(str(e), file=sys.stderr)
+            print(f'{e} ({_command()})', file=sys.stderr)
             sys.exit(1)
-        except OSError as e:
-            if e.errno != errno.ENOSPC:
-                _unexpected(e)
-            fail(f'the disk is full ({e.filename or e.strerror}); free some space and rerun the '
-                 'same command: it resumes from the last checkpoint.', status=1)
+        except KeyboardInterrupt:
+            fail(f'interrupted (Ctrl-C); {_kept()}. Rerun the same command to '
+                 f'{"resume" if not _STATE["reads_only"] else "start again"}: {_command()}',
+                 status=130)
         except Exception as e:  # noqa: BLE001 - a bug or a library failure: keep its trace
-            _unexpected(e)
+            if not _disk_full(e):
+                _unexpected(e)
+            fail(f'the disk is full ({type(e).__name__} while writing); {_kept()}. Free some '
+                 f'space and rerun the same command to resume: {_command()}', status=1)
 
     app.run(main, flags_parser=_parse_flags)

@@ -16,6 +16,7 @@ from spnet_jax.core.errors import ConfigError
 from spnet_jax.workdir.export import ARTIFACT, PLATFORMS, export_all, export_subnet
 
 FLAGS = flags.FLAGS
+READS_ONLY = True  # never writes into the workdir it reads (entry keeps error.log out of it)
 
 
 def parse_subnet(text: str | None) -> int | float:

@@ -25,6 +25,7 @@ from spnet_jax.train.settings import Settings
 from spnet_jax.workdir.loading import load
 
 FLAGS = flags.FLAGS
+READS_ONLY = True  # never writes into the workdir it reads (entry keeps error.log out of it)
 
 
 def profile_config(config: Any) -> tuple[str, list[dict]]:
@@ -82,6 +83,10 @@ def table(title: str, rows: list[dict]) -> str:
 def main(argv) -> None:
     del argv  # entry.run refuses positional arguments
     config = entry.load_config()
+    if FLAGS.workdir and config is not None:
+        raise ConfigError('give either --config (its S-Net widths or base networks) or '
+                          '--workdir (a saved network), not both: a saved network is profiled '
+                          'as it was trained, whatever a config says.')
     if FLAGS.workdir:
         title, rows = profile_workdir(FLAGS.workdir)
     elif config is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 from collections.abc import Callable, Sequence
 
 from spnet_jax.core.channels import ChannelTable
@@ -91,8 +92,12 @@ class Structure:
 
     def subnet_index(self, subnet: int | float) -> int:
         """Maps a sub-network index, or a width label, to its index."""
-        if isinstance(subnet, bool):
+        if isinstance(subnet, bool) or str(getattr(subnet, 'dtype', '')) == 'bool':
             raise ConfigError(f'subnet must be an int index or a width, got {subnet!r}.')
+        try:  # Python, numpy and 0-d jax integers alike (e.g. from np.arange)
+            subnet = operator.index(subnet)
+        except TypeError:
+            pass
         if isinstance(subnet, int):
             if not -self.num_subnets <= subnet < self.num_subnets:
                 raise ConfigError(

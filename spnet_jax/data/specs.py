@@ -227,11 +227,18 @@ def parse_settings(config: Any) -> DataSettings:
     if randaugment_ops and spec.source == 'idx':
         raise ConfigError(f'data.randaugment_ops={randaugment_ops} needs a TFDS dataset (it '
                           f'runs in the tf.data pipeline); set it to 0 for {spec.name}.')
+    image_size = _int_field(config, 'image_size', spec.default_image_size, 1)
+    if preprocessing == 'small' and image_size < spec.default_image_size:
+        raise ConfigError(
+            f'data.image_size={image_size} is smaller than {spec.name}\'s '
+            f'{spec.default_image_size} px images, and the \'small\' preprocessing crops (it '
+            f'does not resize), so the network would see only the central {image_size} px; '
+            f'set data.image_size={spec.default_image_size} (or larger: zero-padded).')
     return DataSettings(
         spec=spec,
         data_dir=None if data_dir is None else os.fspath(data_dir),
         manual_dir=None if manual_dir is None else os.fspath(manual_dir),
-        image_size=_int_field(config, 'image_size', spec.default_image_size, 1),
+        image_size=image_size,
         preprocessing=preprocessing,
         crop_padding=_int_field(config, 'crop_padding', 4, 0),
         num_train_examples=_int_field(config, 'num_train_examples', None, 1),

@@ -11,7 +11,7 @@ sub-network) and the slimmable stage (every sub-network in one step). It
 3. runs one jitted, sharded step per batch (state donated), fetches metrics every
    ``log_every_steps`` and before every checkpoint, and stops on a non-finite loss;
 4. checkpoints every ``checkpoint_every_steps``, at the end, and on preemption (Orbax's
-   ``reached_preemption`` on multi-host jobs, SIGTERM on one process);
+   ``reached_preemption`` on multi-host jobs, SIGTERM or a first Ctrl-C on one process);
 5. writes ``done.json`` after the final checkpoint.
 
 With weight EMA (``ema_decay`` > 0) the checkpoints also hold the averaged network (item
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -90,17 +91,47 @@ def schedule_length(section: TrainingSettings, num_train: int) -> tuple[int, int
 
 
 @contextlib.contextmanager
-def _sigterm_flag():
-    """Yields a callable telling whether SIGTERM arrived (handled only in the main thread)."""
-    received = threading.Event()
+def _stop_flag():
+    """Yields a callable giving the signal that asked the run to stop ('SIGTERM', 'Ctrl-C')
+    or None (handled only in the main thread). A first Ctrl-C stops after the current step
+    with a checkpoint, as SIGTERM does; a second one stops at once (KeyboardInterrupt, which
+    `spnet_jax.cli.entry` reports in one sentence: the checkpoints already written stay)."""
+    received: dict[str, str] = {}
     if threading.current_thread() is not threading.main_thread():
-        yield received.is_set
+        yield lambda: received.get('signal')
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
+
+    def on_sigint(*_):
+        if 'signal' in received:
+            raise KeyboardInterrupt
+        received['signal'] = 'Ctrl-C'
+        logging.warning('Ctrl-C: stopping after the current step with a checkpoint (press '
+                        'Ctrl-C again to stop at once, keeping the checkpoints already '
+                        'written).')
+
+    previous = {signal.SIGTERM: signal.signal(
+                    signal.SIGTERM, lambda *_: received.setdefault('signal', 'SIGTERM')),
+                signal.SIGINT: signal.signal(signal.SIGINT, on_sigint)}
     try:
-        yield received.is_set
+        yield lambda: received.get('signal')
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _retry_advice(job: TrainJob, section: TrainingSettings) -> str:
+    """How to train the stage again with a lower learning rate: a workdir's recipe is fixed
+    once a stage starts, so in a fresh workdir that starts from this one's finished stages."""
+    workdir = os.path.dirname(os.path.abspath(job.directory))
+    finished = sorted(name for name in os.listdir(workdir)
+                      if checkpoint.is_done(os.path.join(workdir, name)))
+    key = 'base' if job.name.startswith('base') else 'slim'
+    copy = (f'copy the stages that finished into it first (cp -r '
+            f'{" ".join(os.path.join(workdir, n) for n in finished)} NEW_WORKDIR/) so they are '
+            'not trained again, and ' if finished else '')
+    return (f'To retry with a lower learning rate than {key}.lr={section.lr:g}: this '
+            f'workdir\'s recipe is fixed, so {copy}rerun with --workdir=NEW_WORKDIR '
+            f'--config.{key}.lr=<lower>; or check the data for bad values.')
 
 
 def abstract_state(job: TrainJob, tx, mesh: Mesh) -> state_lib.TrainState:
@@ -150,10 +181,10 @@ def train_network(job: TrainJob, config: Settings, mesh: Mesh) -> dict[str, Any]
     mngr = checkpoint.manager(job.directory, save_every_steps=config.checkpoint_every_steps,
                               max_to_keep=config.keep_checkpoints)
     writer = batches = None
-    # SIGTERM is noted from here on (restoring, compiling, prefetching), acted on after the
-    # next step.
+    # SIGTERM and a first Ctrl-C are noted from here on (restoring, compiling, prefetching),
+    # acted on after the next step.
     stack = contextlib.ExitStack()
-    sigterm = stack.enter_context(_sigterm_flag())
+    stop_signal = stack.enter_context(_stop_flag())
     try:
         start, restored = checkpoint.restore_latest(mngr, job.directory,
                                                     abstract.to_checkpoint(), job.name)
@@ -195,7 +226,7 @@ def train_network(job: TrainJob, config: Settings, mesh: Mesh) -> dict[str, Any]
                                                                            mesh))
             done = step + 1
             writer.add(done, step_metrics)
-            preempted = sigterm() or mngr.reached_preemption(done)
+            preempted = stop_signal() or mngr.reached_preemption(done)
             final = done == num_steps
             saving = final or preempted or mngr.should_save(done)
             if saving or done % config.log_every_steps == 0:
@@ -206,16 +237,18 @@ def train_network(job: TrainJob, config: Settings, mesh: Mesh) -> dict[str, Any]
                     kept = ('no checkpoint was written yet' if last is None else
                             f'the last good checkpoint is step {last} in {job.directory}')
                     raise metrics_lib.NonFiniteLossError(
-                        f'{e}; training stopped and {kept}. Lower the learning rate '
-                        f'({section.lr}) or check the data, then rerun to resume.',
+                        f'{e}; training stopped and {kept}. {_retry_advice(job, section)}',
                         e.step, e.subnet) from None
             if saving:
                 mngr.save(done, args=checkpoint.save_args(state.to_checkpoint()),
                           force=final or preempted)
             if preempted and not final:
                 mngr.wait_until_finished()
-                raise Preempted(f'[{job.name}] stopped at step {done} on request; the state '
-                                'is checkpointed, rerun the same command to resume.')
+                why = stop_signal() or 'a preemption notice'
+                raise Preempted(f'[{job.name}] stopped at step {done} of {num_steps} on '
+                                f'{why}; the state is checkpointed at that step in '
+                                f'{job.directory}, and rerunning the same command resumes '
+                                'from it.')
         mngr.wait_until_finished()
         result = {'step': num_steps, 'kind': 'training'}
         if job.evaluate_at_end:

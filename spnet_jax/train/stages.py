@@ -153,7 +153,7 @@ def eval_stage(config: Settings, workdir: str, shape, mesh, *,
         # What the run hands on is its final network: a damaged one is refused here too.
         checkpoint.load_network(checkpoint.final_network_dir(workdir))
         logging.info('[eval] finished earlier; skipping (report in %s).', report_path)
-        return checkpoint.read_json_file(report_path)
+        return checkpoint.read_json(report_path)
     publish_stage(config, workdir)  # a no-op unless the recipe drops a scaffold
     net_dir = checkpoint.final_network_dir(workdir)
     structure, variables, _ = checkpoint.load_network(net_dir)
@@ -193,7 +193,7 @@ def saved_settings(workdir: str, **overrides: Any) -> Settings:
     if not os.path.exists(path):
         raise ConfigError(f'{workdir} has no slimmable network with its config ({path}); give '
                           'the --workdir of a main.py run whose slim stage has finished.')
-    config = ml_collections.ConfigDict(checkpoint.read_json_file(path))
+    config = ml_collections.ConfigDict(checkpoint.read_json(path))
     for name, value in overrides.items():
         if value is None:
             continue
@@ -208,6 +208,12 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> list[dict[str, Any]]:
     writes its report; returns the report rows. ``overrides``: ``eval.*`` or ``data.*``
     fields (``baseline_workdir``, ``latency_batch``, ``batch_size``,
     ``bn_calibration_batches``, ``data_dir``, ...)."""
+    holder = lock.holder(workdir)
+    if holder is not None:  # refused before reading or writing anything of the run
+        raise ConfigError(f'{workdir} is still training (process {holder.get("pid")} on '
+                          f'{holder.get("host")}); evaluate it when that run has finished, or '
+                          "read its latest checkpoint meanwhile with spnet_jax.load('<workdir>"
+                          "/<stage>/checkpoints/<step>').")
     config = saved_settings(workdir, **overrides)
     validate.check_workdir(config, workdir)
     logging.info('Evaluating %s on %d devices.', workdir, jax.device_count())

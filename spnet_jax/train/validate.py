@@ -90,7 +90,7 @@ def check_same_recipe(config: Settings, directory: str, stage: str) -> None:
     path = os.path.join(directory, checkpoint.CONFIG)
     if not os.path.exists(path):
         return
-    saved, now = _flat(checkpoint.read_json_file(path)), _flat(config.to_json())
+    saved, now = _flat(checkpoint.read_json(path)), _flat(config.to_json())
     for field in sorted(now):
         if field in NOT_RECIPE or f'{field}@{stage}' in NOT_RECIPE or field not in saved:
             continue  # not part of this stage's recipe, or a field added since that run

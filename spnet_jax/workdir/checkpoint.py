@@ -83,21 +83,22 @@ def write_json(path: str, obj: Any) -> None:
         return
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as fh:
-        json.dump(obj, fh, indent=1)
-        fh.write('\n')
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as fh:
+            json.dump(obj, fh, indent=1)
+            fh.write('\n')
+        os.replace(tmp, path)
+    finally:  # a failed write (a full disk) leaves no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_json(path: str) -> Any:
-    with open(path) as fh:
-        return json.load(fh)
-
-
-def read_json_file(path: str) -> Any:
-    """A run's JSON file, or one `ConfigError` sentence naming it if it is damaged."""
+    """A run's JSON file, or one `ConfigError` sentence naming it if it is damaged (empty,
+    truncated, not JSON) or cannot be read."""
     try:
-        return read_json(path)
+        with open(path) as fh:
+            return json.load(fh)
     except (OSError, ValueError) as e:
         raise ConfigError(f'{path} cannot be read ({type(e).__name__}: {e}); restore it from a '
                           'copy or rerun the stage that wrote it.') from None
@@ -164,17 +165,38 @@ def load_architecture(directory: str) -> Architecture | None:
     path = os.path.join(directory, ARCHITECTURE)
     if not os.path.exists(path):
         return None
-    return arch_from_spec(read_json_file(path), path)
+    return arch_from_spec(read_json(path), path)
 
 
-def manager(directory: str, *, save_every_steps: int = 1, max_to_keep: int | None = 2,
-            create: bool = True) -> ocp.CheckpointManager:
-    """The stage's Orbax `CheckpointManager` (``<directory>/checkpoints``)."""
+def manager(directory: str, *, save_every_steps: int = 1, max_to_keep: int | None = 2
+            ) -> ocp.CheckpointManager:
+    """The writer's Orbax `CheckpointManager` of a stage (``<directory>/checkpoints``): only
+    the process that holds the workdir's lock makes one (it removes temporary folders)."""
     # A save that a crash interrupted leaves only a temporary folder, never a step folder;
     # it is removed on the next start.
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_every_steps, max_to_keep=max_to_keep, create=create,
+        save_interval_steps=save_every_steps, max_to_keep=max_to_keep, create=True,
         cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(directory, CHECKPOINTS)),
+                                 options=options)
+
+
+def _not_read_only_notice(record) -> bool:
+    """Orbax warns 'Given directory is read only' on every read-only manager: that is what
+    `reader` asks for, not a problem worth a line on a user's terminal."""
+    return not str(record.msg).startswith('Given directory is read only')
+
+
+logging.get_absl_logger().addFilter(_not_read_only_notice)
+
+
+def reader(directory: str) -> ocp.CheckpointManager:
+    """A read-only `CheckpointManager` of a stage: it never creates, deletes or renames
+    anything, so it can read a workdir while another process trains in it (a writer's
+    in-progress save is a temporary folder, which only the writer may clean up)."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                           save_interval_steps=0,
+                                           cleanup_tmp_directories=False)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(directory, CHECKPOINTS)),
                                  options=options)
 
@@ -321,18 +343,26 @@ def load_network(directory: str, step: int | None = None, *, ema: bool = True
     structure = Structure.load(os.path.join(directory, STRUCTURE))
     if not os.path.isdir(os.path.join(directory, CHECKPOINTS)):
         raise ConfigError(f'{directory} has no checkpoints; run the stage that makes it first.')
-    mngr = manager(directory, max_to_keep=None, create=False)
+    mngr = reader(directory)
     try:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise ConfigError(f'{directory} has no checkpoint; run the stage that makes it first.')
+        if not os.path.isdir(step_dir(directory, step)):
+            raise _vanished(directory, step)
         # Restore onto this process's devices, not the saved topology's.
         if jax.process_count() > 1:
             target = sharding.replicated(sharding.make_mesh())
         else:
             target = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         item = EMA_ITEM if ema and _has_ema(directory, step) else 'variables'
-        saved = _saved_arrays(directory, step, item)
+        try:
+            saved = _saved_arrays(directory, step, item)
+        except Exception as e:  # noqa: BLE001 - Orbax raises what its JSON parser raises
+            if not os.path.isdir(step_dir(directory, step)):
+                raise _vanished(directory, step) from None
+            raise _damaged(directory, step, f'its {item} metadata does not read '
+                           f'({type(e).__name__})') from None
         wide = [path for path, m in saved.items() if np.dtype(m.dtype).itemsize == 8]
         if wide and not jax.config.jax_enable_x64:
             raise ConfigError(
@@ -343,10 +373,9 @@ def load_network(directory: str, step: int | None = None, *, ema: bool = True
             abstract = {item: _abstract_from_metadata(saved, target)}
             restored = integrity.restore_checked(mngr, step, abstract)
         except integrity.Damaged as e:
-            raise ConfigError(
-                f'the checkpoint at step {step} in {directory} is damaged ({e}); restore the '
-                'folder from a copy, or delete it and its done.json to train that stage again.'
-            ) from None
+            if not os.path.isdir(step_dir(directory, step)):
+                raise _vanished(directory, step) from None
+            raise _damaged(directory, step, str(e)) from None
     finally:
         mngr.close()
     variables = dict(restored[item])
@@ -357,6 +386,21 @@ def load_network(directory: str, step: int | None = None, *, ema: bool = True
     if os.path.exists(config_path):
         config = ml_collections.ConfigDict(read_json(config_path))
     return structure, variables, config
+
+
+def _damaged(directory: str, step: int, what: str) -> ConfigError:
+    return ConfigError(
+        f'the checkpoint at step {step} in {directory} is damaged ({what}); restore the folder '
+        'from a copy, or delete it and its done.json to train that stage again.')
+
+
+def _vanished(directory: str, step: int) -> ConfigError:
+    """A checkpoint removed while it was read: the run writing it is still training (it keeps
+    only its last ``keep_checkpoints``)."""
+    return ConfigError(
+        f'the checkpoint at step {step} in {directory} was removed while it was read: the run '
+        'is still training and keeps only its latest checkpoints; load the stage again (its '
+        'newest checkpoint) or wait until the run has finished.')
 
 
 def _abstract_from_metadata(saved: dict[str, Any], target) -> dict[str, Any]:

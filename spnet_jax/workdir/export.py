@@ -25,10 +25,12 @@ The output folder then holds:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,8 +124,9 @@ def export_subnet(net_or_path: SlimmableNetwork | str | os.PathLike, subnet: int
     net = _as_network(net_or_path)
     k = net.structure.subnet_index(subnet)
     out_dir = os.fspath(out_dir)
-    _prepare_out_dir(out_dir, overwrite, _source(net_or_path))
-    return _write(net, k, out_dir, image_size, platforms, _source(net_or_path))
+    _check_out_dir(out_dir, overwrite, _source(net_or_path))
+    with _staged(out_dir) as staging:
+        return _write(net, k, staging, image_size, platforms, _source(net_or_path))
 
 
 def export_all(net_or_path: SlimmableNetwork | str | os.PathLike, out_dir: str | os.PathLike,
@@ -133,10 +136,11 @@ def export_all(net_or_path: SlimmableNetwork | str | os.PathLike, out_dir: str |
     _check_options(image_size, platforms)
     net = _as_network(net_or_path)
     out_dir = os.fspath(out_dir)
-    _prepare_out_dir(out_dir, overwrite, _source(net_or_path))
-    return [_write(net, k, os.path.join(out_dir, f'subnet_{k}'), image_size, platforms,
-                   _source(net_or_path))
-            for k in range(net.structure.num_subnets)]
+    _check_out_dir(out_dir, overwrite, _source(net_or_path))
+    with _staged(out_dir) as staging:
+        return [_write(net, k, os.path.join(staging, f'subnet_{k}'), image_size, platforms,
+                       _source(net_or_path))
+                for k in range(net.structure.num_subnets)]
 
 
 def _write(net: SlimmableNetwork, k: int, out_dir: str, image_size: int | None,
@@ -149,7 +153,6 @@ def _write(net: SlimmableNetwork, k: int, out_dir: str, image_size: int | None,
     exported = export_forward(net.arch, structure, variables, (size, size, in_channels),
                               platforms, normalization)
     (cost,) = subnet_costs(net.arch, structure, size, in_channels)
-    os.makedirs(out_dir, exist_ok=True)
     checkpoint.save_network(out_dir, structure, variables, net.config, arch=net.arch)
     _write_atomic(os.path.join(out_dir, ARTIFACT), bytes(exported.serialize()))
     S = net.structure
@@ -202,9 +205,10 @@ def _source(net_or_path) -> str | None:
     return None if isinstance(net_or_path, SlimmableNetwork) else os.path.abspath(net_or_path)
 
 
-def _prepare_out_dir(out_dir: str, overwrite: bool, source: str | None) -> None:
+def _check_out_dir(out_dir: str, overwrite: bool, source: str | None) -> None:
     """Refuses a non-empty ``out_dir`` (unless ``overwrite`` and it holds only export
-    outputs, which are then removed) and one that would hold the network being exported."""
+    outputs, which `_staged` replaces) and one that would hold the network being exported;
+    before any work."""
     out = os.path.realpath(out_dir)
     if source is not None:
         src = os.path.realpath(source)
@@ -226,12 +230,26 @@ def _prepare_out_dir(out_dir: str, overwrite: bool, source: str | None) -> None:
     if INFO not in entries and not all(_SUBNET_DIR.match(e) for e in entries):
         raise ConfigError(f'--out={out_dir} holds a network that is not an export (no {INFO}); '
                           '--overwrite only replaces an earlier export, so choose another folder.')
-    for e in entries:
-        path = os.path.join(out_dir, e)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+
+
+@contextlib.contextmanager
+def _staged(out_dir: str):
+    """Yields a hidden folder beside ``out_dir`` to write the export into; when the block
+    succeeds, it replaces ``out_dir`` (an earlier export there, checked by `_check_out_dir`,
+    is removed only then). When it fails (a full disk, a conversion error, Ctrl-C) the
+    staging folder is removed and ``out_dir`` is as it was: nothing half-written is left."""
+    out = os.path.abspath(out_dir)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.partial-', dir=parent)
+    try:
+        yield staging
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_atomic(path: str, data: bytes) -> None:

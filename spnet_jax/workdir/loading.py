@@ -28,7 +28,7 @@ from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.data import DATASETS
 from spnet_jax.models import get_arch
-from spnet_jax.workdir import checkpoint, convert_torch
+from spnet_jax.workdir import checkpoint, convert_torch, lock
 from spnet_jax.workdir.checkpoint import CHECKPOINTS, REPORT, STRUCTURE
 
 # Stage folders of a workdir that hold a slimmable network, most finished first:
@@ -98,9 +98,14 @@ def resolve(path: str) -> tuple[str, int | None]:
         folder = os.path.join(path, stage)
         if not _is_stage(folder):
             continue
-        if _done_step(folder) is not None:
-            return folder, None
-        raise _not_finished(folder, f'training in {path}')
+        if _done_step(folder) is None:
+            raise _not_finished(folder, f'training in {path}')
+        if stage == 'pruned' and _fine_tuning_planned(folder):
+            raise ConfigError(
+                f'training in {path} has not finished: its pruned network is not fine-tuned yet '
+                '(no finished slim/ stage); rerun the same main.py command to fine-tune it, or '
+                f"load the un-fine-tuned network on purpose with spnet_jax.load('{folder}').")
+        return folder, None
     bases = sorted(n for n in os.listdir(path)
                    if n.startswith('base_') and _is_stage(os.path.join(path, n)))
     if bases:
@@ -108,8 +113,22 @@ def resolve(path: str) -> tuple[str, int | None]:
             f'training in {path} has not finished: it has base networks ({", ".join(bases)}) '
             'but no pruned or slimmable network yet; rerun main.py to finish it, or load a '
             f"base with spnet_jax.load('{os.path.join(path, bases[-1])}').")
+    holder = lock.holder(path)
+    if holder is not None:
+        raise ConfigError(f'training in {path} has not finished: process {holder.get("pid")} '
+                          f'on {holder.get("host")} is still training it and has written no '
+                          'network yet; load it when a stage has finished.')
     raise ConfigError(f'{path} holds no spnet_jax network (no {STRUCTURE} in it or in its '
                       f'{"/".join(STAGES)} folders); give a workdir written by main.py or prune.')
+
+
+def _fine_tuning_planned(pruned: str) -> bool:
+    """Whether the run that wrote ``pruned/`` meant to fine-tune it (main.py with a slim
+    stage), unlike ``python -m spnet_jax.prune``, whose network is the pruned one."""
+    path = os.path.join(pruned, checkpoint.CONFIG)
+    stages = checkpoint.read_json(path).get('stages', '') if os.path.exists(path) else ''
+    names = stages.split(',') if isinstance(stages, str) else list(stages)
+    return 'slim' in [str(n).strip() for n in names]
 
 
 def recorded_accuracy(folder: str, step: int) -> dict[int, dict[str, Any]]:
@@ -142,7 +161,10 @@ class SlimmableNetwork:
         self.image_size = image_size
         self.path, self.step = path, step
         self.model = arch.module(structure)
-        devices = jax.local_devices() if devices is None else devices
+        devices = jax.local_devices() if devices is None else list(devices)
+        if not devices:
+            raise ConfigError('devices=[] is empty; give at least one device (e.g. '
+                              'devices=jax.local_devices()[:1]), or leave it out to use all.')
         self.mesh = sharding.make_mesh(devices)
         self._replicated = sharding.replicated(self.mesh)
         self._batch_sharded = sharding.batch_sharded(self.mesh)
@@ -190,6 +212,16 @@ class SlimmableNetwork:
 
     def _checked_images(self, images, normalized: bool):
         """``images`` as the model's float input, or one sentence saying what is wrong."""
+        if not hasattr(images, 'shape') or not hasattr(images, 'dtype'):
+            try:  # nested lists of pixels, a PIL image's array interface, ...
+                images = np.asarray(images)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f'images must be an array [batch, height, width, channels] '
+                                  f'(numpy or jax), got {type(images).__name__} that does not '
+                                  f'convert to one ({str(e).splitlines()[0]}).') from None
+            if images.dtype.kind in 'iu' and images.size and 0 <= images.min() <= images.max(
+                    ) <= 255:  # Python ints that are pixels: the dataset's uint8
+                images = images.astype(np.uint8)
         shape = tuple(images.shape)
         want = self.input_spec['shape']
         if len(shape) != 4:
@@ -211,7 +243,12 @@ class SlimmableNetwork:
                 raise ConfigError(f'images are {dtype} but normalized=True says they are '
                                   'already normalised floats; give the uint8 pixels without '
                                   'normalized=True.')
-            return xp.asarray(images, xp.float32)
+            images = xp.asarray(images, xp.float32)
+            bad = int(xp.size(images) - xp.sum(xp.isfinite(images)))
+            if bad:
+                raise ConfigError(f'images hold {bad} NaN or infinite values; the logits of '
+                                  'such an input mean nothing: fix or drop those images.')
+            return images
         if dtype != np.uint8:
             raise ConfigError(
                 f'images are {dtype}; give uint8 pixels (0-255) as the dataset stores them, '

@@ -70,6 +70,18 @@ def workdir_lock(workdir: str):
             pass
 
 
+def holder(workdir: str) -> dict | None:
+    """``{'host', 'pid', 'since'}`` of the process writing ``workdir`` now, or None (no lock, an
+    unreadable one, or one left by a process of this host that no longer runs)."""
+    try:
+        info = _read(os.path.join(workdir, LOCK))
+    except (OSError, ValueError):
+        return None
+    if info.get('host') == socket.gethostname() and not _alive(int(info.get('pid', -1))):
+        return None
+    return info
+
+
 def _read(path: str) -> dict:
     with open(path) as fh:
         return json.load(fh)
