@@ -153,3 +153,14 @@ def test_prune_and_import_refuse_a_damaged_base_before_writing(tmp_path):
         assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
         assert lines[0].startswith(expected), lines[0]
         assert not out.exists()
+
+
+def test_a_pt_file_without_torch_says_so_naming_it(tmp_path, monkeypatch):
+    path = tmp_path / 'base.pt'
+    path.write_bytes(b'PK\x03\x04 not read without torch')
+    monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails as if absent
+    with pytest.raises(ConfigError) as refused:
+        release_import.read_checkpoint(str(path))
+    assert _one_sentence(str(refused.value)) == (
+        f'--checkpoint={path} is a PyTorch file, and reading it needs PyTorch: pip install '
+        'torch (only this import uses it), or give an .npz of its state dict.')
