@@ -9,6 +9,11 @@
 Variants (comma-separated): ``release`` runs at 224 px through the ImageNet stem as the
 release does (the default is 32 px with the small stem); ``snet`` is the release's S-Net
 (``s_resnet_cifar10.yml``: x0.5 / 0.75 / 1.0 from scratch).
+
+The data is TFDS's ``cifar10``: downloaded (170 MB) and prepared into ``data.data_dir``
+(TFDS's default, ``~/tensorflow_datasets``, when unset) before the first stage writes
+anything. On a machine without network, prepare it elsewhere (``tfds build cifar10
+--data_dir=DIR``), copy DIR over and pass ``--config.data.data_dir=DIR``.
 """
 
 from configs import default, resnet50

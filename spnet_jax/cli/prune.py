@@ -21,10 +21,11 @@ from ml_collections import config_flags
 from spnet_jax.cli import entry
 from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
+from spnet_jax.train.release_import import read_base
 from spnet_jax.train.settings import Settings
 from spnet_jax.train.stages import prune_bases
 from spnet_jax.workdir import checkpoint, lock
-from spnet_jax.workdir.loading import load_base, parse_bases
+from spnet_jax.workdir.loading import parse_bases
 
 FLAGS = flags.FLAGS
 
@@ -62,7 +63,7 @@ def main(argv) -> None:
     settings = settings_for(config, 'prune')
     bases = parse_bases(FLAGS.bases, settings.base.widths)
     arch = settings.arch
-    variables = [load_base(path, arch, w) for w, path in bases]
+    variables = [read_base(path, arch, w) for w, path in bases]
     image_size, in_channels = settings.data.image_size, arch.input_channels(
         variables[-1]['params'])
     structure, pruned, info = prune_bases(settings, variables, image_size, in_channels)

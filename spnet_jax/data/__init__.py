@@ -19,6 +19,7 @@ from spnet_jax.data.specs import DATASETS, DatasetSpec, DataSettings, parse_sett
 _LAZY = {
     'Batch': 'spnet_jax.data.batches', 'DatasetInfo': 'spnet_jax.data.batches',
     'dataset_info': 'spnet_jax.data.batches', 'eval_batches': 'spnet_jax.data.batches',
+    'prepare': 'spnet_jax.data.batches',
     'train_batches': 'spnet_jax.data.batches', 'validate_config': 'spnet_jax.data.batches',
 }
 
@@ -30,5 +31,5 @@ def __getattr__(name):
 
 
 __all__ = ['DATASETS', 'Batch', 'DataSettings', 'DatasetInfo', 'DatasetSpec', 'Prefetcher',
-           'dataset_info', 'eval_batches', 'parse_settings', 'prefetch', 'train_batches',
-           'validate_config']
+           'dataset_info', 'eval_batches', 'parse_settings', 'prefetch', 'prepare',
+           'train_batches', 'validate_config']

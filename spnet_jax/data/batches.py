@@ -74,6 +74,18 @@ def validate_config(data_config: Any) -> DataSettings:
     return settings
 
 
+def prepare(data_config: Any) -> DataSettings:
+    """A TFDS dataset not yet in `data.data_dir` downloaded and prepared there, so training
+    and evaluation only read it (Fashion-MNIST's files need no preparation; `validate_config`
+    reads them). Run before anything is written (`spnet_jax.train.stages`): a dataset that
+    cannot be prepared is one `ConfigError` sentence naming what failed (a missing Python
+    module, the download, the preparation)."""
+    settings = parse_settings(data_config)
+    if settings.spec.source != 'idx':
+        tfds_input.prepare_dataset(settings)
+    return settings
+
+
 def _limited(size: int, limit: int | None) -> int:
     return size if limit is None else min(size, limit)
 

@@ -22,16 +22,20 @@ What is guaranteed (and what is not), for a fixed dataset version and process co
 Not guaranteed: identical streams across TFDS dataset versions, different ``P``, or
 TensorFlow versions (whose image kernels may change).
 
-Preparation: a dataset that is not yet in `data_dir` is downloaded and prepared on first
-use (ImageNet from the two tar files in `manual_dir`). With several processes on a shared
-`data_dir`, prepare it once beforehand (e.g. ``tfds build imagenet2012 --manual_dir=...``).
+Preparation: a dataset that is not yet in `data_dir` is downloaded and prepared by
+`prepare_dataset`, which a run calls before any stage writes (ImageNet from the two tar files
+in `manual_dir`); a failure is one sentence naming what failed. With several processes on a
+shared `data_dir`, prepare it once beforehand (e.g. ``tfds build imagenet2012
+--manual_dir=...``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
+import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -60,7 +64,8 @@ def check_source(settings: DataSettings) -> None:
     """Raises `ConfigError` if the dataset is neither prepared nor preparable from the config.
 
     Only ImageNet can be checked ahead: it needs its tar files in `data.manual_dir`. CIFAR is
-    downloaded by TFDS when missing. Also checks that the example limits fit the splits.
+    downloaded when missing (`prepare_dataset`, which reports what failed). Also checks that
+    the example limits fit the splits.
     """
     sliced_split(settings.train_split, settings.num_train_examples, 'train_split')
     sliced_split(settings.eval_split, settings.num_eval_examples, 'eval_split')
@@ -81,20 +86,50 @@ def check_source(settings: DataSettings) -> None:
         )
 
 
-def _prepared_builder(settings: DataSettings) -> tfds.core.DatasetBuilder:
+def prepare_dataset(settings: DataSettings) -> tfds.core.DatasetBuilder:
+    """The dataset's builder, downloaded and prepared into `data_dir` first if it is not.
+
+    `spnet_jax.train.stages` calls this before any stage writes, so a dataset that cannot be
+    prepared is refused with a workdir as it was. Each failure is named as what it is: a
+    Python module TFDS needs that is not installed, a download that failed (network), or
+    the preparation itself; a full disk is left to the command's disk-full sentence.
+    """
     check_source(settings)
     builder = _builder(settings)
-    if not builder.is_prepared():
-        config = tfds.download.DownloadConfig(manual_dir=settings.manual_dir)
-        try:
-            builder.download_and_prepare(download_config=config)
-        except Exception as error:  # network, disk or archive trouble, reported as config
-            raise ConfigError(
-                f'could not download and prepare {settings.name} into data.data_dir '
-                f'{settings.data_dir!r} ({error}); prepare it there with `tfds build` or point '
-                'data.data_dir at a prepared copy.'
-            ) from error
+    if builder.is_prepared():
+        return builder
+    name, where = settings.name, f'data.data_dir {settings.data_dir!r}'
+    elsewhere = (f'or prepare it where that works (`tfds build {name} --data_dir=DIR`) and '
+                 'set data.data_dir to DIR')
+    config = tfds.download.DownloadConfig(manual_dir=settings.manual_dir)
+    try:
+        builder.download_and_prepare(download_config=config)
+    except ImportError as error:  # TFDS imports some of its modules only while preparing
+        raise ConfigError(
+            f'preparing {name} needs the Python module {error.name!r}, which is not installed '
+            f'({_first_line(error)}); install the pinned requirements (pip install -r '
+            f'requirements.txt), {elsewhere}.') from error
+    except requests.RequestException as error:
+        raise ConfigError(
+            f'could not download {name} ({_first_line(error)}); check this machine\'s '
+            f'network connection, {elsewhere}.') from error
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise  # the command's one sentence for a full disk
+        raise ConfigError(
+            f'could not prepare {name} in {where} ({_first_line(error)}); check that the '
+            f'folder is writable and has space, {elsewhere}.') from error
+    except Exception as error:  # noqa: BLE001 - an archive or a builder that fails
+        raise ConfigError(
+            f'could not prepare {name} in {where} ({_first_line(error)}); delete its partial '
+            f'files there ({name}/, downloads/) and rerun, {elsewhere}.') from error
     return builder
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: first line of the message``, for a parenthesis in one sentence."""
+    first = (str(error).strip().splitlines() or [''])[0][:300]
+    return f'{type(error).__name__}: {first}' if first else type(error).__name__
 
 
 def sliced_split(split: str, num_examples: int | None, field: str) -> str:
@@ -182,7 +217,7 @@ def train_dataset(
     Elements: ``{'image': float32 (L, S, S, 3), 'label': int32 (L,)}``.
     """
     _keep_tf_off_accelerators()
-    builder = _prepared_builder(settings)
+    builder = prepare_dataset(settings)
     split = sliced_split(settings.train_split, settings.num_train_examples, 'train_split')
     if process_count > 1:
         split = tfds.even_splits(split, process_count, drop_remainder=True)[process_index]
@@ -252,7 +287,7 @@ def eval_dataset(
     padding rows holding a zero image, label 0 and mask False.
     """
     _keep_tf_off_accelerators()
-    builder = _prepared_builder(settings)
+    builder = prepare_dataset(settings)
     split = sliced_split(settings.eval_split, settings.num_eval_examples, 'eval_split')
     total = _count(_read(builder, split, settings))
     if process_count > 1:

@@ -27,11 +27,11 @@ import jax.numpy as jnp
 
 from spnet_jax.core import layers
 from spnet_jax.core.errors import ConfigError
+from spnet_jax.pruning import check_base_variables
 from spnet_jax.pruning.subnets import keep_first, keep_first_structure
 from spnet_jax.train.settings import Settings
 from spnet_jax.train.stages import prune_bases
 from spnet_jax.workdir import checkpoint, convert_torch, lock
-from spnet_jax.workdir.loading import load_base
 from spnet_jax.workdir.loading import parse_bases as parse_base_paths
 
 SLIM, PUBLISHED = 'slim', checkpoint.PUBLISHED
@@ -65,20 +65,57 @@ def read_checkpoint(path: str | None) -> dict:
     if os.path.isdir(path):
         raise ConfigError(f'--checkpoint={path} is a folder; give the release\'s checkpoint '
                           'file (.pt/.pth, or .npz of its state dict).')
-    try:
-        state = convert_torch.read_state_dict(path)
-    except ConfigError as e:  # name the flag the file came from
-        msg = str(e)
-        raise ConfigError(f'--checkpoint={msg}' if msg.startswith(path) else msg) from None
-    except Exception as e:  # noqa: BLE001 - zip, pickle and torch errors alike
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ConfigError(f'--checkpoint={path} could not be read ({first}); give the '
-                          'release\'s torch.save file or an .npz of its state dict.') from None
+    state = convert_torch.read_state_dict(path, name=f'--checkpoint={path}')
     state = {k: v for k, v in state.items() if not k.endswith('.num_batches_tracked')}
     if not state:
         raise ConfigError(f'--checkpoint={path} holds no weights; give the release\'s '
                           'checkpoint of the trained network.')
     return state
+
+
+# What a base path may be, for the sentences that refuse another.
+BASE_PATH = (f'{convert_torch.RELEASE_FILE}, or a finished Orbax stage folder of main.py '
+             '(<workdir>/base_<w>)')
+
+
+def read_base(path: str, arch, width: float) -> dict[str, Any]:
+    """A base network's ``{'params', 'batch_stats'}`` (``arch`` at ``width``), as the prune
+    and import commands read ``--bases``: from a finished stage folder of `main.py`
+    (``<workdir>/base_<w>``) or a release checkpoint file (``.pt``/``.pth``, or ``.npz`` of
+    the same keys). Anything else (a missing path, another folder, a stage that has not
+    finished, an empty, damaged or foreign file, another network) is one `ConfigError`
+    sentence naming the path, before anything is written."""
+    name = f'--bases: base checkpoint {path} (width {width})'
+    if not os.path.exists(path):
+        raise ConfigError(f'{name} does not exist.')
+    if os.path.isdir(path):
+        variables = _read_base_folder(path, name, width)
+    else:
+        state = convert_torch.read_state_dict(path, name=name, expected=BASE_PATH)
+        try:
+            variables = convert_torch.convert(state, arch.at_width(width))
+        except ConfigError as e:  # a key of another network: name the file it came from
+            detail = str(e).split(';')[0].rstrip('.?')
+            raise ConfigError(f'{name} is not a {arch.name} network ({detail}); check the '
+                              'path and model.name.') from None
+    check_base_variables(arch, variables, width, name)
+    return variables
+
+
+def _read_base_folder(path: str, name: str, width: float) -> dict[str, Any]:
+    if not os.path.exists(os.path.join(path, checkpoint.STRUCTURE)):
+        inside = checkpoint.base_dir(path, width)
+        if os.path.exists(os.path.join(inside, checkpoint.STRUCTURE)):
+            raise ConfigError(f'{name} is a workdir, not a stage folder; give its base '
+                              f'network\'s folder, {inside}.')
+        raise ConfigError(f'{name} is a folder but no stage folder of main.py (it has no '
+                          f'{checkpoint.STRUCTURE}); give {BASE_PATH}.')
+    if not checkpoint.is_done(path):
+        raise ConfigError(f'{name} is a stage whose training has not finished (it has no '
+                          f'{checkpoint.DONE}); rerun the main.py command that trains it, or '
+                          'give a finished one.')
+    _, variables, _ = checkpoint.load_network(path)
+    return {k: variables[k] for k in ('params', layers.BATCH_STATS) if k in variables}
 
 
 def parse_bases(config: Settings, text: str | None) -> list[tuple[float, str]]:
@@ -102,7 +139,7 @@ def candidates(config: Settings, arch, bases: list[tuple[float, str]]) -> tuple[
     first, with the stage folder each goes to, and the ZPM masks (SP-Net) of the first."""
     if config.method == 'snet':
         return [(arch.snet_structure(config.slim.widths), SLIM)], {}
-    variables = [load_base(path, arch, w) for w, path in bases]
+    variables = [read_base(path, arch, w) for w, path in bases]
     structure, pruned, _ = prune_bases(config, variables, config.data.image_size,
                                        arch.input_channels(variables[-1]['params']))
     out = [(structure, SLIM)]

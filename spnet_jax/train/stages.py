@@ -216,6 +216,7 @@ def evaluate_workdir(workdir: str, **overrides: Any) -> list[dict[str, Any]]:
                           "/<stage>/checkpoints/<step>').")
     config = saved_settings(workdir, **overrides)
     validate.check_workdir(config, workdir)
+    data_lib.prepare(config.data)  # a dataset that cannot be prepared: refused, eval/ unwritten
     logging.info('Evaluating %s on %d devices.', workdir, jax.device_count())
     with lock.workdir_lock(workdir):
         return eval_stage(config, workdir, input_shape(config), sharding.make_mesh(),
@@ -231,6 +232,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     """
     config = validate.check_config(config)
     validate.check_workdir(config, workdir)
+    # Downloads and prepares a TFDS dataset that is not yet in data.data_dir: one that cannot
+    # be prepared is refused before any stage folder is written.
+    data_lib.prepare(config.data)
     with lock.workdir_lock(workdir):
         return _run_stages(config, workdir)
 

@@ -24,7 +24,9 @@ checkpoint of a given network has.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 
 import numpy as np
 from flax import traverse_util
@@ -33,34 +35,92 @@ from spnet_jax.core import layers
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import mobilenet_v1, mobilenet_v2, resnet, vgg
 
+# What a release checkpoint file holds, for the sentences that refuse another file.
+RELEASE_FILE = ("the release's torch.save({'model': state_dict}) file (.pt/.pth) or an .npz "
+                'of the same keys')
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """A release checkpoint (``.pt``/``.pth``, or ``.npz`` of the same keys) as numpy arrays."""
-    if path.endswith('.npz'):
-        try:
-            with np.load(path) as f:
-                return {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError) as e:  # not a zip of arrays (a text file, ...)
-            raise ConfigError(f'{path} is not a readable .npz of a state dict ({e}); give the '
-                              "release's checkpoint (.pt) or an .npz of its arrays.") from None
+
+def read_state_dict(path: str, *, name: str | None = None,
+                    expected: str = RELEASE_FILE) -> dict[str, np.ndarray]:
+    """A release checkpoint (``.pt``/``.pth``, or ``.npz`` of the same keys) as numpy arrays.
+
+    A file that is empty, damaged, or holds something else than a state dict (a list, a
+    tensor, a whole ``nn.Module``, a dict without a ``'model'`` entry) is refused with one
+    `ConfigError` sentence: ``name`` (default: the path), what is wrong, and ``expected``,
+    what the file should hold. ``torch`` is imported only for a ``.pt`` file.
+    """
+    name = name or path
+
+    def refused(problem: str) -> ConfigError:
+        return ConfigError(f'{name} {problem}; give {expected}.')
+
+    if os.path.isdir(path):
+        raise refused('is a folder')
+    if os.path.getsize(path) == 0:
+        raise refused('is empty (0 bytes)')
+    state = _read_npz(path, refused) if path.endswith('.npz') else _read_torch(path, name,
+                                                                               refused)
+    if not state:
+        raise refused('holds no weights')
+    return state
+
+
+def _failure(e: BaseException) -> str:
+    """An exception as a short parenthesis: its type and the first sentence of its message."""
+    first = (str(e).strip().splitlines() or [''])[0].split('. ')[0][:160].rstrip('.')
+    return f'{type(e).__name__}: {first}' if first else type(e).__name__
+
+
+def _read_npz(path: str, refused) -> dict[str, np.ndarray]:
+    try:
+        f = np.load(path)
+    except Exception as e:  # noqa: BLE001 - zip, pickle and format errors alike
+        raise refused(f'is not a readable .npz of a state dict ({_failure(e)})') from None
+    if not isinstance(f, np.lib.npyio.NpzFile):  # a lone .npy array under an .npz name
+        raise refused(f'is not an .npz of a state dict: it holds one array of shape '
+                      f'{np.shape(f)}, not named arrays')
+    with f:
+        try:  # members are read here: a truncated or altered archive fails now
+            return {k: f[k] for k in f.files}
+        except Exception as e:  # noqa: BLE001 - zip, zlib and format errors alike
+            raise refused(f'is not a readable .npz of a state dict ({_failure(e)})') from None
+
+
+def _describe(value) -> str:
+    if hasattr(value, 'shape') and hasattr(value, 'dtype'):
+        return f'a tensor of shape {tuple(value.shape)}'
+    if isinstance(value, (list, tuple)):
+        return f'a {type(value).__name__} of {len(value)} item(s)'
+    return f'a {type(value).__module__}.{type(value).__name__}'
+
+
+def _read_torch(path: str, name: str, refused) -> dict[str, np.ndarray]:
     try:
         import torch
-    except ImportError as e:
-        raise ConfigError(f'reading {path} needs PyTorch: pip install torch (only this import '
-                          'uses it).') from e
+    except ImportError:
+        raise ConfigError(f'{name} is a PyTorch file, and reading it needs PyTorch: pip install '
+                          'torch (only this import uses it), or give an .npz of its state '
+                          'dict.') from None
     try:
         obj = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors alike
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ConfigError(f'{path} is not a readable PyTorch checkpoint ({first}); give the '
-                          "release's torch.save file.") from None
-    state = obj.get('model', obj.get('state_dict', obj)) if isinstance(obj, dict) else obj
-    out = {}
-    for k, v in state.items():
-        k = k.removeprefix('module.')
-        if hasattr(v, 'detach'):
-            out[k] = v.detach().cpu().numpy()
-    return out
+        raise refused(f'is not a readable PyTorch checkpoint ({_failure(e)})') from None
+    state, where = obj, ''
+    if isinstance(obj, Mapping):
+        entry = next((k for k in ('model', 'state_dict') if k in obj), None)
+        if entry is not None:
+            state, where = obj[entry], f"a dict whose '{entry}' entry is "
+        elif not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            keys = sorted(map(str, obj))
+            raise refused(f"holds a dict without a 'model' entry (its keys: {keys[:6]}"
+                          f'{", ..." if len(keys) > 6 else ""})')
+    if isinstance(state, torch.nn.Module):
+        raise refused(f'holds {where}a whole {type(state).__name__} module, not its state dict '
+                      "(save torch.save({'model': model.state_dict()}, path) instead)")
+    if not isinstance(state, Mapping):
+        raise refused(f'holds {where}{_describe(state)}, not a state dict')
+    return {str(k).removeprefix('module.'): v.detach().cpu().numpy()
+            for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def module_names(arch) -> dict[str, str]:
