@@ -24,7 +24,7 @@ def get_config():
     # sp_mobilenet_v2_imagenet_finetune.yml.
     config.prune.keep_ratios = (0.6725, 0.6357)
     # The release's ZPM, as the yml; prune.zpm='aligned' is the variant whose streams do not
-    # widen (README "Pruning options").
+    # widen (README "Three ways to prune residual streams"; not timed on MobileNetV2).
     config.prune.zpm = 'release'
     config.prune.min_channels_ratio = 0.1
     config.prune.start = 'finetune'

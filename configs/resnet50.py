@@ -23,8 +23,9 @@ def get_config():
         sparsity=1e-5, bn_scale_init=0.5))
     # sp_resnet_imagenet_finetune.yml.
     config.prune.keep_ratios = (0.5484, 0.526)
-    # The release's ZPM, as the yml; prune.zpm='aligned' with prune.round_to=8 gives
-    # sub-networks that run at S-Net's speed at equal MACs (README "Pruning options").
+    # The release's ZPM, as the yml. The faster variant: prune.zpm='aligned' with
+    # prune.round_to=8, whose ResNet-50 sub-networks ran 0.96-0.98x S-Net's time at equal MACs
+    # where the release's ran 1.08-1.52x (benchmarks/BENCHMARKS.md, "Aligned ZPM").
     config.prune.zpm = 'release'
     config.prune.min_channels_ratio = 0.1
     config.prune.start = 'finetune'

@@ -176,9 +176,10 @@ def test_saved_boolean_zpm_reads_as_release_or_none():
                       r"'aligned' \(.*\); 'none' \(.*\)\.$"),
     # Without ZPM, ResNet-20's stages (16-64 channels, one group each) move MACs by more than
     # 1% per 8 channels.
-    ({'zpm': 'none', 'round_to': 8}, r'^prune.round_to=8 cannot meet prune.macs_targets\[0\]=7.784e\+06 '
-                      r'within prune.macs_tolerance=0.01: .*; use prune.round_to=[1-7] or less, '
-                      r'or a larger prune.macs_tolerance\.$'),
+    ({'zpm': 'none', 'round_to': 8, 'macs_tolerance': 0.01},
+     r'^prune.round_to=8 cannot meet prune.macs_targets\[0\]=7.784e\+06 within '
+     r'prune.macs_tolerance=0.01: .*; use prune.round_to=[1-7] or less, or a larger '
+     r'prune.macs_tolerance\.$'),
     ({'macs_targets': (), 'keep_ratios': (0.6, 0.3)},
      r'^prune.keep_ratios=\(0.6, 0.3\) must be strictly ascending with one base \(sub-network '
      r'0 is the smallest\); give them as \(0.3, 0.6\)\.$'),
@@ -190,6 +191,7 @@ def test_bad_pruning_options_are_refused_before_any_work(fields, sentence):
 
 def test_a_round_to_that_meets_the_targets_passes():
     assert _settings(round_to=4, macs_tolerance=0.03, zpm='aligned').prune.round_to == 4
+    assert _settings(round_to=1, macs_tolerance=0.01, zpm='release').prune.round_to == 1
 
 
 def test_descending_keep_ratios_of_one_base_are_refused_by_prune_too():
