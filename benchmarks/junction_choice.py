@@ -1,8 +1,10 @@
-"""Issue 16: what a ZPM sub-network executes and how long it takes, per junction policy and
-channel rounding, against S-Net at equal MACs. Eval-mode forward, CPU, jitted.
+"""Issues 16 and 28: what a sub-network executes and how long it takes, per ``prune.zpm``
+variant, junction policy and channel rounding, against S-Net at equal MACs. Eval-mode
+forward, CPU, jitted.
 
     python benchmarks/junction_choice.py [--repeats=7] [--out=benchmarks/junction_choice.json]
         [--only=resnet20_fmnist|resnet50_release] [--batch=N]
+        [--variants=fold,place,aligned,no_zpm]
 
 Two networks, random bases (latency does not depend on the values):
 
@@ -11,11 +13,13 @@ Two networks, random bases (latency does not depend on the values):
 * ResNet-50 with the release's two bases (0.75, 1.0), MACs targets = S-Net x0.5 / x0.75,
   batch 8, 224 px.
 
-Variants: ``fold`` (each ZPM branch conv writes the whole stream's width, ``fold_slack=inf``,
-``place`` (each branch computes its own channels, placed into the stream by an activation
-gather wherever the stream is wider, ``fold_slack=0``), ``no_zpm`` (one channel set per
-stream, same MACs targets), each with ``round_to`` 1 and 4 (ResNet-20) or 8 (ResNet-50), MACs
-targets within 3%, and S-Net at the matching widths.
+Variants: ``fold`` (``prune.zpm='release'``, each ZPM branch conv writes the whole stream's
+width, ``fold_slack=inf``), ``place`` (the same network, each branch computing its own
+channels, placed into the stream by an activation gather wherever the stream is wider,
+``fold_slack=0``), ``aligned`` (``prune.zpm='aligned'``: branches keep prefixes of one order
+per stream, junctions zero-pad), ``no_zpm`` (``prune.zpm='none'``: one channel set per
+stream), each with ``round_to`` 1 and 4 (ResNet-20) or 8 (ResNet-50), MACs targets within
+3%, and S-Net at the matching widths.
 ``bytes_accessed`` is XLA's cost analysis of the compiled program (memory traffic, which the
 narrow layers of these sub-networks are bound by on CPU); ``--repeats=0`` records it without
 timing anything, so it can run on a busy machine.
@@ -44,7 +48,9 @@ from spnet_jax.core import cost  # noqa: E402
 from spnet_jax.models import get_arch  # noqa: E402
 from spnet_jax.pruning import prune  # noqa: E402
 
-POLICIES = {'fold': float('inf'), 'place': 0.0}
+# variant -> (prune.zpm, the model's fold_slack)
+VARIANTS = {'fold': ('release', float('inf')), 'place': ('release', 0.0),
+            'aligned': ('aligned', float('inf')), 'no_zpm': ('none', 0.0)}
 
 
 def networks():
@@ -70,7 +76,10 @@ def main():
     parser.add_argument('--only', default=None, help='one network name')
     parser.add_argument('--batch', type=int, default=None,
                         help="every network's batch (default: 256 for ResNet-20, 8 for ResNet-50)")
+    parser.add_argument('--variants', default=','.join(VARIANTS),
+                        help=f'comma-separated subset of {",".join(VARIANTS)}')
     args = parser.parse_args()
+    chosen = [v for v in args.variants.split(',') if v]
     rows = []
     for name, arch, bases, widths, targets, snet_widths, shape, batch, rounds in networks():
         if args.only and name != args.only:
@@ -82,16 +91,19 @@ def main():
         for c in cost.subnet_costs(arch, snet, shape[0], shape[2]):
             programs[('snet', c.subnet)] = (arch.module(snet), c.subnet,
                                             random_variables(arch, snet, shape, 0), c.macs, None)
-        for zpm in (True, False):
-            for round_to in rounds:
-                S, v, _ = prune(arch, bases, widths, macs_targets=targets, image_size=shape[0],
-                                in_channels=shape[2], zpm=zpm, round_to=round_to,
-                                tolerance=0.03)
-                for policy, slack in (POLICIES.items() if zpm else [('no_zpm', 0.0)]):
-                    for c in cost.subnet_costs(arch, S, shape[0], shape[2]):
-                        programs[(f'{policy}_r{round_to}', c.subnet)] = (
-                            arch.module(S, fold_slack=slack), c.subnet, v, c.macs,
-                            list(S.stream_sizes[c.subnet]) if S.zpm else None)
+        for round_to in rounds:
+            pruned = {}  # prune.zpm -> (structure, variables)
+            for variant in chosen:
+                zpm, slack = VARIANTS[variant]
+                if zpm not in pruned:
+                    pruned[zpm] = prune(arch, bases, widths, macs_targets=targets,
+                                        image_size=shape[0], in_channels=shape[2], zpm=zpm,
+                                        round_to=round_to, tolerance=0.03)[:2]
+                S, v = pruned[zpm]
+                for c in cost.subnet_costs(arch, S, shape[0], shape[2]):
+                    programs[(f'{variant}_r{round_to}', c.subnet)] = (
+                        arch.module(S, fold_slack=slack), c.subnet, v, c.macs,
+                        list(S.stream_sizes[c.subnet]) if S.zpm else None)
         timed = {}
         for key, (model, k, v, macs, streams) in programs.items():
             fn = jax.jit(lambda v, x, m=model, k=k: m.apply(v, x, subnet=k))
@@ -111,16 +123,21 @@ def main():
                 t = time.perf_counter()
                 jax.block_until_ready(entry['fn'](entry['v'], x))
                 entry['times'].append(time.perf_counter() - t)
+        median = {key: statistics.median(e['times']) if e['times'] else None
+                  for key, e in timed.items()}
         for (variant, k), e in timed.items():
+            snet = median.get(('snet', k))
             rows.append({'network': name, 'batch': batch, 'variant': variant, 'subnet': k,
                          'macs': e['macs'], 'executed_over_macs': round(e['executed'], 4),
-                         'ms': 1e3 * statistics.median(e['times']) if e['times'] else None,
+                         'ms': 1e3 * median[(variant, k)] if e['times'] else None,
+                         'over_snet': (round(median[(variant, k)] / snet, 3)
+                                       if e['times'] and snet else None),
                          'bytes_accessed': e['bytes'], 'stream_sizes': e['streams'],
                          'compile_s': round(e['compile_s'], 2)})
             print(json.dumps(rows[-1]), flush=True)
     payload = {'rows': rows, 'date': time.strftime('%Y-%m-%d'), 'machine': platform.machine(),
                'backend': jax.default_backend(), 'cpus': os.cpu_count(), 'jax': jax.__version__,
-               'repeats': args.repeats}
+               'repeats': args.repeats, 'load_average_at_end': os.getloadavg()}
     with open(args.out, 'w') as fh:
         json.dump(payload, fh, indent=1)
 

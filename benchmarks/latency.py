@@ -54,7 +54,8 @@ def release_recipe():
     bases 0.75 / 1.0, keep ratios 0.5484 / 0.526, ZPM, SCS)."""
     arch = get_arch('resnet50')
     bases = [random_base(0.75, 0), random_base(1.0, 1)]
-    structure, variables, _ = prune(arch, bases, [0.75, 1.0], keep_ratios=[0.5484, 0.526])
+    structure, variables, _ = prune(arch, bases, [0.75, 1.0], keep_ratios=[0.5484, 0.526],
+                                    zpm='release', round_to=1)
     return arch, bases, structure, variables
 
 

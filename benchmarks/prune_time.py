@@ -49,9 +49,11 @@ def main():
     bases = [random_base(0.75, 0), random_base(1.0, 1)]
     rows = {
         'keep_ratios': timed(lambda: prune(arch, bases, [0.75, 1.0],
-                                           keep_ratios=[0.5484, 0.526]), args.repeats),
+                                           keep_ratios=[0.5484, 0.526], zpm='release',
+                                           round_to=1), args.repeats),
         'macs_targets': timed(lambda: prune(arch, bases, [0.75, 1.0],
-                                            macs_targets=[1.1e9, 2.3e9]), args.repeats),
+                                            macs_targets=[1.1e9, 2.3e9], zpm='release',
+                                            round_to=1, tolerance=0.01), args.repeats),
     }
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {'model': 'resnet50', 'bases': [0.75, 1.0], 'zpm': True, 'seconds': rows,

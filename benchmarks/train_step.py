@@ -11,7 +11,7 @@ depend on the values).
 
 Three networks are timed side by side in this one process:
 
-* ``zpm``: the recipe as configured (ZPM on);
+* ``zpm``: the recipe as configured, with the release's ZPM (``prune.zpm='release'``);
 * ``zpm_gather``: the same network with every junction placed (``fold_slack=0``, the
   ``place`` policy of `junction_choice.py`): a branch narrower than its stream is moved into
   it by an activation gather at the add instead of its last conv writing the stream's width;
@@ -21,8 +21,9 @@ Three networks are timed side by side in this one process:
   ``zpm_gather``).
 
 With ``--vs_snet=N`` the networks are instead S-Net (``--snet_widths``, private BN per
-width) and SP-Net pruned to S-Net's MACs (all but the widest, within 3%): ZPM and not, each
-with ``round_to`` 1 and N (issue 16: the slim step at equal MACs).
+width) and SP-Net pruned to S-Net's MACs (all but the widest, within 3%) with each
+``prune.zpm`` variant (``zpm``: 'release', ``aligned``, ``no_zpm``: 'none'), each with
+``round_to`` 1 and N (issues 16 and 28: the slim step at equal MACs).
 
     python benchmarks/train_step.py --config=configs/fashion_mnist.py --batch=128 --vs_snet=4
 
@@ -135,7 +136,8 @@ def main():
                     full_width=widths[-1], stem=config.model.stem)
     bases = [random_base(config, w, in_channels, i) for i, w in enumerate(widths)]
     recipe = dict(image_size=image_size, in_channels=in_channels,
-                  min_channels_ratio=config.prune.min_channels_ratio)
+                  min_channels_ratio=config.prune.min_channels_ratio,
+                  round_to=config.prune.round_to, tolerance=config.prune.macs_tolerance)
     if config.prune.macs_targets:
         recipe['macs_targets'] = list(config.prune.macs_targets)
     else:
@@ -147,19 +149,21 @@ def main():
                                    (32, 32, in_channels))
         recipe.pop('keep_ratios', None)
         recipe['macs_targets'] = [c.macs for c in snet_costs[:-1]]
+        recipe.pop('round_to'), recipe.pop('tolerance')
         networks = [('snet', snet, snet_vars, snet_costs)]
-        for zpm in (True, False):
+        for zpm in ('release', 'aligned', 'none'):
             for round_to in (1, args.vs_snet):
                 s_, v_, _ = prune(arch, bases, widths, zpm=zpm, round_to=round_to,
                                   tolerance=0.03, **recipe)
-                networks.append((f'{"zpm" if zpm else "no_zpm"}_r{round_to}', s_, v_,
+                name = {'release': 'zpm', 'aligned': 'aligned', 'none': 'no_zpm'}[zpm]
+                networks.append((f'{name}_r{round_to}', s_, v_,
                                  subnet_costs(arch, s_, image_size, in_channels)))
     else:
-        structure, variables, _ = prune(arch, bases, widths, zpm=True, **recipe)
+        structure, variables, _ = prune(arch, bases, widths, zpm='release', **recipe)
         costs = subnet_costs(arch, structure, image_size, in_channels)
         recipe.pop('keep_ratios', None)
         recipe['macs_targets'] = [c.macs for c in costs[:-1]]
-        plain_structure, plain_variables, _ = prune(arch, bases, widths, zpm=False, **recipe)
+        plain_structure, plain_variables, _ = prune(arch, bases, widths, zpm='none', **recipe)
         plain_costs = subnet_costs(arch, plain_structure, image_size, in_channels)
         networks = [('zpm', structure, variables, costs),
                     ('zpm_gather', structure, variables, costs),

@@ -41,8 +41,9 @@ def main():
     args = parser.parse_args()
     arch, bases, zpm_s, zpm_v = release_recipe()
     costs = subnet_costs(arch, zpm_s, 224)
-    plain_s, plain_v, _ = prune(arch, bases, [0.75, 1.0], zpm=False,
-                                macs_targets=[c.macs for c in costs[:-1]])
+    plain_s, plain_v, _ = prune(arch, bases, [0.75, 1.0], zpm='none',
+                                macs_targets=[c.macs for c in costs[:-1]], round_to=1,
+                                tolerance=0.01)
     plain_costs = subnet_costs(arch, plain_s, 224)
     x = jax.random.normal(jax.random.key(0), (args.batch, 224, 224, 3))
     folded = layers.ZPMAdd.placement

@@ -92,11 +92,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune = ml_collections.ConfigDict()
     config.prune.keep_ratios = (0.5484, 0.526)
     config.prune.macs_targets = ()  # MACs per pruned sub-network; when set, replaces keep_ratios
-    config.prune.zpm = True
+    # How residual streams are pruned (`spnet_jax.pruning.zpm.VARIANTS`): 'release' (the
+    # release's zero-padding-match: each block end and shortcut keeps its own top channels,
+    # the stream is their union), 'aligned' (ZPM whose branches keep prefixes of one channel
+    # order per stream, scored jointly: a stream is as wide as its widest branch, a junction
+    # is a zero-pad and an add; the fast one, README "Pruning options"), 'none' (one channel
+    # set per stream, as without residual pruning). A saved config's True / False reads as
+    # 'release' / 'none'.
+    config.prune.zpm = 'release'
     config.prune.min_channels_ratio = 0.1
     config.prune.importance = 'bn'  # 'bn' (|gamma|) | 'l1' (filter L1 norm)
     config.prune.start = 'finetune'  # 'finetune' (largest base's weights) | 'reinit'
-    # Each pruned layer's channel count a multiple of this (1: the release's exact counts).
+    # Each pruned layer's channel count a multiple of this (1: the release's exact counts; 8
+    # suits CPU/GPU vector widths). With MACs targets, a step too coarse for their tolerance
+    # is refused before any work starts.
     config.prune.round_to = 1
     config.prune.macs_tolerance = 0.01  # how close each MACs target must be met (fraction)
 

@@ -32,7 +32,7 @@ def get_config():
         warmup_epochs=5.0, weight_decay=4e-5, optimizer='sgd_no_bias_decay',
         label_smoothing=0.1, mixup_alpha=0.2, sparsity=1e-5, bn_scale_init=0.5))
     config.prune.keep_ratios = (0.5484, 0.526)
-    config.prune.zpm = False
+    config.prune.zpm = 'none'
     config.prune.min_channels_ratio = 0.1
     config.prune.start = 'finetune'
     # Fine-tuning: no warm-up and no BN-scale sparsity (both commented out in the yml).

@@ -24,7 +24,7 @@ def get_config():
         label_smoothing=0.1, sparsity=1e-5, bn_scale_init=0.5))
     # sp_mobilenet_v1_imagenet_finetune.yml.
     config.prune.keep_ratios = (0.648, 0.7419, 0.7635)
-    config.prune.zpm = False
+    config.prune.zpm = 'none'
     config.prune.min_channels_ratio = 0.1
     config.prune.start = 'reinit'
     # Re-training: lr 0.08 cosine (its warm-up and label smoothing are commented out in the

@@ -22,7 +22,7 @@ def get_config():
     config.base.widths = (0.5, 0.75)
     config.base.update(RECIPE)
     config.prune.keep_ratios = (0.557, 0.7366)
-    config.prune.zpm = False
+    config.prune.zpm = 'none'
     config.prune.min_channels_ratio = 0.1
     config.prune.start = 'reinit'
     config.slim.update(dict(RECIPE, kd_alpha=0.9, kd_temperature=1.0))

@@ -100,7 +100,7 @@ def test_blocks_without_expansion_on_a_stream_prune_with_it():
     assert ('block2/se_reduce', 0) in stream.consumers and 'block2/se_expand' in stream.producers
     assert ('block2/project_conv', 2) in stream.consumers
     assert stream.producers[:2] == ('block1/project_conv', 'block2/project_conv')
-    with pytest.raises(ConfigError, match='prune.zpm=True is not supported for efficientnet_b1'):
+    with pytest.raises(ConfigError, match='is not supported for efficientnet_b1'):
         arch.table(zpm=True)
     arch.table(zpm=False)  # and B0, whose first stage is one block, takes ZPM
     get_arch('efficientnet_b0').table(zpm=True)
@@ -112,7 +112,7 @@ def test_pruned_b1_exports_the_same_function():
     x = jnp.asarray(np.random.default_rng(3).normal(size=(3, 32, 32, 3)), jnp.float32)
     base = random_variables(arch.module(arch.plain_structure()), x, seed=4)
     structure, variables, _ = prune(arch, [base], [0.25], keep_ratios=[0.5], image_size=32,
-                                    zpm=False)
+                                    zpm='none', round_to=1)
     assert structure.count('stream1', 0) < structure.full_of('stream1')
     net = spnet_jax.SlimmableNetwork(arch, structure, variables, image_size=32)
     check_standalone_subnetworks(net, x)
@@ -169,13 +169,13 @@ def test_dropout_and_stochastic_depth_act_only_in_training_with_a_dropout_rng(sm
     np.testing.assert_array_equal(evaluation, np.asarray(model.apply(variables, x)))
 
 
-@pytest.mark.parametrize('zpm', [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize('zpm', ['none', pytest.param('release', marks=pytest.mark.slow)])
 def test_pruned_efficientnet_exports_the_same_function(small, zpm):
     """The release prunes EfficientNet without ZPM; with it the SE gates follow the
     streams' layout too."""
     arch, _, base, x = small
     structure, variables, _ = prune(arch, [base], [0.25], keep_ratios=[0.5], image_size=32,
-                                    zpm=zpm)
+                                    zpm=zpm, round_to=1)
     assert structure.count('block2/expand_conv', 0) < structure.full_of('block2/expand_conv')
     net = spnet_jax.SlimmableNetwork(arch, structure, variables, image_size=32)
     check_standalone_subnetworks(net, x)

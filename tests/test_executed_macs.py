@@ -44,10 +44,11 @@ def _recipe(name):
     bases = _bases(name, widths, shape, classes)
     if name == 'resnet20':
         structure, variables, _ = prune(arch, bases, widths, image_size=28, in_channels=1,
-                                        macs_targets=[float(m) for m in SNET_MACS[1:3]])
+                                        macs_targets=[float(m) for m in SNET_MACS[1:3]],
+                                        zpm='release', round_to=1, tolerance=0.01)
     else:
         structure, variables, _ = prune(arch, bases, widths, keep_ratios=ratios,
-                                        image_size=224)
+                                        image_size=224, zpm='release', round_to=1)
     return arch, structure, variables, shape
 
 
@@ -125,7 +126,7 @@ def test_placing_and_folding_compute_the_same_function(name):
     arch = get_arch(name, num_classes=classes, full_width=widths[-1])
     structure, variables, _ = prune(arch, _bases(name, widths, shape, classes), widths,
                                     keep_ratios=ratios, image_size=shape[0],
-                                    in_channels=shape[2])
+                                    in_channels=shape[2], zpm='release', round_to=1)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, *shape)), jnp.float32)
     results = {}
     for slack in (float('inf'), 0.0):

@@ -54,7 +54,7 @@ def zpm_resnet(tmp_path_factory):
     x = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))
     base = random_variables(arch.module(arch.plain_structure()), x, seed=1)
     structure, variables, _ = prune(arch, [base], [1.0], keep_ratios=[0.4, 0.7],
-                                    image_size=IMAGE_SIZE, zpm=True)
+                                    image_size=IMAGE_SIZE, zpm='release', round_to=1)
     save_network(str(workdir / 'pruned'), structure, _private_statistics(variables, 2),
                  _config(1.0))
     return workdir
@@ -258,15 +258,17 @@ def test_cli_errors_exit_2_with_one_line(args, message, zpm_resnet, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name,width,zpm_on', [('mobilenet_v2', 0.35, True),
-                                               ('resnet20', 1.0, False)])
-def test_standalone_equals_subnetwork_other_layouts(name, width, zpm_on):
-    """MobileNetV2's ZPM streams and ResNet's one-group (non-ZPM) stages export too."""
+@pytest.mark.parametrize('name,width,variant', [('mobilenet_v2', 0.35, 'release'),
+                                                ('resnet20', 1.0, 'none'),
+                                                ('mobilenet_v2', 0.35, 'aligned')])
+def test_standalone_equals_subnetwork_other_layouts(name, width, variant):
+    """MobileNetV2's ZPM streams (release and aligned) and ResNet's one-group (non-ZPM) stages
+    export too."""
     arch = get_arch(name, num_classes=7, full_width=width)
     x = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))
     base = random_variables(arch.module(arch.plain_structure()), x, seed=4)
     structure, variables, _ = prune(arch, [base], [width], keep_ratios=[0.4], image_size=32,
-                                    zpm=zpm_on)
+                                    zpm=variant, round_to=1)
     net = spnet_jax.SlimmableNetwork(arch, structure, _private_statistics(variables, 5),
                                      image_size=IMAGE_SIZE)
     check_standalone_subnetworks(net, IMAGES)

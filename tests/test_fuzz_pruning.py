@@ -1,12 +1,15 @@
 """Property-based tests of the pure pruning functions on random gammas of every architecture.
 
 Hypothesis draws the architecture, how the BN scales are distributed (spread out, heavily
-tied, mostly zero as after the L1 penalty, of mixed sign), the keep ratios (any order) and
-the channel floor; numpy fills the arrays from a drawn seed. The oracles are the rules of
-SPEC sections 3-6, stated here independently of the code: the global threshold is the order
-statistic at ``int(T (1 - r))``, a layer keeps its channels scoring strictly above it but at
+tied, mostly zero as after the L1 penalty, of mixed sign), the keep ratios (ascending with one
+base, any order with several), the ``prune.zpm`` variant and the channel floor; numpy fills
+the arrays from a drawn seed. The oracles are the rules of SPEC sections 3-6, stated here
+independently of the code: the global threshold is the order statistic at ``int(T (1 - r))``,
+a layer keeps its channels scoring strictly above it but at
 least its floor, every sub-network is a prefix of its channels in descending importance, a
-fused ZPM mask is the union of its two branches, and sorting never changes the function.
+fused ZPM mask is the union of its two branches ('release'), an aligned stream's branches
+share one order (by their summed importance) and the stream is its longest branch prefix
+('aligned'), and sorting never changes the function.
 """
 
 import functools
@@ -74,7 +77,8 @@ def bn_variables(table, seed, kind):
 
 
 KINDS = st.sampled_from(['spread', 'ties', 'sparse', 'signs'])
-RATIOS = st.lists(st.floats(0.01, 1.0), min_size=1, max_size=4)
+RATIOS = st.lists(st.floats(0.01, 1.0), min_size=1, max_size=4, unique=True).map(sorted)
+VARIANTS = st.sampled_from(['release', 'aligned', 'none'])
 
 
 def floor_of(name, group, base_width, min_channels_ratio):
@@ -104,6 +108,37 @@ def check_orders(orders, scores):
         for a, b in zip(order[:-1], order[1:], strict=True):  # ties keep their order
             if s[a] == s[b]:
                 assert a < b, name
+
+
+def check_aligned(table, structure, the_plan, scores):
+    """'aligned': a stream's members (block ends, projections, its entry) share one order,
+    descending in their summed scores; each sub-network's stream after a
+    junction is the longer of the body's prefix and the shortcut (the entry's or projection's
+    prefix, or the stream before it); every branch sits on the stream's first positions."""
+    for stream in table.streams:
+        members = {g for j in stream.junctions for g in (j.body, j.shortcut) if g}
+        if not members:  # a stage of one block: its entry is a group like any other
+            continue
+        joint = np.sum([np.asarray(scores[g], np.float64) for g in sorted(members)], axis=0)
+        order = np.asarray(the_plan.orders[stream.name])
+        assert sorted(order.tolist()) == list(range(len(joint)))
+        ranked = joint[order]  # descending, up to the rounding of the sum's order
+        assert np.all(ranked[:-1] >= ranked[1:] - 1e-9 * (1 + np.abs(ranked[1:])))
+        for g in members:
+            np.testing.assert_array_equal(the_plan.orders[g], order)
+        for k in range(structure.num_subnets):
+            previous = None
+            for j in stream.junctions:
+                body = structure.count(j.body, k)
+                short = structure.count(j.shortcut, k) if j.shortcut else previous
+                size = structure.stream_size(j.name, k)
+                assert size == max(body, short), (j.name, k)
+                masks = the_plan.masks[j.name]['zpm']
+                np.testing.assert_array_equal(masks[f'fused_{k}'], np.arange(size))
+                for n, where in ((body, masks[f'body_{k}']), (short, masks[f'short_{k}'])):
+                    np.testing.assert_array_equal(where, [p if p < n else n
+                                                          for p in range(size)])
+                previous = size
 
 
 def check_zpm(table, structure, the_plan):
@@ -138,19 +173,22 @@ def check_zpm(table, structure, the_plan):
 
 @FUZZ
 @given(name=st.sampled_from(sorted(ARCHS)), seed=st.integers(0, 2**31 - 1), kind=KINDS,
-       ratios=RATIOS, zpm_on=st.booleans(), min_ratio=st.sampled_from([0.0, 0.1, 0.25, 0.5]))
-def test_single_base_counts_floors_nesting_and_masks(name, seed, kind, ratios, zpm_on,
+       ratios=RATIOS, variant=VARIANTS, min_ratio=st.sampled_from([0.0, 0.1, 0.25, 0.5]))
+def test_single_base_counts_floors_nesting_and_masks(name, seed, kind, ratios, variant,
                                                      min_ratio):
     arch = arch_at(name)
-    zpm_on = zpm_on and name in RESIDUAL
+    variant = variant if name in RESIDUAL else 'none'
+    zpm_on = variant != 'none'
     table = arch.table(zpm=zpm_on)
     scores, pool = IMPORTANCE['bn'](bn_variables(table, seed, kind), table)
-    the_plan = plan(arch, [(scores, pool)], [arch.full_width], ratios, zpm_on=zpm_on,
-                    min_channels_ratio=min_ratio)
+    the_plan = plan(arch, [(scores, pool)], [arch.full_width], ratios, zpm_variant=variant,
+                    min_channels_ratio=min_ratio, round_to=1)
     S = the_plan.structure
     assert S.num_subnets == len(ratios) + 1
     assert S.counts[-1] == tuple(g.size for g in table.groups)  # the last is the full network
-    check_orders(the_plan.orders, scores)
+    check_orders(_own_orders(the_plan, table, variant), scores)
+    if variant == 'aligned':
+        check_aligned(table, S, the_plan, scores)
     for k, ratio in enumerate(ratios):
         t = the_plan.thresholds[k]
         check_threshold(pool, t, ratio)
@@ -162,34 +200,47 @@ def test_single_base_counts_floors_nesting_and_masks(name, seed, kind, ratios, z
             assert count == min(g.size, max(above, floor)), (g.name, k)
     # Larger keep ratios give supersets: counts, stream sizes and fused masks grow with r.
     by_ratio = sorted(range(len(ratios)), key=lambda k: ratios[k]) + [len(ratios)]
-    fused = check_zpm(table, S, the_plan) if zpm_on else {}
+    fused = check_zpm(table, S, the_plan) if variant == 'release' else {}
     for small, big in zip(by_ratio[:-1], by_ratio[1:], strict=True):
         assert all(a <= b for a, b in zip(S.counts[small], S.counts[big], strict=True))
         if zpm_on:
             assert all(a <= b for a, b in zip(S.stream_sizes[small], S.stream_sizes[big],
                                               strict=True))
-            for j in S.junctions:
+            for j in S.junctions if fused else ():
                 assert fused[(small, j)] <= fused[(big, j)], j
+
+
+def _own_orders(the_plan, table, variant):
+    """The plan's orders of the groups sorted by their own scores (all but an aligned
+    stream's members and the streams themselves, `check_aligned`)."""
+    shared = {g for s in table.streams for j in s.junctions for g in (j.body, j.shortcut)
+              if g} if variant == 'aligned' else set()
+    return {g.name: the_plan.orders[g.name] for g in table.groups if g.name not in shared}
 
 
 @FUZZ
 @given(name=st.sampled_from(sorted(ARCHS)), seed=st.integers(0, 2**31 - 1), kind=KINDS,
-       num_bases=st.integers(2, 3), data=st.data(), zpm_on=st.booleans())
+       num_bases=st.integers(2, 3), data=st.data(), variant=VARIANTS)
 def test_multi_base_counts_come_from_each_base_within_its_size(name, seed, kind, num_bases,
-                                                              data, zpm_on):
+                                                              data, variant):
     full = ARCHS[name]['full_width']
     widths = [full * f for f in ((0.5, 1.0) if num_bases == 2 else (0.5, 0.75, 1.0))]
     ratios = data.draw(st.lists(st.floats(0.01, 1.0), min_size=num_bases, max_size=num_bases))
-    zpm_on = zpm_on and name in RESIDUAL
+    variant = variant if name in RESIDUAL else 'none'
+    zpm_on = variant != 'none'
     arch = arch_at(name)
     base_scores = []
     for i, w in enumerate(widths):
         table_w = arch_at(name, w).table(zpm=zpm_on)
         base_scores.append(IMPORTANCE['bn'](bn_variables(table_w, seed + i, kind), table_w))
-    the_plan = plan(arch, base_scores, widths, ratios, zpm_on=zpm_on, min_channels_ratio=0.1)
+    the_plan = plan(arch, base_scores, widths, ratios, zpm_variant=variant,
+                    min_channels_ratio=0.1, round_to=1)
     S, table = the_plan.structure, arch.table(zpm=zpm_on)
     assert the_plan.base_of_subnet == tuple(range(num_bases))
-    check_orders(the_plan.orders, base_scores[-1][0])  # channels chosen by the largest base
+    # Channels chosen by the largest base (an aligned stream: by its summed scores).
+    check_orders(_own_orders(the_plan, table, variant), base_scores[-1][0])
+    if variant == 'aligned':
+        check_aligned(table, S, the_plan, base_scores[-1][0])
     for k, ((scores, pool), ratio) in enumerate(zip(base_scores, ratios, strict=True)):
         t = the_plan.thresholds[k]
         check_threshold(pool, t, ratio)
@@ -199,7 +250,7 @@ def test_multi_base_counts_come_from_each_base_within_its_size(name, seed, kind,
             assert count <= base_size <= g.size, (g.name, k)  # within base k's own layer
             assert count == min(base_size, max(int(np.sum(scores[g.name] > t)),
                                                floor_of(name, g, widths[k], 0.1))), (g.name, k)
-    if zpm_on:
+    if variant == 'release':
         fused = check_zpm(table, S, the_plan)
         for k in range(num_bases):  # every sub-network's streams lie inside the full one's
             for j in S.junctions:
@@ -253,8 +304,8 @@ def test_properties_are_not_vacuous():
     arch = arch_at('resnet20')
     table = arch.table(zpm=True)
     scores, pool = IMPORTANCE['bn'](bn_variables(table, 0, 'sparse'), table)
-    the_plan = plan(arch, [(scores, pool)], [arch.full_width], [0.05], zpm_on=True,
-                    min_channels_ratio=0.25)
+    the_plan = plan(arch, [(scores, pool)], [arch.full_width], [0.05], zpm_variant='release',
+                    min_channels_ratio=0.25, round_to=1)
     floors = {g.name: floor_of('resnet20', g, arch.full_width, 0.25) for g in table.groups}
     bound = [g.name for g in table.groups
              if the_plan.structure.count(g.name, 0) == floors[g.name]

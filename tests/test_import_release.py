@@ -242,8 +242,8 @@ def v1(tmp_path_factory):
         np.savez(paths[-1][1], **to_release('mobilenet_v1', base, 'spnet', 1))
     p = config.prune
     structure, _, _ = prune(arch, bases, config.base.widths, keep_ratios=p.keep_ratios,
-                            image_size=32, zpm=False, min_channels_ratio=p.min_channels_ratio,
-                            reinit_rng=jax.random.key(0))
+                            image_size=32, zpm='none', min_channels_ratio=p.min_channels_ratio,
+                            reinit_rng=jax.random.key(0), round_to=1)
     assert structure.num_subnets == 3
     assert all(a <= b for a, b in zip(structure.counts[0], structure.counts[1], strict=True))
     variables = random_variables(arch.module(structure), x, seed=12)

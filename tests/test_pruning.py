@@ -38,7 +38,7 @@ def test_counts_are_strictly_above_threshold_with_floors():
     # 10% of the table's channels (the base being pruned); halved for block ends and shortcuts.
     assert floors == {'a': 1, 'b': 2, 'c': 4}
     scores = {'a': np.linspace(0, 1, 10), 'b': np.zeros(40), 'c': np.full(40, 0.5)}
-    counts = threshold.layer_counts(scores, 0.5, floors)
+    counts = threshold.layer_counts(scores, 0.5, floors, 1)
     # a: 0.555.. 0.666 0.777 0.888 1.0 > 0.5 -> 5 (0.5 itself is not above); b, c: floors.
     assert counts == {'a': 5, 'b': 2, 'c': 4}
 
@@ -106,7 +106,8 @@ def test_stream_orders_compute_the_same_network(name, widths, ratios, shape):
     arch = get_arch(name, num_classes=5, full_width=widths[-1])
     bases = _bases(name, widths)
     structure, variables, _ = prune(arch, bases, widths, keep_ratios=ratios,
-                                    image_size=shape[0], in_channels=shape[2])
+                                    image_size=shape[0], in_channels=shape[2], zpm='release',
+                                    round_to=1)
     assert structure.stream_order == APPENDED
     scores = IMPORTANCE['bn'](bases[-1], arch.table(width=widths[-1], zpm=True))[0]
     counts = [dict(zip(structure.groups, c, strict=True)) for c in structure.counts]
@@ -175,15 +176,16 @@ def _bases(arch_name, widths, num_classes=5, seed=0, **kw):
     return out
 
 
-@pytest.mark.parametrize('name,zpm_on', [('resnet18', True), ('resnet50', True),
-                                         ('mobilenet_v2', True), ('resnet20', False)])
-def test_pruned_full_network_equals_its_base(name, zpm_on):
+@pytest.mark.parametrize('name,variant', [
+    ('resnet18', 'release'), ('resnet50', 'release'), ('mobilenet_v2', 'release'),
+    ('resnet20', 'none'), ('resnet50', 'aligned'), ('mobilenet_v2', 'aligned')])
+def test_pruned_full_network_equals_its_base(name, variant):
     """SCS + ZPM (the stream restored to original order at full width) change nothing."""
     arch = get_arch(name, num_classes=5, stem='small' if name == 'resnet18' else None,
                     full_width=0.5 if name in ('resnet50', 'mobilenet_v2') else 1.0)
     (base,) = _bases(name, [arch.full_width], stem=arch.stem)
     structure, variables, _ = prune(arch, [base], [arch.full_width], keep_ratios=[0.4],
-                                    image_size=32, zpm=zpm_on)
+                                    image_size=32, zpm=variant, round_to=1)
     x = jax.random.normal(jax.random.key(3), (8, 64, 64, 3))
     plain = arch.module(arch.plain_structure())
     model = arch.module(structure)
@@ -222,9 +224,10 @@ def test_prefix_slices_equal_gathered_unsorted_network(name):
     arch = get_arch(name, num_classes=5, full_width=0.25)
     (base,) = _bases(name, [0.25])
     scores = IMPORTANCE['bn'](base, arch.table())
-    the_plan = plan(arch, [scores], [0.25], [0.3, 0.6], zpm_on=False)
+    the_plan = plan(arch, [scores], [0.25], [0.3, 0.6], zpm_variant='none',
+                    min_channels_ratio=0.1, round_to=1)
     structure, variables, _ = prune(arch, [base], [0.25], keep_ratios=[0.3, 0.6],
-                                    image_size=32, zpm=False)
+                                    image_size=32, zpm='none', round_to=1)
     assert structure == the_plan.structure
     model = arch.module(structure)
     x = jax.random.normal(jax.random.key(4), (8, 32, 32, 3))
@@ -238,12 +241,13 @@ def test_multibase_counts_from_each_base_channels_from_the_largest():
     bases = _bases('vgg19', [0.25, 0.5])
     s0 = IMPORTANCE['bn'](bases[0], get_arch('vgg19', full_width=0.25).table())
     s1 = IMPORTANCE['bn'](bases[1], arch.table())
-    the_plan = plan(arch, [s0, s1], [0.25, 0.5], [0.7, 0.4], zpm_on=False)
+    the_plan = plan(arch, [s0, s1], [0.25, 0.5], [0.7, 0.4], zpm_variant='none',
+                    min_channels_ratio=0.1, round_to=1)
     # Floors are int(C * 0.1) of VGG's x1.0 layer list whatever the base (the release's cfg
     # is not width-scaled), capped by each base's own channels.
     floors = threshold.floors(get_arch('vgg19').table(), 0.1)
-    want0 = threshold.layer_counts(s0[0], threshold.global_threshold(s0[1], 0.7), floors)
-    want1 = threshold.layer_counts(s1[0], threshold.global_threshold(s1[1], 0.4), floors)
+    want0 = threshold.layer_counts(s0[0], threshold.global_threshold(s0[1], 0.7), floors, 1)
+    want1 = threshold.layer_counts(s1[0], threshold.global_threshold(s1[1], 0.4), floors, 1)
     S = the_plan.structure
     assert S.counts[0] == tuple(want0[g] for g in S.groups)
     assert S.counts[1] == tuple(want1[g] for g in S.groups)
@@ -252,7 +256,7 @@ def test_multibase_counts_from_each_base_channels_from_the_largest():
         np.testing.assert_array_equal(the_plan.orders[g], np.argsort(-s1[0][g], kind='stable'))
     # The slimmable network starts from the largest base: sorted BN scales.
     _, variables, _ = prune(arch, bases, [0.25, 0.5], keep_ratios=[0.7, 0.4], image_size=32,
-                            zpm=False)
+                            zpm='none', round_to=1)
     got = np.asarray(variables['params']['bn0']['scale'])
     np.testing.assert_allclose(got, np.sort(np.asarray(bases[1]['params']['bn0']['scale']))[::-1])
 
@@ -261,7 +265,7 @@ def test_macs_targets_resnet50_two_bases():
     arch = get_arch('resnet50')
     bases = _bases('resnet50', [0.75, 1.0], num_classes=1000)
     structure, _, info = prune(arch, bases, [0.75, 1.0], macs_targets=[1.1e9, 2.3e9],
-                               image_size=224)
+                               image_size=224, zpm='release', round_to=1, tolerance=0.01)
     from spnet_jax.core.cost import subnet_costs
     costs = subnet_costs(arch, structure, 224)
     for cost, target in zip(costs, [1.1e9, 2.3e9]):
@@ -269,7 +273,8 @@ def test_macs_targets_resnet50_two_bases():
     assert info['macs'][:2] == [c.macs for c in costs[:2]]
     assert all(0 < r < 1 for r in info['keep_ratios'])
     with pytest.raises(ConfigError, match='out of reach.*to'):
-        prune(arch, bases, [0.75, 1.0], macs_targets=[3.5e9, 2.3e9], image_size=224)
+        prune(arch, bases, [0.75, 1.0], macs_targets=[3.5e9, 2.3e9], image_size=224, zpm='release',
+              round_to=1, tolerance=0.01)
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -278,24 +283,29 @@ def test_macs_targets_resnet50_two_bases():
     ({'keep_ratios': [0.5]}, '1 keep ratios .* for 2 bases'),
     ({'keep_ratios': [0.5, 0.5], 'macs_targets': [1e6, 2e6]}, 'exactly one of'),
     ({'keep_ratios': [0.5, 0.5], 'importance': 'magic'}, 'prune.importance'),
+    ({'keep_ratios': [0.5, 0.5], 'zpm': True}, r"prune.zpm=True is unknown; choose one of "
+     r"'release' \(.*\); 'aligned' \(.*\); 'none'"),
+    ({'keep_ratios': [0.5, 0.5], 'zpm': 'union'}, 'prune.zpm=.union. is unknown'),
 ])
 def test_bad_prune_inputs_get_one_sentence(kwargs, match):
     arch = get_arch('vgg19', num_classes=5, full_width=0.5)
     bases = _bases('vgg19', [0.25, 0.5])
     with pytest.raises(ConfigError, match=match):
-        prune(arch, bases, [0.25, 0.5], image_size=32, zpm=False, **kwargs)
+        prune(arch, bases, [0.25, 0.5], image_size=32, **{'zpm': 'none', 'round_to': 1,
+                                                           **kwargs})
 
 
 def test_bases_of_the_wrong_width_or_order_are_refused():
     arch = get_arch('vgg19', num_classes=5, full_width=0.5)
     bases = _bases('vgg19', [0.25, 0.5])
     with pytest.raises(ConfigError, match='strictly ascending'):
-        prune(arch, bases[::-1], [0.5, 0.25], keep_ratios=[0.5, 0.5], zpm=False)
+        prune(arch, bases[::-1], [0.5, 0.25], keep_ratios=[0.5, 0.5], zpm='none', round_to=1)
     with pytest.raises(ConfigError, match='does not match vgg19 at width 0.25'):
-        prune(arch, [bases[1], bases[1]], [0.25, 0.5], keep_ratios=[0.5, 0.5], zpm=False)
+        prune(arch, [bases[1], bases[1]], [0.25, 0.5], keep_ratios=[0.5, 0.5], zpm='none',
+              round_to=1)
     other = _bases('mobilenet_v1', [0.5])[0]
     with pytest.raises(ConfigError, match='not a vgg19 checkpoint'):
-        prune(arch, [bases[0], other], [0.25, 0.5], keep_ratios=[0.5, 0.5], zpm=False)
+        prune(arch, [bases[0], other], [0.25, 0.5], keep_ratios=[0.5, 0.5], zpm='none', round_to=1)
 
 
 def test_reinit_starts_bn_scales_at_the_recipes_init_bn_val():
@@ -340,8 +350,8 @@ def test_round_count_is_the_nearest_multiple_within_floor_and_size():
                 assert all(g % n == 0 or g == size for g in got)
 
 
-@pytest.mark.parametrize('zpm_on', [False, True])
-def test_round_to_gives_multiples_and_keeps_floors_scs_and_masks(zpm_on):
+@pytest.mark.parametrize('variant', ['none', 'release', 'aligned'])
+def test_round_to_gives_multiples_and_keeps_floors_scs_and_masks(variant):
     """Multi-base ResNet-20 with ``round_to=8``: every pruned count a multiple of 8 (or the
     layer's whole size in its base), at least its floor, sub-networks still nested prefixes,
     and the network still the largest base when all channels are kept."""
@@ -349,10 +359,11 @@ def test_round_to_gives_multiples_and_keeps_floors_scs_and_masks(zpm_on):
     widths = [0.5, 1.0]
     bases = _bases('resnet20', widths)
     structure, variables, _ = prune(arch, bases, widths, keep_ratios=[0.45, 0.35],
-                                    image_size=32, zpm=zpm_on, round_to=8)
+                                    image_size=32, zpm=variant, round_to=8)
     exact, _, _ = prune(arch, bases, widths, keep_ratios=[0.45, 0.35], image_size=32,
-                        zpm=zpm_on)
+                        zpm=variant, round_to=1)
     assert structure.counts != exact.counts  # the option did something
+    zpm_on = variant != 'none'
     base_tables = [arch.table(width=w, zpm=zpm_on) for w in widths]
     for k in range(2):
         floors = base_floors(arch, widths[k], zpm_on, 0.1)
@@ -362,20 +373,23 @@ def test_round_to_gives_multiples_and_keeps_floors_scs_and_masks(zpm_on):
             assert floors[g] <= c <= sizes[g], (k, g, c)
     for g_small, g_big in zip(structure.counts[0], structure.counts[1], strict=True):
         assert g_small <= g_big
-    # ZPM streams are unions of the rounded branches: they exist and cover each branch.
+    # ZPM streams cover each branch: 'release' streams are unions of the rounded branches
+    # (not rounded themselves), 'aligned' streams the longest branch, so rounded too.
     if zpm_on:
         for k in range(2):
             streams = dict(zip(structure.junctions, structure.stream_sizes[k], strict=True))
             counts = dict(zip(structure.groups, structure.counts[k], strict=True))
             for j in arch.table(zpm=True).junctions:
                 assert streams[j.name] >= counts[j.body]
+                if variant == 'aligned':
+                    assert streams[j.name] % 8 == 0 or streams[j.name] in sizes.values()
 
 
 def test_macs_targets_are_met_with_rounded_counts():
     arch = get_arch('resnet50')
     bases = _bases('resnet50', [0.75, 1.0], num_classes=1000)
     structure, _, info = prune(arch, bases, [0.75, 1.0], macs_targets=[1.1e9, 2.3e9],
-                               image_size=224, round_to=16)
+                               image_size=224, round_to=16, zpm='release', tolerance=0.01)
     from spnet_jax.core.cost import subnet_costs
     costs = subnet_costs(arch, structure, 224)
     for cost, target in zip(costs, [1.1e9, 2.3e9], strict=False):
@@ -405,7 +419,7 @@ def test_a_coarse_round_to_names_both_ways_out():
     bases = _bases('resnet20', [1.0])
     targets = [7.78e6 * 32 * 32 / (28 * 28), 1.747e7 * 32 * 32 / (28 * 28)]
     with pytest.raises(ConfigError, match=r'prune.round_to \(now 8\).*prune.macs_tolerance'):
-        prune(arch, bases, [1.0], macs_targets=targets, image_size=32, zpm=False, round_to=8,
+        prune(arch, bases, [1.0], macs_targets=targets, image_size=32, zpm='none', round_to=8,
               tolerance=0.001)
 
 

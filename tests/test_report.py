@@ -67,7 +67,7 @@ def evaluated(tmp_path_factory, baseline):
     x = jnp.zeros((1, 28, 28, 1))
     base = random_variables(arch.module(arch.plain_structure()), x, seed=1)
     structure, variables, _ = prune(arch, [base], [0.5], keep_ratios=[0.5], image_size=28,
-                                    in_channels=1, zpm=True)
+                                    in_channels=1, zpm='release', round_to=1)
     checkpoint.save_network(str(workdir / 'slim'), structure, variables, config, step=4)
     rows = evaluate_workdir(str(workdir), baseline_workdir=str(baseline))
     return workdir, config, arch, structure, rows

@@ -65,7 +65,7 @@ def pruned():
     x = jnp.zeros((1, 16, 16, 3))
     base = random_variables(arch.module(arch.plain_structure()), x, seed=2)
     structure, variables, _ = prune(arch, [base], [0.25], keep_ratios=[0.5], image_size=16,
-                                    zpm=True)
+                                    zpm='release', round_to=1)
     return arch, structure, variables
 
 

@@ -50,7 +50,7 @@ def profile_config(config: Any) -> tuple[str, list[dict]]:
 def profile_workdir(path: str) -> tuple[str, list[dict]]:
     net = load(path)
     rows = [{**s, 'width': None} for s in net.subnets]
-    return f'{net.arch.name} ({net.structure.method}, ZPM {net.structure.zpm}) at ' \
+    return f'{net.arch.name} ({net.structure.method}, zpm={net.structure.zpm_variant}) at ' \
            f'{net.image_size}px from {path}', rows
 
 

@@ -71,7 +71,7 @@ def main(argv) -> None:
     with lock.workdir_lock(FLAGS.workdir):
         checkpoint.save_pruned(directory, structure, pruned, info, settings.to_json(), arch)
     print(f'Pruned {arch.name} into {structure.num_subnets} sub-networks '
-          f'(ZPM {"on" if structure.zpm else "off"}) -> {directory}')
+          f'(prune.zpm={structure.zpm_variant!r}) -> {directory}')
     print(summary(arch, structure, info, image_size, in_channels))
 
 

@@ -325,7 +325,8 @@ class ZPMAdd(nn.Module):
     this junction holds the same channels in the same order, so it is added as it is too:
     the models pass ``short_placed`` when the static stream sizes are equal. With
     ``short_prefix`` the shortcut's channels are the stream's first ones, in order
-    (`Structure.stream_order` 'appended'), and it is zero-padded instead of gathered.
+    (`Structure.stream_order` 'appended'), and it is zero-padded instead of gathered; with
+    ``body_prefix`` the body's too ('prefix': ``prune.zpm='aligned'``).
     The default masks (before any pruning) put both branches at the stream's first channels.
     """
 
@@ -335,6 +336,8 @@ class ZPMAdd(nn.Module):
     # The masks put the shortcut on the stream's first channels, in its order (an identity or
     # entry shortcut of a stream in `Structure.stream_order` 'appended'): zero-pad it.
     short_prefix: bool = False
+    # Likewise the body (every branch of a stream in `Structure.stream_order` 'prefix').
+    body_prefix: bool = False
 
     def setup(self):
         def prefix(n, size):
@@ -362,14 +365,15 @@ class ZPMAdd(nn.Module):
     def __call__(self, body: Array, short: Array, subnet: int, body_placed: bool = False,
                  short_placed: bool = False) -> tuple[Array, Array]:
         """Returns the compacted stream and its fused index array (for the consumers)."""
+        size = self.stream_sizes[subnet]
+
+        def pad(x):  # a prefix of the stream, zeros after it
+            return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - x.shape[-1])])
+
         if not body_placed:
-            body = place(body, self.body[subnet].value)
+            body = pad(body) if self.body_prefix else place(body, self.body[subnet].value)
         if not short_placed:
-            if self.short_prefix:
-                grow = self.stream_sizes[subnet] - short.shape[-1]
-                short = jnp.pad(short, [(0, 0)] * (short.ndim - 1) + [(0, grow)])
-            else:
-                short = place(short, self.short[subnet].value)
+            short = pad(short) if self.short_prefix else place(short, self.short[subnet].value)
         return body + short, self.fused[subnet].value
 
 

@@ -21,7 +21,7 @@ from spnet_jax.core.channels import ChannelTable
 from spnet_jax.core.errors import ConfigError
 
 # `Structure.stream_order`: the channel order of ZPM streams.
-ASCENDING, APPENDED = 'ascending', 'appended'
+ASCENDING, APPENDED, PREFIX = 'ascending', 'appended', 'prefix'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +43,12 @@ class Structure:
       stream_order: how each ZPM stream orders its channels: ``'appended'`` (pruned since
         2026-12-01: the previous stream's channels first, in its order, then the body's new
         ones, so an identity or entry shortcut lands on a prefix of the stream and is placed by
-        a zero-pad), or ``'ascending'`` (earlier runs: the full network's channel order, the
-        shortcut placed by a gather). The masks say where each channel is; this says only what
-        the models may assume of them.
+        a zero-pad), ``'ascending'`` (earlier runs: the full network's channel order, the
+        shortcut placed by a gather), or ``'prefix'`` (``prune.zpm='aligned'``: every branch
+        of a stream keeps a prefix of one shared channel order, the stream is the longest of
+        them, its consumers' input rows are sorted by that order: every junction is a
+        zero-pad and an add, every read of a stream a prefix slice). The masks say where each
+        channel is; this says only what the models may assume of them.
     """
 
     arch: str
@@ -66,6 +69,14 @@ class Structure:
     @property
     def zpm(self) -> bool:
         return bool(self.junctions)
+
+    @property
+    def zpm_variant(self) -> str:
+        """The ``prune.zpm`` variant this structure was pruned with: 'none' (no junctions),
+        'aligned' (prefix streams) or 'release'."""
+        if not self.junctions:
+            return 'none'
+        return 'aligned' if self.stream_order == PREFIX else 'release'
 
     def _group_index(self, group: str) -> int:
         try:
@@ -202,6 +213,9 @@ class Structure:
                 f'{where}: the last sub-network must be the full network, but layer {bad!r} is '
                 'pruned in it; put the full network last.'
             )
+        if self.stream_order not in (ASCENDING, APPENDED, PREFIX):
+            raise ConfigError(f'{where}: stream_order={self.stream_order!r} is unknown; it is '
+                              f'one of {[ASCENDING, APPENDED, PREFIX]}.')
         names = tuple(j.name for j in table.junctions)
         if self.junctions != names:
             raise ConfigError(

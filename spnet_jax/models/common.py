@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from spnet_jax.core import layers
 from spnet_jax.core.channels import ChannelGroup, ChannelTable
-from spnet_jax.core.structure import APPENDED, ASCENDING, Structure, uniform_structure
+from spnet_jax.core.structure import APPENDED, ASCENDING, PREFIX, Structure, uniform_structure
 
 # The default `fold_slack` of the models: a ZPM branch's conv writes the stream layout itself
 # when the stream is at most ``1 + fold_slack`` times as wide as the branch
@@ -145,11 +145,19 @@ class JunctionWiring:
     stream_order: str = ASCENDING
     fold_slack: float = FOLD_SLACK
 
+    @property
+    def prefix(self) -> bool:
+        """Both branches are prefixes of the stream, which its consumers read as a prefix
+        (`Structure.stream_order` 'prefix', ``prune.zpm='aligned'``): the junction zero-pads
+        the shorter branch, nothing is gathered or folded."""
+        return self.stream_order == PREFIX
+
     def module(self) -> layers.ZPMAdd:
-        prefix = self.shortcut in (IDENTITY, ENTRY) and self.stream_order == APPENDED
+        prefix = self.prefix or (self.shortcut in (IDENTITY, ENTRY)
+                                 and self.stream_order == APPENDED)
         return layers.ZPMAdd(stream_sizes=self.stream_sizes, body_counts=self.body_counts,
                              short_counts=self.short_counts, short_prefix=prefix,
-                             name=layers.JUNCTION)
+                             body_prefix=self.prefix, name=layers.JUNCTION)
 
     def folds(self, branch_count: int, subnet: int) -> bool:
         """Whether a conv branch of ``branch_count`` channels writes sub-network ``subnet``'s
@@ -158,7 +166,10 @@ class JunctionWiring:
         stream by an activation gather at the add. Folding costs the extra columns,
         ``stream / branch - 1`` of the conv; placing costs a gather of the activations. Chosen
         at trace time from the static counts: fold when the stream is at most
-        ``1 + fold_slack`` times the branch."""
+        ``1 + fold_slack`` times the branch. Prefix streams never fold: their branches are
+        zero-padded, which costs neither."""
+        if self.prefix:
+            return False
         return self.stream_sizes[subnet] <= branch_count * (1.0 + self.fold_slack)
 
     def body_folded(self, subnet: int) -> bool:
@@ -177,6 +188,11 @@ class JunctionWiring:
         body, short = junction.placement(subnet)
         return (body if self.body_folded(subnet) else None,
                 short if self.shortcut == PROJECTION and self.short_placed(subnet) else None)
+
+    def consumer_index(self, fused):
+        """What the stream's consumers gather their input rows by: the fused index, or None
+        for a prefix stream (they slice its first rows)."""
+        return None if self.prefix else fused
 
     @property
     def rows(self) -> int:

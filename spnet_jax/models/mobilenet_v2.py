@@ -105,9 +105,9 @@ class MobileNetV2Arch(Architecture):
         stem, specs, last = self.block_specs(w)
         if zpm and any(not b.expand for b in specs[1:]):
             raise ConfigError(
-                f'prune.zpm=True is not supported for {self.name}: blocks without expansion '
-                'after the first run a depthwise conv on a residual stream; set '
-                'prune.zpm=False (the release prunes EfficientNet without ZPM).')
+                f'ZPM (prune.zpm=\'release\' or \'aligned\') is not supported for {self.name}: '
+                'blocks without expansion after the first run a depthwise conv on a residual '
+                "stream; set prune.zpm='none' (the release prunes EfficientNet without ZPM).")
 
         def reading(i: int) -> dict[str, tuple]:
             """What block i (i = len(specs): the last conv) adds to the channel group of its
@@ -327,4 +327,4 @@ class InvertedResidual(nn.Module):
             return layers.Activation(a.x + y, None, w.project.full)
         out, fused = junction(y, a.x, k, body_placed=body_at is not None,
                               short_placed=w.junction.short_placed(k))
-        return layers.Activation(out, fused, w.junction.rows)
+        return layers.Activation(out, w.junction.consumer_index(fused), w.junction.rows)

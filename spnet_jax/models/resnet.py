@@ -337,4 +337,5 @@ class Block(nn.Module):
             return layers.Activation(nn.relu(y + short), None, rows)
         out, fused = junction(y, short, k, body_placed=body_at is not None,
                               short_placed=w.junction.short_placed(k))
-        return layers.Activation(nn.relu(out), fused, w.junction.rows)
+        return layers.Activation(nn.relu(out), w.junction.consumer_index(fused),
+                                 w.junction.rows)

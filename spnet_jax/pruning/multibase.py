@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from spnet_jax.core.errors import ConfigError
-from spnet_jax.core.structure import APPENDED, ASCENDING, Structure
+from spnet_jax.core.structure import APPENDED, ASCENDING, PREFIX, Structure
 from spnet_jax.pruning import scs, threshold, zpm
 
 
@@ -28,7 +28,12 @@ class Plan:
 
 
 def check_bases(base_widths: Sequence[float], keep_ratios: Sequence[float]) -> list[int]:
-    """Validates widths/ratios; returns the base index of each keep ratio."""
+    """Validates widths/ratios; returns the base index of each keep ratio.
+
+    With one base the ratios must ascend: sub-network k is pruned to ``keep_ratios[k]`` and
+    sub-networks are numbered smallest first. (With several, sub-network k comes from base k,
+    so the ratios need not ascend: the release's ResNet-50 keeps 0.5484 of its x0.75 base and
+    0.526 of its x1.0 one.)"""
     widths = list(base_widths)
     if not widths:
         raise ConfigError('prune: base widths are empty; give at least one base network.')
@@ -39,6 +44,11 @@ def check_bases(base_widths: Sequence[float], keep_ratios: Sequence[float]) -> l
             raise ConfigError(f'keep ratio {r} is outside (0, 1]; it is the fraction of BN '
                               'channels kept.')
     if len(widths) == 1:
+        if any(b <= a for a, b in zip(keep_ratios, keep_ratios[1:], strict=False)):
+            raise ConfigError(
+                f'prune.keep_ratios={tuple(keep_ratios)} must be strictly ascending with one '
+                'base (sub-network 0 is the smallest); give them as '
+                f'{tuple(sorted(set(keep_ratios)))}.')
         return [0] * len(keep_ratios)
     if len(keep_ratios) != len(widths):
         raise ConfigError(
@@ -53,22 +63,40 @@ def base_floors(arch, base_width: float, zpm_on: bool,
     return threshold.floors(arch.floor_table(float(base_width), zpm=zpm_on), min_channels_ratio)
 
 
+def orders_of(table, largest_scores: dict[str, np.ndarray], zpm_variant: str,
+              identity: bool = False) -> dict[str, np.ndarray]:
+    """SCS's orders for ``table`` (the full network's, with or without ZPM): each group's
+    channels by the largest base's importance, descending; with ``zpm_variant`` 'aligned'
+    each stream's members share its joint order (`zpm.aligned_orders`). ``identity``: every
+    order the identity (re-train recipes whose full network is wider than every base: which
+    channels is immaterial, the weights are re-initialised)."""
+    if identity:
+        orders = {g.name: np.arange(g.size) for g in table.groups}
+        orders.update({s.name: np.arange(s.size) for s in table.streams
+                       if zpm_variant == zpm.ALIGNED})
+        return orders
+    orders = scs.sort_orders(largest_scores)
+    if zpm_variant == zpm.ALIGNED:
+        orders = zpm.aligned_orders(table, largest_scores, orders)
+    return orders
+
+
 def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequence[float],
-         keep_ratios: Sequence[float], *, zpm_on: bool = True,
-         min_channels_ratio: float = 0.1, orders: dict | None = None,
-         round_to: int = 1) -> Plan:
+         keep_ratios: Sequence[float], *, zpm_variant: str, min_channels_ratio: float,
+         round_to: int, orders: dict | None = None) -> Plan:
     """Counts, orders and masks of the slimmable network.
 
-    ``base_scores[i]`` is ``(scores, pool)`` of base i from an importance function; the last
-    base is the largest, whose scores choose the channels (``arch.full_width`` must be its
-    width, unless ``orders`` are given: re-train recipes whose full network is wider than
-    every base pass the identity, since the weights are re-initialised anyway).
-    Sub-network k keeps ``keep_ratios[k]`` of base ``k``'s BN channels (of the only base,
-    with one base), each layer at least ``min_channels_ratio`` of its channels in that base
-    (`base_floors`), with ``round_to`` > 1 a multiple of it (`threshold.round_count`); the
-    last sub-network is the full network, unpruned.
+    ``base_scores[i]`` is ``(scores, pool)`` of base i from an importance function (on the
+    base's table for ``zpm_variant``); the last base is the largest, whose scores choose the
+    channels (`orders_of`; ``arch.full_width`` must be its width, unless ``orders`` are
+    given). Sub-network k keeps ``keep_ratios[k]`` of base ``k``'s BN channels (of the only
+    base, with one base), each layer at least ``min_channels_ratio`` of its channels in that
+    base (`base_floors`), with ``round_to`` > 1 a multiple of it (`threshold.round_count`);
+    the last sub-network is the full network, unpruned. ``zpm_variant`` is one of
+    `zpm.VARIANTS` (``prune.zpm``).
     """
     which = check_bases(base_widths, keep_ratios)
+    zpm_on = zpm_variant != zpm.NONE
     full_table = arch.table(zpm=zpm_on)
     counts, thresholds = [], []
     for r, b in zip(keep_ratios, which, strict=True):
@@ -79,14 +107,15 @@ def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequ
         thresholds.append(t)
     counts.append({g.name: g.size for g in full_table.groups})
     if orders is None:
-        orders = scs.sort_orders(base_scores[-1][0])
-    stream_sizes, masks, _ = zpm.zpm_masks(full_table, counts, orders)
+        orders = orders_of(full_table, base_scores[-1][0], zpm_variant)
+    stream_sizes, masks, _ = zpm.stream_masks(zpm_variant, full_table, counts, orders)
+    order = {zpm.ALIGNED: PREFIX, zpm.RELEASE: APPENDED}.get(zpm_variant, ASCENDING)
     structure = Structure(
         arch=arch.name, method='spnet', groups=full_table.group_names,
         full=tuple(g.size for g in full_table.groups),
         counts=tuple(tuple(c[g] for g in full_table.group_names) for c in counts),
         junctions=tuple(j.name for j in full_table.junctions),
         stream_sizes=tuple(tuple(s) for s in stream_sizes) if full_table.zpm else (),
-        stream_order=APPENDED if full_table.zpm else ASCENDING,
+        stream_order=order,
     ).validate(full_table)
     return Plan(structure, orders, masks, tuple(thresholds), tuple(keep_ratios), tuple(which))

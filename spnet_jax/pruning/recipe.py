@@ -22,8 +22,11 @@ from spnet_jax.core.errors import ConfigError
 from spnet_jax.pruning import multibase, scs, targets
 from spnet_jax.pruning.importance import IMPORTANCE
 from spnet_jax.pruning.multibase import Plan, plan
+from spnet_jax.pruning.zpm import DESCRIPTIONS, NONE, RELEASE, VARIANTS
 
 STARTS = ('finetune', 'reinit')  # fine-tune the largest base's weights, or re-initialise
+# ``prune.zpm`` in a ``config.json`` written before the variants existed: a boolean.
+LEGACY_ZPM = {True: RELEASE, False: NONE}
 
 
 def _number(value: Any) -> bool:
@@ -35,17 +38,19 @@ class PruneSettings:
     """The ``prune`` section of a config (see configs/default.py for each field's meaning).
 
     Exactly one of ``keep_ratios`` and ``macs_targets`` is used: MACs targets, when given,
-    replace the keep ratios.
+    replace the keep ratios. Every field is required: configs/default.py owns the defaults
+    (a saved config missing a later field gets what those runs did from
+    `spnet_jax.train.settings.LEGACY_DEFAULTS`).
     """
 
     keep_ratios: tuple[float, ...]
     macs_targets: tuple[float, ...]
-    zpm: bool
+    zpm: str  # one of `zpm.VARIANTS`
     min_channels_ratio: float
     importance: str
     start: str
-    round_to: int = 1
-    macs_tolerance: float = 0.01
+    round_to: int
+    macs_tolerance: float
 
     @classmethod
     def from_config(cls, section: Any) -> PruneSettings:
@@ -60,8 +65,9 @@ class PruneSettings:
         if targets_ and not (all(_number(t) and t > 0 for t in targets_) and all(
                 b > a for a, b in zip(targets_, targets_[1:], strict=False))):
             raise ConfigError(f'prune.macs_targets={targets_} must be positive and ascending.')
-        if not isinstance(section.zpm, bool):
-            raise ConfigError(f'prune.zpm={section.zpm!r} must be True or False.')
+        variant = LEGACY_ZPM.get(section.zpm, section.zpm) if isinstance(
+            section.zpm, bool) else section.zpm
+        check_variant(variant, section.zpm)
         ratio = section.min_channels_ratio
         if not (_number(ratio) and 0 <= ratio < 1):
             raise ConfigError(f'prune.min_channels_ratio={ratio!r} must be in [0, 1).')
@@ -71,17 +77,17 @@ class PruneSettings:
         if section.start not in STARTS:
             raise ConfigError(f'prune.start={section.start!r} is unknown; choose one of '
                               f'{list(STARTS)}.')
-        round_to = section.get('round_to', 1)  # runs made before the field existed: 1
+        round_to = section.round_to
         if not (isinstance(round_to, int) and not isinstance(round_to, bool) and round_to >= 1):
             raise ConfigError(f'prune.round_to={round_to!r} must be a whole number >= 1 (1 keeps '
                               'the release\'s exact counts; e.g. 8 rounds each pruned layer to a '
                               'multiple of 8 channels).')
-        tolerance = section.get('macs_tolerance', 0.01)  # likewise
+        tolerance = section.macs_tolerance
         if not (_number(tolerance) and 0 < tolerance < 0.5):
             raise ConfigError(f'prune.macs_tolerance={tolerance!r} must be a fraction in (0, 0.5) '
                               '(0.01: each MACs target met within 1%).')
         return cls(tuple(float(r) for r in ratios), tuple(float(t) for t in targets_),
-                   section.zpm, float(ratio), section.importance, section.start, round_to,
+                   variant, float(ratio), section.importance, section.start, round_to,
                    float(tolerance))
 
     @property
@@ -100,6 +106,14 @@ class PruneSettings:
             reinit_rng=(jax.random.fold_in(jax.random.key(seed), 1000)
                         if self.start == 'reinit' else None),
             bn_scale_init=bn_scale_init)
+
+
+def check_variant(variant: Any, given: Any = None) -> None:
+    """Refuses (one sentence) a ``prune.zpm`` that is not one of `VARIANTS`."""
+    if variant not in VARIANTS:
+        choices = '; '.join(f'{v!r} ({DESCRIPTIONS[v]})' for v in VARIANTS)
+        raise ConfigError(f'prune.zpm={variant if given is None else given!r} is unknown; '
+                          f'choose one of {choices}.')
 
 
 def _shapes(tree) -> dict[str, tuple]:
@@ -162,37 +176,46 @@ def slimmable_variables(arch, the_plan: Plan, largest_base: dict, *, in_channels
 
 
 def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
-          keep_ratios: Sequence[float] | None = None,
-          macs_targets: Sequence[float] | None = None, image_size: int = 224,
-          in_channels: int = 3, zpm: bool = True, min_channels_ratio: float = 0.1,
+          zpm: str, round_to: int, keep_ratios: Sequence[float] | None = None,
+          macs_targets: Sequence[float] | None = None, tolerance: float | None = None,
+          image_size: int = 224, in_channels: int = 3, min_channels_ratio: float = 0.1,
           importance: str = 'bn', reinit_rng: jax.Array | None = None,
-          bn_scale_init: float = 1.0, tolerance: float = 0.01, round_to: int = 1) -> tuple:
+          bn_scale_init: float = 1.0) -> tuple:
     """SP-Net pruning of trained bases into one slimmable network.
+
+    The pruning options have no defaults here: a run takes them from its config
+    (`PruneSettings.arguments`; configs/default.py declares them), a caller names them.
 
     Args:
       arch: the architecture at the full width (the largest base's width).
       base_variables: per base, ``{'params', 'batch_stats'}`` of the plain network at that
         width, ascending widths.
       base_widths: the bases' width multipliers, ascending.
+      zpm: how residual streams are pruned, one of `VARIANTS` (``prune.zpm``): 'release'
+        (the release's zero-padding-match), 'aligned' (ZPM whose branches keep prefixes of
+        one shared order per stream), 'none' (one channel set per stream).
+      round_to: each pruned layer's channel count a multiple of this (nearest, at least the
+        floor, at most the layer's size; MACs targets are met with the rounded counts). 1
+        keeps the release's exact counts. 'release' streams (unions of branches) stay
+        unrounded; 'aligned' streams are their longest branch, so rounded too.
       keep_ratios: per pruned sub-network, the fraction of BN channels kept (one per base, or
-        any number with a single base). Exclusive with ``macs_targets``.
-      macs_targets: per pruned sub-network, MACs per image to reach (within ``tolerance``);
-        the keep ratio is found by bisection and returned in ``info``.
-      zpm: zero-padding-match pruning of residual streams.
+        any number with a single base, ascending). Exclusive with ``macs_targets``.
+      macs_targets: per pruned sub-network, MACs per image to reach (within ``tolerance``,
+        required with them); the keep ratio is found by bisection and returned in ``info``.
       min_channels_ratio: floor per layer, as a fraction of its channels in the base being
         pruned (halved for ZPM block ends and shortcuts; VGG: of its x1.0 channels).
       importance: a name in `IMPORTANCE`.
       reinit_rng: re-train-from-scratch recipes (VGG, MobileNetV1): fresh weights, with BN
         scales ``bn_scale_init``.
-      round_to: each pruned layer's channel count a multiple of this (nearest, at least the
-        floor, at most the layer's size; MACs targets are met with the rounded counts). 1
-        keeps the release's exact counts. ZPM stream sizes (unions of branches) stay unrounded.
 
     Returns:
       ``(structure, variables, info)``: info has 'keep_ratios', 'thresholds', 'macs'.
     """
     if (keep_ratios is None) == (macs_targets is None):
         raise ConfigError('prune: give exactly one of prune.keep_ratios and prune.macs_targets.')
+    check_variant(zpm)
+    if macs_targets is not None and tolerance is None:
+        raise ConfigError('prune: MACs targets need prune.macs_tolerance (e.g. 0.01).')
     if importance not in IMPORTANCE:
         raise ConfigError(f'prune.importance={importance!r} is unknown; choose one of '
                           f'{sorted(IMPORTANCE)}.')
@@ -206,8 +229,9 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
                           f'{base_widths}: give one checkpoint per width.')
     # Widths ascending, one ratio or target per base, ratios in (0, 1]; MACs targets are
     # checked for reach later. ``which[k]``: the base sub-network k is pruned from.
+    n = len(macs_targets or ())
     which = multibase.check_bases(
-        base_widths, keep_ratios if keep_ratios is not None else [1.0] * len(macs_targets))
+        base_widths, keep_ratios if keep_ratios is not None else [(i + 1) / n for i in range(n)])
     wider_full = arch.full_width > base_widths[-1] + 1e-9
     retrain_wider = wider_full and reinit_rng is not None
     if abs(arch.full_width - base_widths[-1]) > 1e-9 and not retrain_wider:
@@ -216,26 +240,24 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
             f'{base_widths[-1]} (a wider full network needs prune.start="reinit").')
     for i, (v, w) in enumerate(zip(base_variables, base_widths, strict=True)):
         check_base_variables(arch, v, w, f'base checkpoint {i} (width {w})')
+    zpm_on = zpm != NONE
     score_fn = IMPORTANCE[importance]
-    base_scores = [score_fn(v, arch.table(width=w, zpm=zpm))
+    base_scores = [score_fn(v, arch.table(width=w, zpm=zpm_on))
                    for v, w in zip(base_variables, base_widths, strict=True)]
-    table = arch.table(zpm=zpm)
+    table = arch.table(zpm=zpm_on)
     macs_of = targets.macs_function(arch, table, image_size, in_channels)
-    if wider_full:  # re-train recipe: which channels is immaterial, keep the identity
-        orders = {g.name: np.arange(g.size) for g in table.groups}
-    else:
-        orders = scs.sort_orders(base_scores[-1][0])
+    orders = multibase.orders_of(table, base_scores[-1][0], zpm, identity=wider_full)
     if macs_targets is not None:
         ratios = []
         for k, (target, b) in enumerate(zip(macs_targets, which, strict=True)):
-            counts_macs = lambda c: macs_of(c, targets.zpm_stream_sizes(table, c, orders))
-            floors = multibase.base_floors(arch, base_widths[b], zpm, min_channels_ratio)
+            counts_macs = lambda c: macs_of(c, targets.zpm_stream_sizes(table, c, orders, zpm))
+            floors = multibase.base_floors(arch, base_widths[b], zpm_on, min_channels_ratio)
             r, _ = targets.ratio_for_target(float(target), *base_scores[b], floors, counts_macs,
                                             tolerance=tolerance, round_to=round_to,
                                             what=f'sub-network {k} (base {base_widths[b]})')
             ratios.append(r)
         keep_ratios = ratios
-    the_plan = plan(arch, base_scores, base_widths, list(keep_ratios), zpm_on=zpm,
+    the_plan = plan(arch, base_scores, base_widths, list(keep_ratios), zpm_variant=zpm,
                     min_channels_ratio=min_channels_ratio, orders=orders, round_to=round_to)
     variables = slimmable_variables(arch, the_plan, base_variables[-1], in_channels=in_channels,
                                     reinit_rng=reinit_rng, bn_scale_init=bn_scale_init)

@@ -4,8 +4,10 @@ Each group's channels are put in descending importance. Permuting a group moves,
 its producers' kernels (output axis; and biases, where an FC has one), its BNs (scale, bias
 and the statistics of the full network), its depthwise followers' kernels, and every
 consumer's input axis. On the full
-network this changes nothing in the function. Consumers of a ZPM stream are not touched:
-the stream stays in original channel order and they gather it by the fused index.
+network this changes nothing in the function. Consumers of a ZPM stream are not touched
+(the release's ZPM: the stream stays in original channel order and they gather it by the
+fused index), unless ``orders`` has an order under the stream's name (aligned ZPM, whose
+stream members share that order): then they are permuted by it and read prefixes.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ def permute(variables: dict, table: ChannelTable, orders: dict[str, np.ndarray])
                         tree[key] = _take(tree[key], order, 0)
         for path, axis in g.consumers:
             params[f'{path}/kernel'] = _take(params[f'{path}/kernel'], order, axis)
+    for stream in table.streams:
+        if stream.name in orders:
+            for j in stream.junctions:
+                for path, axis in j.consumers:
+                    params[f'{path}/kernel'] = _take(params[f'{path}/kernel'],
+                                                     orders[stream.name], axis)
     out = dict(variables)
     out['params'] = traverse_util.unflatten_dict(params, sep='/')
     if layers.BATCH_STATS in variables:

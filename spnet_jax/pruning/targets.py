@@ -20,7 +20,7 @@ from spnet_jax.core import cost
 from spnet_jax.core.channels import ChannelTable
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import Structure
-from spnet_jax.pruning import threshold, zpm
+from spnet_jax.pruning import multibase, threshold, zpm
 
 
 def macs_function(arch, table: ChannelTable, image_size: int,
@@ -78,8 +78,8 @@ def macs_function(arch, table: ChannelTable, image_size: int,
 
 
 def ratio_for_target(target: float, scores: dict, pool: np.ndarray, group_floors: dict,
-                     subnet_macs: Callable[[dict], int], *, tolerance: float = 0.01,
-                     what: str = 'sub-network', round_to: int = 1) -> tuple[float, int]:
+                     subnet_macs: Callable[[dict], int], *, tolerance: float, round_to: int,
+                     what: str = 'sub-network') -> tuple[float, int]:
     """The keep ratio whose pruned counts' MACs are closest to ``target`` (within tolerance).
 
     ``subnet_macs(counts)`` gives MACs of the counts (ZPM unions included by the caller);
@@ -116,6 +116,63 @@ def ratio_for_target(target: float, scores: dict, pool: np.ndarray, group_floors
     return r, m
 
 
-def zpm_stream_sizes(table: ChannelTable, counts: dict, orders: dict) -> dict[str, int]:
-    sizes, _, _ = zpm.zpm_masks(table, [counts], orders)
+def zpm_stream_sizes(table: ChannelTable, counts: dict, orders: dict,
+                     zpm_variant: str) -> dict[str, int]:
+    """Junction -> stream size of one sub-network's ``counts`` (`zpm.stream_masks`)."""
+    sizes, _, _ = zpm.stream_masks(zpm_variant, table, [counts], orders)
     return {j.name: s for j, s in zip(table.junctions, sizes[0], strict=True)}
+
+
+def check_round_to(arch, base_widths, macs_targets, *, zpm_variant: str, round_to: int,
+                   tolerance: float, min_channels_ratio: float, image_size: int,
+                   in_channels: int, draws: int = 3) -> None:
+    """Refuses, before any base is trained, a ``prune.round_to`` whose channel steps are too
+    coarse to meet ``macs_targets`` within ``tolerance`` (one `ConfigError` sentence naming
+    the field and the largest ``round_to`` that works).
+
+    The trained bases' importance is not known yet, so the bisection runs on stand-in
+    importance (uniform random, ``draws`` seeds): what makes a target unreachable is the
+    MACs step of ``round_to`` channels in the network's layers, which hardly depends on the
+    scores. Refused only when every draw misses; the prune stage still checks the real
+    counts (`ratio_for_target`).
+    """
+    zpm_on = zpm_variant != zpm.NONE
+    table = arch.table(zpm=zpm_on)
+    macs_of = macs_function(arch, table, image_size, in_channels)
+    which = range(len(base_widths)) if len(base_widths) > 1 else [0] * len(macs_targets)
+
+    def reachable(step: int) -> int | None:
+        """The first target index no draw meets with ``step``, or None."""
+        for k, (target, b) in enumerate(zip(macs_targets, which, strict=False)):
+            base_table = arch.table(width=base_widths[b], zpm=zpm_on)
+            floors = multibase.base_floors(arch, base_widths[b], zpm_on, min_channels_ratio)
+            met = False
+            for seed in range(draws):
+                rng = np.random.default_rng(seed)
+                scores = {g.name: rng.random(g.size) for g in base_table.groups}
+                pool = np.concatenate([scores[g.name] for g in base_table.groups
+                                       for _ in g.bns])
+                largest = {g.name: rng.random(g.size) for g in table.groups}
+                orders = multibase.orders_of(table, largest, zpm_variant)
+                counts_macs = lambda c, o=orders: macs_of(c, zpm_stream_sizes(table, c, o,
+                                                                              zpm_variant))
+                try:
+                    ratio_for_target(float(target), scores, pool, floors, counts_macs,
+                                     tolerance=tolerance, round_to=step)
+                    met = True
+                    break
+                except ConfigError:
+                    pass
+            if not met:
+                return k
+        return None
+
+    missed = reachable(round_to)
+    if missed is None or reachable(1) == missed:  # exact counts miss it too: not round_to's
+        return
+    works = next((s for s in range(round_to - 1, 0, -1) if reachable(s) is None), 1)
+    raise ConfigError(
+        f'prune.round_to={round_to} cannot meet prune.macs_targets[{missed}]='
+        f'{macs_targets[missed]:.4g} within prune.macs_tolerance={tolerance:g}: steps of '
+        f'{round_to} channels move {arch.name}\'s MACs by more than that; use '
+        f'prune.round_to={works} or less, or a larger prune.macs_tolerance.')

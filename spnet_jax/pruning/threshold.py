@@ -48,7 +48,7 @@ def round_count(count: int, floor: int, size: int, round_to: int) -> int:
 
 
 def layer_counts(scores: dict[str, np.ndarray], threshold: float,
-                 group_floors: dict[str, int], round_to: int = 1) -> dict[str, int]:
+                 group_floors: dict[str, int], round_to: int) -> dict[str, int]:
     """Channels kept per group: those scoring strictly above the threshold, at least the floor
     (and at most the group's size in the network being pruned); with ``round_to`` > 1, each
     count rounded to a multiple of it (`round_count`): hardware-friendly channel counts."""

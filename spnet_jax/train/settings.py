@@ -26,7 +26,7 @@ from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.data import DataSettings, parse_settings
 from spnet_jax.models import Architecture, arch_from_config
-from spnet_jax.pruning import PruneSettings
+from spnet_jax.pruning import PruneSettings, targets
 from spnet_jax.train.optim import OPTIMIZERS, SCHEDULES
 
 METHODS = ('spnet', 'snet')
@@ -41,6 +41,7 @@ LEGACY_DEFAULTS = {
     ('base', 'mixup_alpha'): 0.0, ('slim', 'mixup_alpha'): 0.0,
     ('base', 'ema_decay'): 0.0, ('slim', 'ema_decay'): 0.0,
     ('model', 'dropout'): None, ('model', 'stochastic_depth'): None,
+    ('prune', 'round_to'): 1, ('prune', 'macs_tolerance'): 0.01,
 }
 
 
@@ -316,7 +317,10 @@ class Settings:
                f'{data.spec.num_classes} classes; set model.num_classes={data.spec.num_classes}.')
         base = TrainingSettings.from_config('base', c.base)
         slim = SlimSettings.from_config('slim', c.slim)
-        prune = PruneSettings.from_config(c.prune)
+        prune_section = ml_collections.ConfigDict(c.prune.to_dict())
+        for name in ('round_to', 'macs_tolerance'):  # saved before these fields existed
+            prune_section[name] = _field(c.prune, name, 'prune')
+        prune = PruneSettings.from_config(prune_section)
         settings = cls(method=method, stages=stages, seed=get('seed'), compute_dtype=dtype,
                        log_every_steps=get('log_every_steps'),
                        checkpoint_every_steps=get('checkpoint_every_steps'),
@@ -338,10 +342,10 @@ class Settings:
         if 'slim' in stages:
             s = self.slim
             if s.drop_scaffold and self.method == 'spnet':
-                _check(not self.prune.zpm,
+                _check(self.prune.zpm == 'none',
                        'slim.drop_scaffold=True drops the last sub-network, which a ZPM '
                        "network cannot lose (its residual streams are numbered in the full "
-                       "network's channels); set prune.zpm=False or slim.drop_scaffold=False.")
+                       "network's channels); set prune.zpm='none' or slim.drop_scaffold=False.")
             if s.drop_scaffold and self.method == 'snet':
                 _check(len(s.widths) >= 2,
                        'slim.drop_scaffold=True drops the widest S-Net width, but slim.widths '
@@ -369,10 +373,15 @@ class Settings:
         _check(len(sizes) == len(widths) or len(widths) == 1,
                f'{field} has {len(sizes)} entries but base.widths has {len(widths)}; give one '
                f'{what} per base network.')
-        if p.zpm:
+        _check(len(widths) > 1 or p.macs_targets or all(
+            b > a for a, b in zip(p.keep_ratios, p.keep_ratios[1:], strict=False)),
+               f'prune.keep_ratios={p.keep_ratios} must be strictly ascending with one base '
+               f'(sub-network 0 is the smallest); give them as '
+               f'{tuple(sorted(set(p.keep_ratios)))}.')
+        if p.zpm != 'none':
             _check(arch.table(zpm=True).zpm,
-                   f'prune.zpm=True but {arch.name} has no residual connections; set '
-                   'prune.zpm=False.')
+                   f'prune.zpm={p.zpm!r} but {arch.name} has no residual connections; set '
+                   "prune.zpm='none'.")
         if p.start == 'finetune':
             _check(abs(widths[-1] - self.model.full_width) < 1e-9,
                    f"prune.start='finetune' starts from the largest base, but base.widths ends "
@@ -393,3 +402,9 @@ class Settings:
                    f'prune.macs_targets[{k}]={target:.4g} is not below the {base_macs:.4g} MACs '
                    f'of the x{widths[b]} base it is pruned from; lower it (a pruned sub-network '
                    'costs less than its base).')
+        p = self.prune
+        if p.round_to > 1:
+            targets.check_round_to(
+                self.arch, widths, p.macs_targets, zpm_variant=p.zpm, round_to=p.round_to,
+                tolerance=p.macs_tolerance, min_channels_ratio=p.min_channels_ratio,
+                image_size=self.data.image_size, in_channels=self.data.spec.channels)

@@ -285,7 +285,7 @@ class SlimmableNetwork:
 
     def __repr__(self):
         return (f'SlimmableNetwork({self.arch.name}, {self.structure.num_subnets} sub-networks, '
-                f'method={self.structure.method}, zpm={self.structure.zpm}, '
+                f'method={self.structure.method}, zpm={self.structure.zpm_variant!r}, '
                 f'{self.mesh.size} device(s))')
 
 
