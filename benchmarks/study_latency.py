@@ -116,9 +116,11 @@ def spread(times: Sequence[float]) -> float:
 
 
 def measure(networks: dict, input_shape: Sequence[int], batches: Sequence[int] = BATCHES,
-            repeats: int = 30, warmup: int = 2, build=_forward) -> dict:
+            repeats: int = 30, warmup: int = 2, build=_forward,
+            clock: Callable[[], float] = time.perf_counter) -> dict:
     """Times every network (key -> ``{'arch', 'structure'}``) at every batch size,
-    interleaved (`time_interleaved`); returns what ``latency.json`` keeps."""
+    interleaved (`time_interleaved`); returns what ``latency.json`` keeps. ``build(network,
+    input_shape, batch)`` gives ``(call, macs, params)`` (`_forward`)."""
     import jax
 
     start, load_before = time.time(), os.getloadavg()
@@ -129,7 +131,7 @@ def measure(networks: dict, input_shape: Sequence[int], batches: Sequence[int] =
             calls[f'{key}@{batch}'] = call
         info[key] = {**network, 'macs': macs, 'params': params}
     compile_s = time.time() - start
-    times = time_interleaved(calls, repeats, warmup)
+    times = time_interleaved(calls, repeats, warmup, clock)
     for key in networks:
         per_batch = {str(b): [1e3 * t for t in times[f'{key}@{b}']] for b in batches}
         info[key]['ms'] = {b: statistics.median(t) for b, t in per_batch.items()}
