@@ -7,14 +7,17 @@ Two studies, one orchestrator:
   individual networks E epochs), with the ablations that say where SP-Net's margin comes from:
   SP-Net re-trained from fresh weights (``prune.start='reinit'``), S-Net as the release trains
   it (no in-place distillation), S-Net with it, and S-Net started from SP-Net's trained x1.0
-  base. Config: ``configs/fashion_mnist_converged.py``. About 4.5 hours of a 2-core machine per
-  seed.
+  base; and SP-Net's pruning variants from the same bases (aligned ZPM, no ZPM). Config:
+  ``configs/fashion_mnist_converged.py``. About 4.5 hours of a 2-core machine per seed.
+  ``--latency`` then times every finished run's deployed sub-networks, interleaved in one
+  process (`study_latency`), and the report compares them at equal measured latency too.
 * ``--study=short`` (issue 6, ``benchmarks/RESULTS_short_budget.md``): 6,000 images, 2 epochs,
   3 seeds, about 80 minutes. Config: ``configs/fashion_mnist_repro.py``.
 
     python benchmarks/reproduce.py --study=converged --out=/work/converged --seeds=0,1
     python benchmarks/reproduce.py --study=converged --smoke   # a few steps of every arm
     python benchmarks/reproduce.py --study=converged --report_only --out=/work/converged
+    python benchmarks/reproduce.py --study=converged --report_only --latency --out=/work/converged
 
 Each (seed, run) is one ``python main.py --config=<config>:<run>`` in ``<out>/seed<s>/<run>``;
 a run whose ``report.json`` exists is skipped, and ``main.py`` itself resumes an interrupted
@@ -832,6 +835,9 @@ def markdown_converged(study: Study, summary: dict, command: str, smoke: bool, p
                      + ' | '.join(_cell(r) for r in rows) + ' |')
     lines += ['', '## Verdict (computed)', '']
     lines += verdict_converged(study, by_pair)
+    variants = study_latency.verdict(by_pair, study.labels, SNET_WIDTHS, 'equal MACs')
+    if variants:
+        lines += ['', 'Each pruning variant against both S-Nets:', ''] + variants
     if latency_summary is not None:
         lines += [''] + study_latency.markdown(
             latency_summary, latency, study.labels, study.methods, SNET_WIDTHS, latency_png,

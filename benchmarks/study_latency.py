@@ -241,10 +241,10 @@ def _cell(row: dict) -> str:
     return cell + (f' ({", ".join(marks)})' if marks else '')
 
 
-def verdict(pairs: list[dict], labels: dict, widths: Sequence[float], batch: int) -> list[str]:
-    """One computed line per variant: at which widths it beat both S-Net and warm S-Net at
-    equal latency in every seed, and where not (with the seeds it won)."""
-    by = {(p['a'], p['b']): p['subnets'] for p in pairs if p['batch'] == batch}
+def verdict(by: dict, labels: dict, widths: Sequence[float], where: str) -> list[str]:
+    """One computed line per variant: at which widths it beat both S-Net and warm S-Net in
+    every seed, and where not (with the seeds it won). ``by``: (a, b) -> rows of paired
+    differences (at equal MACs, or at equal latency ``where`` says which)."""
     lines = []
     for a in VARIANTS:
         snet, warm = by.get((a, 'snet')), by.get((a, 'snet_warm'))
@@ -259,8 +259,8 @@ def verdict(pairs: list[dict], labels: dict, widths: Sequence[float], batch: int
                 no.append(f'x{w:g} (S-Net {s["wins"]}/{len(s["seeds"])}, S-Net warm '
                           f'{v["wins"]}/{len(v["seeds"])}, {v["diff_mean"]:+.2f} points)')
         seeds = len(snet[0]['seeds'])
-        lines.append(f'* {labels[a]}, batch {batch}: beats S-Net and S-Net warm at equal latency '
-                     f'in all {seeds} seeds at ' + (', '.join(yes) if yes else 'no width')
+        lines.append(f'* {labels[a]}, {where}: beats S-Net and S-Net warm in all {seeds} '
+                     'seeds at ' + (', '.join(yes) if yes else 'no width')
                      + ('; not at ' + ', '.join(no) if no else '') + '.')
     return lines
 
@@ -314,7 +314,9 @@ def markdown(latency_summary: dict, latency: dict | None, labels: dict, methods:
     lines += ['', f'![top-1 vs measured ms]({png})', '', '### Verdict at equal latency '
               '(computed)', '']
     for b in latency['batches']:
-        lines += verdict(latency_summary['pairs'], labels, widths, b)
+        by = {(p['a'], p['b']): p['subnets'] for p in latency_summary['pairs']
+              if p['batch'] == b}
+        lines += verdict(by, labels, widths, f'equal latency at batch {b}')
     return lines + ['']
 
 

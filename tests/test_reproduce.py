@@ -395,13 +395,20 @@ def test_report_shows_measured_ms_and_a_computed_verdict_at_equal_latency():
         [0.5, 0.25], [0.5, 0.25], [0.0, 0.0], [4.5, -0.5])]
     # Beats both in every seed only at x0.5 (x0.25 loses a seed to S-Net, x1.0 to warm
     # S-Net, and x0.75 only ties warm S-Net).
-    line = next(x for x in text.splitlines() if x.startswith('* SP-Net, batch 32:'))
+    line = next(x for x in text.splitlines()
+                if x.startswith('* SP-Net, equal latency at batch 32:'))
     assert 'in all 2 seeds at x0.5; not at x0.25 (S-Net 1/2, S-Net warm 2/2' in line
     assert 'x0.75 (S-Net 2/2, S-Net warm 0/2, +0.00 points)' in line
     assert 'x1 (S-Net 2/2, S-Net warm 1/2, +2.00 points)' in line
     assert '| SP-Net - S-Net | 32 | +0.19 [-0.62, +1.00] 1/2 |' in text
     assert '+3.00 [+1.00, +5.00] 2/2 (faster) |' in text
     assert 'batch 32: median 1%, max 1%; batch 256: median 2%, max 2%' in text
+    # At equal MACs (sub-network k against width k): seed 0 +2 / +1 / +1.5 / +0.5 over
+    # S-Net and +1.5 / +0.5 / +2 / 0 over warm S-Net; seed 1 -0.5 / +1.5 / +0.5 / +1 and
+    # +1 / +0.5 / +1 / -0.5.
+    assert ('* SP-Net, equal MACs: beats S-Net and S-Net warm in all 2 seeds at x0.5, x0.75; '
+            'not at x0.25 (S-Net 1/2, S-Net warm 2/2, +1.25 points), x1 (S-Net 2/2, S-Net '
+            'warm 0/2, -0.25 points).') in text
 
 
 def test_latency_rounds_interleave_every_network_and_keep_medians():
@@ -562,5 +569,7 @@ def test_smoke_study_with_the_variants_and_latency(tmp_path):
     latency = json.loads((smoke / 'latency.json').read_text())
     assert latency['repeats'] == 2 and latency['without_structure'] == []
     text = (smoke / 'RESULTS.md').read_text()
-    assert '| SP-Net no ZPM - S-Net | 32 |' in text and '* SP-Net no ZPM, batch 256:' in text
+    assert '| SP-Net no ZPM - S-Net | 32 |' in text
+    assert '* SP-Net no ZPM, equal latency at batch 256:' in text
+    assert '* SP-Net no ZPM, equal MACs:' in text
     assert (smoke / 'results_latency.png').exists()
