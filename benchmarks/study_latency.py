@@ -53,9 +53,10 @@ def deployed(arch: dict, structure: dict) -> list[dict]:
 def network_key(network: dict) -> str:
     """What makes two deployed networks the same program: the structure without its width
     label, the architecture without its full width (the model reads its channels from the
-    structure)."""
+    structure), and without a stream order where it has no ZPM streams to order."""
     arch = {k: v for k, v in network['arch'].items() if k != 'full_width'}
-    structure = {k: v for k, v in network['structure'].items() if k != 'widths'}
+    ignored = ('widths',) if network['structure'].get('junctions') else ('widths', 'stream_order')
+    structure = {k: v for k, v in network['structure'].items() if k not in ignored}
     text = json.dumps({'arch': arch, 'structure': structure}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 

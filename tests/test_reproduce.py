@@ -573,3 +573,17 @@ def test_smoke_study_with_the_variants_and_latency(tmp_path):
     assert '* SP-Net no ZPM, equal latency at batch 256:' in text
     assert '* SP-Net no ZPM, equal MACs:' in text
     assert (smoke / 'results_latency.png').exists()
+
+
+def test_the_same_program_is_one_network_to_time():
+    """S-Net x0.25, the individual x0.25 network and a no-ZPM structure of the same counts
+    are the same deployed program; a ZPM stream's order is part of the program."""
+    def net(full_width, width, junctions, order):
+        return {'arch': {'name': 'resnet20', 'full_width': full_width},
+                'structure': {'counts': [[4, 8]], 'widths': [width], 'junctions': junctions,
+                              'stream_order': order}}
+
+    key = study_latency.network_key
+    assert key(net(1.0, 0.25, [], 'ascending')) == key(net(0.25, 0.25, [], 'appended'))
+    assert key(net(1.0, 0.25, ['j'], 'ascending')) != key(net(1.0, 0.25, ['j'], 'appended'))
+    assert key(net(1.0, 0.25, [], 'ascending')) != key(net(1.0, 0.25, ['j'], 'ascending'))
