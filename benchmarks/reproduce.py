@@ -373,8 +373,8 @@ def add_structure(study: Study, out: str, seed: int, name: str, records: str | N
     network = (network_of_workdir(workdir) if os.path.exists(os.path.join(workdir, 'report.json'))
                else None) or network_from_config(study, name)
     if network is None:
-        pruned = os.path.join(workdir, 'pruned', checkpoint.STRUCTURE)
-        if not os.path.exists(pruned):
+        pruned = checkpoint.stage_dir(workdir, 'pruned')
+        if not checkpoint.is_done(pruned):  # (an interrupted prune stage resumes)
             missing = _own_bases_missing(study, out, seed, name)
             if missing:
                 return (f'{name} (seed {seed}): no structure recorded and SP-Net\'s '
@@ -382,7 +382,7 @@ def add_structure(study: Study, out: str, seed: int, name: str, records: str | N
             rerun_prune(study, out, seed, name, extra, niceness)
         config = study.module.get_config(name)
         network = {'arch': arch_from_config(Settings.from_config(config).model).spec,
-                   'structure': json.load(open(pruned)),
+                   'structure': json.load(open(os.path.join(pruned, checkpoint.STRUCTURE))),
                    'structure_source': f'prune stage rerun on the bases in {out}'}
     network['structure_macs_difference'] = macs_difference(study, name, network,
                                                            record['rows'])

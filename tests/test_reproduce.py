@@ -486,7 +486,7 @@ def test_latency_step_gives_recorded_runs_structures_and_times_each_network_once
     def rerun_prune(study, out_, seed, name, extra, niceness=0):
         pruned_runs.append((seed, name))
         path = os.path.join(out_, f'seed{seed}', name, 'pruned')
-        os.makedirs(path)
+        _stage(path)
         pruned.save(os.path.join(path, 'structure.json'))
 
     timed = []
