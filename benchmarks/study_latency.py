@@ -61,9 +61,9 @@ def network_key(network: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _forward(network: dict, input_shape: Sequence[int], batch: int):
-    """``(call, macs, params)``: a compiled eval forward of ``network`` on a batch of random
-    images (random weights, passed as arguments), and its cost."""
+def _forwards(network: dict, input_shape: Sequence[int], batches: Sequence[int]):
+    """``({batch: call}, macs, params)``: a compiled eval forward of ``network`` per batch
+    size, on random images (random weights, passed as arguments), and its cost."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -78,11 +78,14 @@ def _forward(network: dict, input_shape: Sequence[int], batch: int):
     shape = tuple(input_shape)
     variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, *shape)), train=False))(
         jax.random.key(0))
-    images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
-    compiled = jax.jit(lambda v, x: model.apply(v, x, subnet=0, train=False)).lower(
-        variables, images).compile()
+    forward = jax.jit(lambda v, x: model.apply(v, x, subnet=0, train=False))
+    calls = {}
+    for batch in batches:
+        images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
+        compiled = forward.lower(variables, images).compile()
+        calls[batch] = lambda c=compiled, x=images: c(variables, x).block_until_ready()
     cost = subnet_costs(arch, structure, shape[0], shape[2])[0]
-    return (lambda: compiled(variables, images).block_until_ready()), cost.macs, cost.params
+    return calls, cost.macs, cost.params
 
 
 # ------------------------------------------------------------------ timing
@@ -117,19 +120,19 @@ def spread(times: Sequence[float]) -> float:
 
 
 def measure(networks: dict, input_shape: Sequence[int], batches: Sequence[int] = BATCHES,
-            repeats: int = 30, warmup: int = 2, build=_forward,
+            repeats: int = 30, warmup: int = 2, build=_forwards,
             clock: Callable[[], float] = time.perf_counter) -> dict:
     """Times every network (key -> ``{'arch', 'structure'}``) at every batch size,
     interleaved (`time_interleaved`); returns what ``latency.json`` keeps. ``build(network,
-    input_shape, batch)`` gives ``(call, macs, params)`` (`_forward`)."""
+    input_shape, batches)`` gives ``({batch: call}, macs, params)`` (`_forwards`)."""
     import jax
 
     start, load_before = time.time(), os.getloadavg()
     calls, info = {}, {}
     for key, network in networks.items():
+        per_batch, macs, params = build(network, input_shape, batches)
         for batch in batches:
-            call, macs, params = build(network, input_shape, batch)
-            calls[f'{key}@{batch}'] = call
+            calls[f'{key}@{batch}'] = per_batch[batch]
         info[key] = {**network, 'macs': macs, 'params': params}
     compile_s = time.time() - start
     times = time_interleaved(calls, repeats, warmup, clock)

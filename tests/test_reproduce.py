@@ -431,16 +431,16 @@ def test_latency_rounds_interleave_every_network_and_keep_medians():
                ('n2', 2): [0.010, 0.030, 0.020], ('n2', 4): [0.050, 0.040, 0.060]}
     runs = {k: iter(v) for k, v in seconds.items()}
 
-    def build(network, shape, batch):
-        built.append((network['structure']['id'], tuple(shape), batch))
-        key = (network['structure']['id'], batch)
-        return (lambda: now.__setitem__(0, now[0] + next(runs[key]))), 7, 3
+    def build(network, shape, batches):
+        name = network['structure']['id']
+        built.append((name, tuple(shape), tuple(batches)))
+        return {b: (lambda key=(name, b): now.__setitem__(0, now[0] + next(runs[key])))
+                for b in batches}, 7, 3
 
     networks = {'k1': _net('n1'), 'k2': _net('n2')}
     got = study_latency.measure(networks, (8, 8, 1), batches=(2, 4), repeats=3, warmup=0,
                                 build=build, clock=lambda: now[0])
-    assert built == [('n1', (8, 8, 1), 2), ('n1', (8, 8, 1), 4), ('n2', (8, 8, 1), 2),
-                     ('n2', (8, 8, 1), 4)]
+    assert built == [('n1', (8, 8, 1), (2, 4)), ('n2', (8, 8, 1), (2, 4))]
     assert got['networks']['k1']['ms'] == {'2': pytest.approx(2.0), '4': pytest.approx(4.0)}
     assert got['networks']['k2']['ms'] == {'2': pytest.approx(20.0), '4': pytest.approx(50.0)}
     assert got['networks']['k2']['spread']['4'] == pytest.approx(10 / 50)  # IQR 45..55
@@ -539,7 +539,7 @@ def test_a_finished_run_records_its_structure(tmp_path):
 
 
 def test_a_real_network_is_built_and_timed(tmp_path):
-    """`_forward` on a deployed ResNet-20 x0.25 (the smallest study network, batch 2)."""
+    """`_forwards` on a deployed ResNet-20 x0.25 (the smallest study network, batch 2)."""
     from spnet_jax.models import arch_from_config
     from spnet_jax.train.settings import Settings
 
