@@ -158,7 +158,9 @@ def run_ms(latency: dict | None, run: dict, batch: int) -> list[float] | None:
     networks = run.get('networks')
     if not latency or not networks:
         return None
-    measured = latency['networks']
+    # Keyed again here: each entry keeps its network, so a file from before a change of
+    # `network_key` still reads.
+    measured = {network_key(n): n for n in latency['networks'].values()}
     keys = [network_key(n) for n in networks]
     if any(k not in measured or str(batch) not in measured[k]['ms'] for k in keys):
         return None
@@ -246,26 +248,30 @@ def _cell(row: dict) -> str:
 
 
 def verdict(by: dict, labels: dict, widths: Sequence[float], where: str) -> list[str]:
-    """One computed line per variant: at which widths it beat both S-Net and warm S-Net in
-    every seed, and where not (with the seeds it won). ``by``: (a, b) -> rows of paired
-    differences (at equal MACs, or at equal latency ``where`` says which)."""
+    """One computed line per variant: at which widths it beat S-Net and warm S-Net in every
+    seed, and where not (each baseline's wins and mean difference). ``by``: (a, b) -> rows
+    of paired differences (at equal MACs, or at equal latency: ``where`` says which)."""
     lines = []
     for a in VARIANTS:
-        snet, warm = by.get((a, 'snet')), by.get((a, 'snet_warm'))
-        if not snet or not warm:
+        present = [b for b in ('snet', 'snet_warm') if by.get((a, b))]
+        if not present:
             continue
         yes, no = [], []
         for k, w in enumerate(widths):
-            s, v = snet[k], warm[k]
-            if s['diff_min'] > 0 and v['diff_min'] > 0:
+            rows = [by[(a, b)][k] for b in present]
+            if all(r['diff_min'] > 0 for r in rows):
                 yes.append(f'x{w:g}')
             else:
-                no.append(f'x{w:g} (S-Net {s["wins"]}/{len(s["seeds"])}, S-Net warm '
-                          f'{v["wins"]}/{len(v["seeds"])}, {v["diff_mean"]:+.2f} points)')
-        seeds = len(snet[0]['seeds'])
-        lines.append(f'* {labels[a]}, {where}: beats S-Net and S-Net warm in all {seeds} '
-                     'seeds at ' + (', '.join(yes) if yes else 'no width')
-                     + ('; not at ' + ', '.join(no) if no else '') + '.')
+                no.append(f'x{w:g} (' + '; '.join(
+                    f'{labels[b]} {r["wins"]}/{len(r["seeds"])} seeds, {r["diff_mean"]:+.2f}'
+                    for b, r in zip(present, rows, strict=True)) + ')')
+        names = ' and '.join(labels[b] for b in present)
+        text = (f'* {labels[a]}, {where}: beats {names} in every seed at '
+                + (', '.join(yes) if yes else 'no width') + ('; not at ' + ', '.join(no)
+                                                             if no else ''))
+        if len(present) < 2:
+            text += ' (S-Net warm: not finished or not measured)'
+        lines.append(text + '.')
     return lines
 
 
@@ -328,6 +334,7 @@ def plot(summary: dict, latency_summary: dict, labels: dict, styles: dict, path:
          title: str) -> None:
     """Top-1 (mean over seeds) against measured ms (mean over seeds), one panel per batch."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use('Agg')
     from matplotlib import pyplot as plt
@@ -344,6 +351,9 @@ def plot(summary: dict, latency_summary: dict, labels: dict, styles: dict, path:
             fmt, color = styles[method]
             ax.plot(xs, ys, fmt, color=color, label=labels[method])
         ax.set_xscale('log')
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}')
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
         ax.set_xlabel(f'measured ms per batch of {b} (log scale)')
         ax.set_ylabel('top-1 accuracy on the 10k test images (%)')
         ax.grid(alpha=0.3, which='both')

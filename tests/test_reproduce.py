@@ -370,6 +370,10 @@ def test_equal_latency_compares_each_seed_with_the_baseline_at_the_same_ms():
     # Only the seeds both arms finished and had measured are compared.
     assert [r['seeds'] for r in study_latency.equal_latency(
         _latency_results(), _latency(MS), 'spnet', 'individual', 32)] == [[0]] * 4
+    # Entries are matched by the networks they keep, not by the key they were stored under.
+    stale = _latency(MS)
+    stale['networks'] = {f'old-{k}': v for k, v in stale['networks'].items()}
+    assert study_latency.equal_latency(_latency_results(), stale, 'spnet', 'snet', 32) == rows
     unmeasured = {k: v for k, v in MS.items() if k != 'p2b'}
     assert [r['seeds'] for r in study_latency.equal_latency(
         _latency_results(), _latency(unmeasured), 'spnet', 'snet', 32)] == [[0]] * 4
@@ -397,18 +401,26 @@ def test_report_shows_measured_ms_and_a_computed_verdict_at_equal_latency():
     # S-Net, and x0.75 only ties warm S-Net).
     line = next(x for x in text.splitlines()
                 if x.startswith('* SP-Net, equal latency at batch 32:'))
-    assert 'in all 2 seeds at x0.5; not at x0.25 (S-Net 1/2, S-Net warm 2/2' in line
-    assert 'x0.75 (S-Net 2/2, S-Net warm 0/2, +0.00 points)' in line
-    assert 'x1 (S-Net 2/2, S-Net warm 1/2, +2.00 points)' in line
+    assert line == ('* SP-Net, equal latency at batch 32: beats S-Net and S-Net warm in every '
+                    'seed at x0.5; not at x0.25 (S-Net 1/2 seeds, +0.19; S-Net warm 2/2 seeds, '
+                    '+0.38), x0.75 (S-Net 2/2 seeds, +0.50; S-Net warm 0/2 seeds, +0.00), x1 '
+                    '(S-Net 2/2 seeds, +3.00; S-Net warm 1/2 seeds, +2.00).')
     assert '| SP-Net - S-Net | 32 | +0.19 [-0.62, +1.00] 1/2 |' in text
     assert '+3.00 [+1.00, +5.00] 2/2 (faster) |' in text
     assert 'batch 32: median 1%, max 1%; batch 256: median 2%, max 2%' in text
     # At equal MACs (sub-network k against width k): seed 0 +2 / +1 / +1.5 / +0.5 over
     # S-Net and +1.5 / +0.5 / +2 / 0 over warm S-Net; seed 1 -0.5 / +1.5 / +0.5 / +1 and
     # +1 / +0.5 / +1 / -0.5.
-    assert ('* SP-Net, equal MACs: beats S-Net and S-Net warm in all 2 seeds at x0.5, x0.75; '
-            'not at x0.25 (S-Net 1/2, S-Net warm 2/2, +1.25 points), x1 (S-Net 2/2, S-Net '
-            'warm 0/2, -0.25 points).') in text
+    assert ('* SP-Net, equal MACs: beats S-Net and S-Net warm in every seed at x0.5, x0.75; '
+            'not at x0.25 (S-Net 1/2 seeds, +0.75; S-Net warm 2/2 seeds, +1.25), x1 (S-Net '
+            '2/2 seeds, +0.75; S-Net warm 0/2 seeds, -0.25).') in text
+    # Without warm S-Net the line says so.
+    no_warm = {k: v for k, v in results.items() if k != 'snet_warm'}
+    lat = study_latency.summarise(no_warm, latency, CONVERGED.methods)
+    by = {(p['a'], p['b']): p['subnets'] for p in lat['pairs'] if p['batch'] == 256}
+    assert study_latency.verdict(by, CONVERGED.labels, [0.25, 0.5, 0.75, 1.0], 'w') == [
+        '* SP-Net, w: beats S-Net in every seed at x0.5, x0.75, x1; not at x0.25 (S-Net 1/2 '
+        'seeds, +0.19) (S-Net warm: not finished or not measured).']
 
 
 def test_latency_rounds_interleave_every_network_and_keep_medians():
