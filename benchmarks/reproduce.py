@@ -7,14 +7,17 @@ Two studies, one orchestrator:
   individual networks E epochs), with the ablations that say where SP-Net's margin comes from:
   SP-Net re-trained from fresh weights (``prune.start='reinit'``), S-Net as the release trains
   it (no in-place distillation), S-Net with it, and S-Net started from SP-Net's trained x1.0
-  base. Config: ``configs/fashion_mnist_converged.py``. About 4.5 hours of a 2-core machine per
-  seed.
+  base; and SP-Net's pruning variants from the same bases (aligned ZPM, no ZPM). Config:
+  ``configs/fashion_mnist_converged.py``. About 4.5 hours of a 2-core machine per seed.
+  ``--latency`` then times every finished run's deployed sub-networks, interleaved in one
+  process (`study_latency`), and the report compares them at equal measured latency too.
 * ``--study=short`` (issue 6, ``benchmarks/RESULTS_short_budget.md``): 6,000 images, 2 epochs,
   3 seeds, about 80 minutes. Config: ``configs/fashion_mnist_repro.py``.
 
     python benchmarks/reproduce.py --study=converged --out=/work/converged --seeds=0,1
     python benchmarks/reproduce.py --study=converged --smoke   # a few steps of every arm
     python benchmarks/reproduce.py --study=converged --report_only --out=/work/converged
+    python benchmarks/reproduce.py --study=converged --report_only --latency --out=/work/converged
 
 Each (seed, run) is one ``python main.py --config=<config>:<run>`` in ``<out>/seed<s>/<run>``;
 a run whose ``report.json`` exists is skipped, and ``main.py`` itself resumes an interrupted
@@ -40,12 +43,20 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+
+import study_latency  # noqa: E402
 
 from configs import fashion_mnist_repro as repro  # noqa: E402
 from configs.fashion_mnist import SNET_MACS, SNET_WIDTHS  # noqa: E402
 from spnet_jax.cli.profile import profile_config  # noqa: E402
+from spnet_jax.core.cost import subnet_costs  # noqa: E402
+from spnet_jax.core.structure import Structure  # noqa: E402
+from spnet_jax.models import arch_from_config, arch_from_spec  # noqa: E402
+from spnet_jax.train.settings import Settings  # noqa: E402
+from spnet_jax.workdir import checkpoint  # noqa: E402
 
-BASES_FROM_SPNET = ('spnet_reinit', 'snet_warm')
+BASES_FROM_SPNET = ('spnet_reinit', 'snet_warm', 'spnet_aligned', 'spnet_nozpm')
 # Set by SIGTERM / Ctrl-C: the running runs are stopped (they checkpoint and exit, and their
 # time is recorded), none is started; rerunning the command resumes them.
 STOP: dict = {'requested': False, 'children': set()}
@@ -278,9 +289,108 @@ def run_one(study: Study, out: str, seed: int, name: str, extra: list[str],
     timing_info = json.load(open(timing)) if os.path.exists(timing) else {}
     result = {'rows': rows, 'seconds': timing_info.get('seconds'),
               'cpu_seconds': timing_info.get('cpu_seconds'),
-              'bases_from_spnet': timing_info.get('bases_from_spnet', [])}
+              'bases_from_spnet': timing_info.get('bases_from_spnet', []),
+              **(network_of_workdir(workdir) or {})}
     write_record(records, seed, name, epochs, result)
     return result
+
+
+def network_of_workdir(workdir: str) -> dict | None:
+    """The finished network's architecture and structure (what rebuilds it to time it on
+    another machine), None when the run has no final network."""
+    final = checkpoint.final_network_dir(workdir)
+    paths = [os.path.join(final, f) for f in (checkpoint.ARCHITECTURE, checkpoint.STRUCTURE)]
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    arch, structure = (json.load(open(p)) for p in paths)
+    return {'arch': arch, 'structure': structure, 'structure_source': 'run'}
+
+
+def network_from_config(study: Study, name: str) -> dict | None:
+    """An S-Net arm's (or individual network's) architecture and structure, as its config
+    builds them (the widths alone decide them); None for SP-Net arms, whose structure comes
+    from pruning."""
+    config = study.module.get_config(name)
+    if config.method != 'snet':
+        return None
+    arch = arch_from_config(Settings.from_config(config).model)
+    return {'arch': arch.spec,
+            'structure': json.loads(arch.snet_structure(config.slim.widths).to_json()),
+            'structure_source': 'config'}
+
+
+def _own_bases_missing(study: Study, out: str, seed: int, name: str) -> list[str]:
+    """The finished bases a prune stage of ``name`` needs and ``out`` lacks (SP-Net's own,
+    or SP-Net's for the arms that copy them)."""
+    if name == 'spnet':
+        workdir = os.path.join(out, f'seed{seed}', 'spnet')
+        return [f'base_{float(w)}' for w in study.module.SPNET_BASES
+                if not os.path.exists(os.path.join(workdir, f'base_{float(w)}', 'done.json'))]
+    return spnet_bases_missing(study, out, seed, name)
+
+
+def rerun_prune(study: Study, out: str, seed: int, name: str, extra: list[str],
+                niceness: int = 0) -> None:
+    """Runs only the prune stage of ``name`` (``--config.stages=prune``) in its workdir, on
+    the bases found there (copied from SP-Net's first for the arms that share them)."""
+    workdir = os.path.join(out, f'seed{seed}', name)
+    os.makedirs(workdir, exist_ok=True)
+    share_bases(out, seed, name)
+    cmd = [sys.executable, 'main.py', f'--config={study.config}:{name}', f'--workdir={workdir}',
+           f'--config.seed={seed}', '--config.stages=prune', *extra]
+    print(f'[{time.strftime("%H:%M:%S")}] seed {seed} {name}: prune stage only, for its '
+          f'structure: {" ".join(cmd[1:])}', flush=True)
+    env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': os.path.join(out, 'jax_cache')}
+    with open(os.path.join(workdir, 'run.log'), 'a') as log:
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=lambda: os.nice(niceness)).returncode
+    if rc != 0:
+        raise SystemExit(f'seed {seed} {name}: prune stage failed (exit {rc}); see '
+                         f'{workdir}/run.log')
+
+
+def macs_difference(study: Study, name: str, network: dict, rows: list[dict]) -> float:
+    """The largest relative difference between a structure's MACs and a recorded run's
+    (0 when the structure is the one that run trained)."""
+    data = Settings.from_config(study.module.get_config(name)).data
+    arch = arch_from_spec(network['arch'])
+    structure = Structure.from_json(json.dumps(network['structure']))
+    costs = subnet_costs(arch, structure, data.image_size, data.spec.channels)
+    return max(abs(c.macs - r['macs']) / r['macs'] for c, r in zip(costs, rows, strict=True))
+
+
+def add_structure(study: Study, out: str, seed: int, name: str, records: str | None,
+                  extra: list[str], niceness: int = 0) -> str | None:
+    """Gives a run recorded before records kept structures its structure: the run's own
+    when its workdir is here, from the config for S-Net arms, else (SP-Net arms) the prune
+    stage run again on the bases in ``out`` (SP-Net's re-trained bases: the recorded run's
+    structure up to float summation order; the MACs difference to the recorded run is kept
+    beside it). Returns None when the record has a structure now, else why not."""
+    record = read_record(records, seed, name, study.module.EPOCHS)
+    if record is None or 'structure' in record:
+        return None
+    workdir = os.path.join(out, f'seed{seed}', name)
+    network = (network_of_workdir(workdir) if os.path.exists(os.path.join(workdir, 'report.json'))
+               else None) or network_from_config(study, name)
+    if network is None:
+        pruned = checkpoint.stage_dir(workdir, 'pruned')
+        if not checkpoint.is_done(pruned):  # (an interrupted prune stage resumes)
+            missing = _own_bases_missing(study, out, seed, name)
+            if missing:
+                return (f'{name} (seed {seed}): no structure recorded and SP-Net\'s '
+                        f'{", ".join(missing)} not finished in {out}')
+            rerun_prune(study, out, seed, name, extra, niceness)
+        config = study.module.get_config(name)
+        network = {'arch': arch_from_config(Settings.from_config(config).model).spec,
+                   'structure': json.load(open(os.path.join(pruned, checkpoint.STRUCTURE))),
+                   'structure_source': f'prune stage rerun on the bases in {out}'}
+    network['structure_macs_difference'] = macs_difference(study, name, network,
+                                                           record['rows'])
+    write_record(records, seed, name, study.module.EPOCHS,
+                 {**{k: v for k, v in record.items() if k != 'epochs'}, **network})
+    print(f'seed {seed} {name}: structure from {network["structure_source"]} (MACs within '
+          f'{network["structure_macs_difference"]:.2%} of the recorded run\'s)', flush=True)
+    return None
 
 
 def collect(study: Study, out: str, seeds: list[int], extra: list[str], run: bool,
@@ -335,8 +445,22 @@ def collect(study: Study, out: str, seeds: list[int], extra: list[str], run: boo
                     'seconds': sum(part['seconds'] or 0.0 for part in parts),
                     'cpu_seconds': sum(part['cpu_seconds'] or 0.0 for part in parts),
                     'bases_from_spnet': sorted({b for part in parts
-                                                for b in part['bases_from_spnet']})}
+                                                for b in part['bases_from_spnet']}),
+                    # Each sub-network as deployed, when every part's structure is known.
+                    'networks': ([n for part in parts for n in study_latency.deployed(
+                        part['arch'], part['structure'])]
+                        if all('structure' in part for part in parts) else None),
+                    'structure_sources': sorted({_source(part) for part in parts
+                                                 if 'structure_source' in part})}
     return results
+
+
+def _source(part: dict) -> str:
+    """Where a run's structure came from, with its MACs check when it was rebuilt."""
+    if 'structure_macs_difference' not in part:
+        return part['structure_source']
+    return (f'{part["structure_source"]} (MACs within {part["structure_macs_difference"]:.2%} '
+            'of the recorded run\'s)')
 
 
 def _mean(xs):
@@ -368,7 +492,7 @@ def summarise(study: Study, results: dict, pairs=()) -> dict:
     each (a, b) in ``pairs``; and, for the short study's report, SP-Net vs S-Net rows."""
     summary: dict = {'methods': {}, 'comparisons': [], 'pairs': []}
     for method in study.methods:
-        per_seed = results[method]
+        per_seed = results.get(method)
         if not per_seed:
             continue
         seeds = sorted(per_seed)
@@ -390,7 +514,8 @@ def summarise(study: Study, results: dict, pairs=()) -> dict:
             'seeds': seeds, 'subnets': subnets, 'seconds': seconds,
             'seconds_mean': _mean(seconds), 'cpu_seconds': cpu, 'cpu_seconds_mean': _mean(cpu),
             'bases_from_spnet': sorted({b for s in seeds
-                                        for b in per_seed[s].get('bases_from_spnet', [])})}
+                                        for b in per_seed[s].get('bases_from_spnet', [])}),
+            'structure_sources': {s: per_seed[s].get('structure_sources', []) for s in seeds}}
     for a, b in pairs:
         rows = paired(results, a, b)
         if rows:
@@ -452,7 +577,8 @@ def _subnet_cells(s: dict) -> str:
 
 STYLES = {'snet': ('s-', 'tab:blue'), 'spnet': ('o-', 'tab:red'),
           'individual': ('^--', 'tab:gray'), 'spnet_reinit': ('o:', 'tab:orange'),
-          'snet_release': ('s:', 'tab:cyan'), 'snet_warm': ('D-.', 'tab:purple')}
+          'snet_release': ('s:', 'tab:cyan'), 'snet_warm': ('D-.', 'tab:purple'),
+          'spnet_aligned': ('v-', 'tab:green'), 'spnet_nozpm': ('P--', 'tab:brown')}
 
 
 def plot(study: Study, summary: dict, path: str, title: str) -> None:
@@ -579,9 +705,16 @@ def markdown_short(study: Study, summary: dict, command: str, smoke: bool,
 
 CONVERGED_ARMS = {
     'spnet': 'bases x0.5 / x0.75 / x1.0 with the BN L1 penalty, E epochs each; multi-base '
-             'pruning with ZPM and SCS to S-Net\'s x0.25 / x0.5 / x0.75 MACs (bisection within '
-             '1%), the x1.0 base the 4th sub-network; slimmable fine-tuning from the bases with '
-             'in-place distillation, 2/3 E',
+             'pruning with the release\'s ZPM and SCS to S-Net\'s x0.25 / x0.5 / x0.75 MACs '
+             '(bisection within 2%), the x1.0 base the 4th sub-network; slimmable fine-tuning '
+             'from the bases with in-place distillation, 2/3 E',
+    'spnet_aligned': 'SP-Net\'s bases (copied) pruned with aligned ZPM (`prune.zpm=\'aligned\'`: '
+                     'the blocks of a stage share one channel order and each keeps a prefix, so '
+                     'the residual streams do not widen), every count a multiple of {round_to}, '
+                     'then fine-tuned as SP-Net: only the pruning differs',
+    'spnet_nozpm': 'SP-Net\'s bases (copied) pruned without ZPM (`prune.zpm=\'none\'`), every '
+                   'count a multiple of {round_to}, then fine-tuned as SP-Net: only the pruning '
+                   'differs',
     'spnet_reinit': 'the same pruned structures (from the same bases) trained from fresh '
                     'weights (`prune.start=\'reinit\'`) for E epochs with the bases\' recipe '
                     '(BN penalty on), with in-place distillation: the structures without the '
@@ -603,6 +736,14 @@ CONVERGED_PAIRS = (
     ('spnet_reinit', 'snet', 'the pruned structures without a warm start'),
     ('snet', 'snet_release', 'in-place distillation, for S-Net'),
     ('spnet', 'individual', 'SP-Net against individually trained networks'),
+    ('spnet_aligned', 'spnet', 'aligned ZPM against the release\'s ZPM'),
+    ('spnet_aligned', 'snet', 'aligned ZPM against S-Net'),
+    ('spnet_aligned', 'snet_warm', 'aligned ZPM, warm start held equal'),
+    ('spnet_aligned', 'individual', 'aligned ZPM against individual networks'),
+    ('spnet_nozpm', 'spnet', 'no ZPM against the release\'s ZPM'),
+    ('spnet_nozpm', 'snet', 'no ZPM against S-Net'),
+    ('spnet_nozpm', 'snet_warm', 'no ZPM, warm start held equal'),
+    ('spnet_nozpm', 'individual', 'no ZPM against individual networks'),
     ('snet', 'individual', 'S-Net against individually trained networks'),
 )
 
@@ -614,7 +755,8 @@ def _cell(row: dict) -> str:
 
 
 def markdown_converged(study: Study, summary: dict, command: str, smoke: bool, png: str,
-                       seeds: list[int]) -> str:
+                       seeds: list[int], latency_summary: dict | None = None,
+                       latency: dict | None = None, latency_png: str = '') -> str:
     module = study.module
     spnet, snet = module.get_config('spnet'), module.get_config('snet')
     methods = summary['methods']
@@ -644,18 +786,24 @@ def markdown_converged(study: Study, summary: dict, command: str, smoke: bool, p
         f'trained from scratch, fine-tuning {module.FINE_TUNE_EPOCHS:g} epochs (2/3 E, the '
         'paper\'s 90 + 60).',
         f'* Sub-network k of every arm sits at the MACs of S-Net\'s width {widths}.', '']
-    lines += [f'* **{study.labels[m]}** (`{m}`): {CONVERGED_ARMS[m]}.' for m in study.methods]
+    lines += [f'* **{study.labels[m]}** (`{m}`): '
+              f'{CONVERGED_ARMS[m].format(round_to=module.ROUND_TO)}.' for m in study.methods]
+    ms = (latency_summary or {}).get('ms', {})
     lines += ['', '## Results', '', 'top-1 over seeds: mean, std and [min, max]. MACs per '
-              'image.', '',
+              'image. ms: measured latency of the deployed sub-network per batch of 32 / 256 '
+              '(mean over seeds; how, below).', '',
               '| arm | sub-network | S-Net width | MACs | params | top-1 mean | std | [min, max] '
-              '| seeds |', '|---|---:|---:|---:|---:|---:|---:|---|---:|']
+              '| seeds | ms @32 | ms @256 |',
+              '|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|']
     for method in study.methods:
         if method not in methods:
             continue
         info = methods[method]
         for k, s in enumerate(info['subnets']):
+            cells = [f'{ms[method][b][k]["ms_mean"]:.2f}' if b in ms.get(method, {}) else ''
+                     for b in ('32', '256')]
             lines.append(f'| {study.labels[method]} | {k} | {SNET_WIDTHS[k]:g} | '
-                         f'{_subnet_cells(s)} | {len(info["seeds"])} |')
+                         f'{_subnet_cells(s)} | {len(info["seeds"])} | {" | ".join(cells)} |')
     lines += ['', '## Cost', '',
               '| arm | seeds | CPU s per seed (mean) | each | wall s per seed (mean) | each | '
               'bases |', '|---|---:|---:|---|---:|---|---|']
@@ -687,6 +835,18 @@ def markdown_converged(study: Study, summary: dict, command: str, smoke: bool, p
                      + ' | '.join(_cell(r) for r in rows) + ' |')
     lines += ['', '## Verdict (computed)', '']
     lines += verdict_converged(study, by_pair)
+    variants = study_latency.verdict(by_pair, study.labels, SNET_WIDTHS, 'equal MACs')
+    if variants:
+        lines += ['', 'Each pruning variant against both S-Nets:', ''] + variants
+    if latency_summary is not None:
+        lines += [''] + study_latency.markdown(
+            latency_summary, latency, study.labels, study.methods, SNET_WIDTHS, latency_png,
+            command)
+        rebuilt = [f'{m} (seed {s}): {src}' for m, info in methods.items()
+                   for s, sources in info['structure_sources'].items() for src in sources
+                   if not src.startswith(('run', 'config'))]
+        if rebuilt:
+            lines += ['Structures not from the runs themselves: ' + '; '.join(rebuilt) + '.', '']
     return '\n'.join(lines) + '\n'
 
 
@@ -718,15 +878,50 @@ def verdict_converged(study: Study, by_pair: dict) -> list[str]:
     return lines
 
 
+def measure_latency(study: Study, out: str, seeds: list[int], extra: list[str],
+                    niceness: int, records: str | None, path: str, repeats: int) -> dict:
+    """The latency step: gives every finished run a structure (`add_structure`), then times
+    all their deployed sub-networks in this process (`study_latency.measure`) into ``path``.
+    Returns the runs collected again, now with their networks."""
+    reasons = []
+    for seed in seeds:
+        for method in study.methods:
+            for name in study.runs_of(method):
+                reason = add_structure(study, out, seed, name, records, extra, niceness)
+                if reason:
+                    reasons.append(reason)
+    results = collect(study, out, seeds, extra, run=False, records=records)
+    networks = {}
+    for per_seed in results.values():
+        for run in per_seed.values():
+            for network in run['networks'] or []:
+                networks.setdefault(study_latency.network_key(network), network)
+    shape = Settings.from_config(study.module.get_config('snet')).data
+    shape = (shape.image_size, shape.image_size, shape.spec.channels)
+    print(f'[{time.strftime("%H:%M:%S")}] latency: {len(networks)} networks, batches '
+          f'{study_latency.BATCHES}, {repeats} rounds'
+          + (f'; without a structure: {"; ".join(reasons)}' if reasons else ''), flush=True)
+    latency = study_latency.measure(networks, shape, repeats=repeats)
+    latency['without_structure'] = reasons
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as fh:
+        json.dump(latency, fh, indent=1)
+    print(f'[{time.strftime("%H:%M:%S")}] latency: {latency["seconds"]:.0f} s, written to '
+          f'{path}', flush=True)
+    return results
+
+
 STUDIES = {
     'converged': Study(
         name='converged', config='configs/fashion_mnist_converged.py',
-        methods=('spnet', 'spnet_reinit', 'snet', 'snet_release', 'snet_warm', 'individual'),
-        labels={'spnet': 'SP-Net', 'spnet_reinit': 'SP-Net reinit', 'snet': 'S-Net',
-                'snet_release': 'S-Net (release, no KD)', 'snet_warm': 'S-Net warm',
-                'individual': 'individual'},
-        run_order=('spnet', 'snet_warm', 'spnet_reinit', 'snet', 'snet_release',
-                   'individual'),
+        methods=('spnet', 'spnet_aligned', 'spnet_nozpm', 'spnet_reinit', 'snet',
+                 'snet_release', 'snet_warm', 'individual'),
+        labels={'spnet': 'SP-Net', 'spnet_aligned': 'SP-Net aligned ZPM',
+                'spnet_nozpm': 'SP-Net no ZPM', 'spnet_reinit': 'SP-Net reinit',
+                'snet': 'S-Net', 'snet_release': 'S-Net (release, no KD)',
+                'snet_warm': 'S-Net warm', 'individual': 'individual'},
+        run_order=('spnet', 'snet_warm', 'spnet_reinit', 'spnet_aligned', 'spnet_nozpm',
+                   'snet', 'snet_release', 'individual'),
         markdown_stem='RESULTS', json_stem='results', notes='RESULTS_notes.md',
         default_seeds='0,1', records=os.path.join(ROOT, 'benchmarks', 'converged_runs')),
     'short': Study(
@@ -760,9 +955,17 @@ def main(argv: list[str] | None = None) -> None:
                         help='run nothing; report the runs that finished')
     parser.add_argument('--docs', default=os.path.join(ROOT, 'benchmarks'),
                         help='where the study\'s json, markdown and plot go')
+    parser.add_argument('--latency', action='store_true',
+                        help='converged study: time every finished run\'s sub-networks, '
+                        'interleaved in this process (after the runs; with --report_only, '
+                        'instead of them), into latency.json beside the records')
+    parser.add_argument('--latency_repeats', type=int, default=30,
+                        help='rounds over all networks (the median of each is reported)')
     args = parser.parse_args(argv)
     study = STUDIES[args.study]
     arms = None if args.arms is None else args.arms.split(',')
+    if args.latency and study.name != 'converged':
+        parser.error('--latency is for --study=converged')
     if arms is not None and set(arms) - set(study.methods):
         parser.error(f'--arms={args.arms}: the {study.name} study\'s arms are '
                      f'{",".join(study.methods)}')
@@ -787,6 +990,15 @@ def main(argv: list[str] | None = None) -> None:
     results = collect(study, out, seeds, extra, run=not args.report_only, jobs=args.jobs,
                       niceness=args.nice, arms=arms,
                       records=None if args.smoke else study.records)
+    latency_path = os.path.join(out if args.smoke else study.records or docs, 'latency.json')
+    if args.latency:
+        results = measure_latency(study, out, seeds, extra, args.nice,
+                                  None if args.smoke else study.records, latency_path,
+                                  args.latency_repeats)
+    latency = None
+    if study.name == 'converged' and os.path.exists(latency_path):
+        with open(latency_path) as fh:
+            latency = json.load(fh)
     pairs = [(a, b) for a, b, _ in CONVERGED_PAIRS] if study.name == 'converged' else []
     summary = summarise(study, results, pairs)
     os.makedirs(docs, exist_ok=True)
@@ -797,12 +1009,22 @@ def main(argv: list[str] | None = None) -> None:
                'summary': summary,
                'runs': {m: {str(s): v for s, v in r.items()} for m, r in results.items()}}
     png = f'{study.json_stem}.png'
+    latency_png = f'{study.json_stem}_latency.png'
     if study.name == 'short':
         payload['num_train_examples'] = repro.NUM_TRAIN_EXAMPLES
         payload['training_forward_macs'] = training_macs(summary)
         text = markdown_short(study, summary, command, args.smoke, png)
     else:
-        text = markdown_converged(study, summary, command, args.smoke, png, seeds)
+        latency_summary = study_latency.summarise(results, latency, study.methods)
+        payload['latency'] = latency
+        payload['latency_summary'] = latency_summary
+        text = markdown_converged(study, summary, command, args.smoke, png, seeds,
+                                  latency_summary, latency, latency_png)
+        if latency_summary['ms']:
+            study_latency.plot(summary, latency_summary, study.labels, STYLES,
+                               os.path.join(docs, latency_png),
+                               TITLES[study.name].format(e=module.EPOCHS) + ': top-1 vs '
+                               'measured latency')
     with open(os.path.join(docs, f'{study.json_stem}.json'), 'w') as fh:
         json.dump(payload, fh, indent=1)
     plot(study, summary, os.path.join(docs, png), TITLES[study.name].format(e=module.EPOCHS))

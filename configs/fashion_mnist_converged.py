@@ -23,6 +23,12 @@ One config file, one arm per config string:
   starts from a different x1.0 network; ``benchmarks/reproduce.py`` copies the seed's SP-Net
   ``base_1.0`` folder into it first, so that it starts from the very network SP-Net
   fine-tunes from (and copies all three bases into ``spnet_reinit``, whose bases are SP-Net's).
+* ``spnet_aligned`` / ``spnet_nozpm``: SP-Net's pruning variants, from the very bases SP-Net
+  trains (``benchmarks/reproduce.py`` copies them; these arms run only prune, slim and eval),
+  pruned with ``prune.zpm='aligned'`` (the blocks of a stage share one channel order and each
+  keeps a prefix, so the residual streams do not widen) or ``'none'`` (no ZPM), each layer's
+  count a multiple of ``ROUND_TO``, then fine-tuned exactly as ``spnet``: only pruning and
+  fine-tuning differ from it.
 * ``individual_<w>``: one plain ResNet-20 x<w> per S-Net width, E epochs.
 
 SP-Net against ``snet_warm`` isolates the structures with the warm start held equal;
@@ -35,7 +41,12 @@ from configs.fashion_mnist_repro import SNET_MACS, SNET_WIDTHS
 EPOCHS = 4.0
 FINE_TUNE_EPOCHS = EPOCHS * 2 / 3
 SPNET_BASES = (0.5, 0.75, 1.0)
-ARMS = ('spnet', 'spnet_reinit', 'snet_release', 'snet', 'snet_warm')
+ARMS = ('spnet', 'spnet_reinit', 'spnet_aligned', 'spnet_nozpm', 'snet_release', 'snet',
+        'snet_warm')
+# prune.zpm of SP-Net's pruning variants (``spnet`` keeps the release's ZPM).
+VARIANT_ZPM = {'spnet_aligned': 'aligned', 'spnet_nozpm': 'none'}
+# prune.round_to of both variants (1: exact channel counts): the one place to set it.
+ROUND_TO = 1
 # What SP-Net's fine-tuning stage trains with (the warm S-Net trains with the same).
 FINE_TUNE_FIELDS = ('epochs', 'batch_size', 'lr', 'schedule', 'lr_boundaries', 'warmup_epochs',
                     'label_smoothing', 'weight_decay', 'sparsity', 'kd_alpha', 'kd_temperature')
@@ -62,6 +73,16 @@ def _spnet(start: str):
     return config
 
 
+def _spnet_variant(arm: str):
+    """SP-Net with another pruning: the same bases (copied from SP-Net's run, so no base
+    stage) and the same fine-tuning."""
+    config = _spnet('finetune')
+    config.prune.zpm = VARIANT_ZPM[arm]
+    config.prune.round_to = ROUND_TO
+    config.stages = 'prune,slim,eval'
+    return config
+
+
 def _snet(widths, *, distillation: bool, epochs: float = EPOCHS):
     config = default.to_snet(_common(), widths, inplace_distillation=distillation)
     config.slim.epochs = epochs
@@ -85,6 +106,8 @@ def get_config(arm: str = 'spnet'):
         return _spnet('finetune')
     if arm == 'spnet_reinit':
         return _spnet('reinit')
+    if arm in VARIANT_ZPM:
+        return _spnet_variant(arm)
     if arm == 'snet_release':
         return _snet(SNET_WIDTHS, distillation=False)
     if arm == 'snet':

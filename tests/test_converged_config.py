@@ -15,7 +15,23 @@ from configs import fashion_mnist_converged as study  # noqa: E402
 from configs import fashion_mnist_repro as short  # noqa: E402
 
 
-@pytest.mark.parametrize('arm', [*study.ARMS, 'individual_0.25', 'individual_1'])
+def _zpm_strings_landed() -> bool:
+    """prune.zpm takes 'release' / 'aligned' / 'none' once the zpm branch is merged; until
+    then the pruning variants' configs cannot be built (a bool field refuses a string)."""
+    try:
+        study.get_config('spnet_nozpm')
+    except TypeError:
+        return False
+    return True
+
+
+_PENDING = pytest.mark.skipif(not _zpm_strings_landed(),
+                              reason="prune.zpm='aligned' / 'none' not merged yet")
+
+
+@pytest.mark.parametrize('arm', [
+    pytest.param(arm, marks=_PENDING) if arm in study.VARIANT_ZPM else arm
+    for arm in (*study.ARMS, 'individual_0.25', 'individual_1')])
 def test_every_arm_validates_on_all_training_images(arm):
     config = study.get_config(arm)
     settings = validate.check_config(config)
