@@ -26,15 +26,18 @@ import dataclasses
 import math
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 
+from spnet_jax.core import layers
+from spnet_jax.core.structure import Structure
 from spnet_jax.models.common import FOLD_SLACK, make_divisible
 from spnet_jax.models.mobilenet_v2 import BlockSpec, MobileNetV2, MobileNetV2Arch
 
 # (expansion, kernel, first stride, output channels, repeats) of B0's stages.
 STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
           (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
-STEM, LAST_EXPANSION, SE_RATIO = 32, 4, 0.25
+STEM, LAST_EXPANSION, SE_DIVISOR = 32, 4, 4
 # variant -> (width coefficient, depth coefficient, resolution, classifier dropout)
 VARIANTS = {
     'b0': (1.0, 1.0, 224, 0.2), 'b1': (1.0, 1.1, 240, 0.2), 'b2': (1.1, 1.2, 260, 0.3),
@@ -42,6 +45,9 @@ VARIANTS = {
     'b6': (1.8, 2.6, 528, 0.5), 'b7': (2.0, 3.1, 600, 0.5),
 }
 STOCHASTIC_DEPTH = 0.2  # torchvision's and the release's default
+# The release's classifier init: uniform in +-1/sqrt(out_features), bias 0. (Its convs, the
+# squeeze-and-excitation's biased 1x1 convs included, are He-normal on fan-out: conv_init.)
+HEAD_INIT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_out', 'uniform')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +70,13 @@ class EfficientNetArch(MobileNetV2Arch):
         return VARIANTS[self.variant][2]
 
     def block_specs(self, width: float) -> tuple[int, list[BlockSpec], int]:
+        """The release's widths: every stage's channels rounded twice, first by the variant's
+        width coefficient, then by ``width`` (``make_divisible(make_divisible(c * wc) *
+        width)``: B2 x0.75 has a 24-channel stem and a 40-channel third stage); the last conv
+        is 4x the last stage's channels up to width 1.0, ``make_divisible(4 * c * width)``
+        above it. The squeeze-and-excitation reduces to ``max(1, block input // 4)``."""
         wc, dc, _, _ = VARIANTS[self.variant]
-        channels = lambda c: make_divisible(c * wc * width)
+        channels = lambda c: make_divisible(make_divisible(c * wc) * width)
         repeats = [int(math.ceil(n * dc)) for *_, n in STAGES]
         total, rate = sum(repeats), (STOCHASTIC_DEPTH if self.stochastic_depth is None
                                      else self.stochastic_depth)
@@ -78,15 +89,41 @@ class EfficientNetArch(MobileNetV2Arch):
                 # A stage's repeats; fixed by the topology, not by the channel counts,
                 # which can coincide at small widths (make_divisible's floor of 8).
                 residual = r > 0
-                specs.append(BlockSpec(i, in_ch, in_ch * t, out, stride, t != 1, residual,
-                                       entry=False, kernel=kernel,
-                                       se=max(1, int(in_ch * SE_RATIO)),
+                specs.append(BlockSpec(i, in_ch, make_divisible(in_ch * t), out, stride, t != 1,
+                                       residual, entry=False, kernel=kernel,
+                                       se=max(1, in_ch // SE_DIVISOR),
                                        drop_path=rate * (i - 1) / total))
                 in_ch, i = out, i + 1
         for j, b in enumerate(specs[:-1]):
             if not b.residual and specs[j + 1].residual:
                 specs[j] = dataclasses.replace(b, entry=True)
-        return stem, specs, channels(STAGES[-1][3] * LAST_EXPANSION)
+        last = make_divisible(LAST_EXPANSION * in_ch * width) if width > 1.0 else \
+            LAST_EXPANSION * in_ch
+        return stem, specs, last
+
+    def snet_structure(self, widths) -> Structure:
+        """S-Net as the release builds it: each width's channels (and squeeze-and-excitation)
+        its own, but the last conv's sized from the *widest* network's last stage (the
+        release computes it from ``channels[-1]``), so up to width 1.0 it is not slimmed."""
+        snet = super().snet_structure(widths)
+        widest = max(float(w) for w in widths)
+        last_stage = self.block_specs(widest)[1][-1].out
+        last = [make_divisible(LAST_EXPANSION * last_stage * w) if w > 1.0
+                else LAST_EXPANSION * last_stage for w in snet.widths]
+        g = snet.groups.index('last_conv')
+        counts = tuple(row[:g] + (n,) + row[g + 1:] for row, n in zip(snet.counts, last,
+                                                                       strict=True))
+        return dataclasses.replace(snet, counts=counts, full=counts[-1])
+
+    def derived_count(self, block_input: int) -> int:
+        """A squeeze-and-excitation's channels for a block input of ``block_input``."""
+        return max(1, block_input // SE_DIVISOR)
+
+    def bn_options(self) -> dict[str, float]:
+        """B5-B7 use BatchNorm eps 1e-3 and (PyTorch) momentum 0.01: Flax's 0.99."""
+        if self.variant in ('b5', 'b6', 'b7'):
+            return {'bn_epsilon': 1e-3, 'bn_momentum': 0.99}
+        return {'bn_epsilon': 1e-5, 'bn_momentum': 0.9}
 
     def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0,
                fold_slack: float = FOLD_SLACK):
@@ -94,4 +131,5 @@ class EfficientNetArch(MobileNetV2Arch):
         dropout = VARIANTS[self.variant][3] if self.dropout is None else self.dropout
         return MobileNetV2(structure=structure, num_classes=self.num_classes, dtype=dtype,
                            bn_scale_init=bn_scale_init, fold_slack=fold_slack,
-                           specs=tuple(specs), activation='swish', dropout=dropout)
+                           specs=tuple(specs), activation='swish', dropout=dropout,
+                           head_init=HEAD_INIT, se_init=layers.conv_init, **self.bn_options())
