@@ -1,23 +1,28 @@
-"""EfficientNet-B0..B7: MobileNetV2's inverted residuals with squeeze-and-excitation and swish.
+"""EfficientNet-B0..B7 as the release's ``models/sp_efficientnet.py`` builds them: MobileNetV2's
+inverted residuals with squeeze-and-excitation and swish.
 
-The B0 blocks (Tan & Le 2019, table 1) are compound-scaled per variant: channels by the width
-coefficient (rounded to multiples of 8 as MobileNet's), repeats by the depth coefficient
-(rounded up); each variant has its native resolution and classifier dropout. The network is
-`mobilenet_v2.MobileNetV2`'s module with these blocks, so names, channel groups, ZPM streams
-and wiring are MobileNetV2's: ``stem_conv`` (3x3/2), ``block{i}`` with ``expand_conv``
-(absent in the first stage, expansion 1), ``dw_conv`` (3x3 or 5x5), ``se_reduce`` /
-``se_expand`` and ``project_conv``, then ``last_conv`` (1x1, 4x the last block's channels)
-and the classifier ``head``.
+The B0 blocks (Tan & Le 2019, table 1) are compound-scaled per variant: channels rounded
+twice to multiples of 8 (by the width coefficient, then by the width multiplier), repeats by
+the depth coefficient (rounded up); the last 1x1 conv is 4x the last stage's channels (up to
+width 1.0; above, that times the width, rounded). The network is `mobilenet_v2.MobileNetV2`'s
+module with these blocks, so names, channel groups, ZPM streams and wiring are
+MobileNetV2's: ``stem_conv`` (3x3/2), ``block{i}`` with ``expand_conv`` (absent in the first
+stage, expansion 1), ``dw_conv`` (3x3 or 5x5), ``se_reduce`` / ``se_expand`` and
+``project_conv``, then ``last_conv`` and the classifier ``head``. B5-B7's BatchNorms use eps
+1e-3 and (PyTorch) momentum 0.01. Initialisation as the release: convs (the SE's FCs
+included) He-normal on fan-out, the classifier uniform in +-1/sqrt(classes).
 
 Squeeze-and-excitation: the block's depthwise output is average-pooled, reduced by an FC to
-a quarter of the *block input's* channels, swish, expanded back by an FC, sigmoid, and
-multiplies the depthwise output. In the channel table the reducing FC reads the depthwise
-conv's group and the expanding FC writes it (its columns and bias are kept, dropped and
-permuted with the group: `mobilenet_v2.se_members`); the squeezed channels themselves are not
-slimmed (each sub-network keeps the full network's, and the SE is not scored).
+``max(1, block input channels // 4)``, swish, expanded back by an FC, sigmoid, and multiplies
+the depthwise output. In the channel table the reducing FC reads the depthwise conv's group
+and the expanding FC writes it (its columns and bias are kept, dropped and permuted with the
+group: `mobilenet_v2.se_members`); the squeezed channels are a *derived* group
+(`mobilenet_v2.squeeze_group`): not scored nor sorted, each sub-network keeps a prefix, of
+``max(1, n // 4)`` channels for a block input of n as the release's pruning counts it
+(`spnet_jax.pruning.derived`; an S-Net width: its own input's quarter).
 
-Stochastic depth (torchvision's): block i (from 1) drops its residual branch with probability
-``stochastic_depth * (i - 1) / blocks``; blocks without a residual never drop.
+Stochastic depth (torchvision's, mode 'row'): block i (from 1) drops its residual branch with
+probability ``stochastic_depth * (i - 1) / blocks``; blocks without a residual never drop.
 """
 
 from __future__ import annotations
