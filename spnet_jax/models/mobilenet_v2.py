@@ -343,10 +343,11 @@ class InvertedResidual(nn.Module):
         if b.se:  # squeeze-and-excitation: channel gates from the pooled activation
             n = y.shape[-1]
             s = jnp.mean(y, axis=(1, 2))
-            s = jax.nn.silu(layers.SlimDense(w.hidden.full, b.se, dtype=self.dtype,
+            squeeze = w.squeeze[-1]  # the full network's (a standalone sub-network's own)
+            s = jax.nn.silu(layers.SlimDense(w.hidden.full, squeeze, dtype=self.dtype,
                                              kernel_init=self.se_init, name='se_reduce')(
                 s, n_out=w.squeeze[k]))
-            s = layers.SlimDense(b.se, w.hidden.full, dtype=self.dtype,
+            s = layers.SlimDense(squeeze, w.hidden.full, dtype=self.dtype,
                                  kernel_init=self.se_init, name='se_expand')(s, n_out=n)
             y = y * jax.nn.sigmoid(s)[:, None, None, :].astype(y.dtype)
         junction, body_at = None, None
