@@ -20,7 +20,7 @@ import pytest
 import release_cases
 import torch
 from flax import traverse_util
-from helpers import random_variables
+from helpers import fresh_statistics, random_variables
 
 import spnet_jax
 from spnet_jax.models import get_arch
@@ -131,7 +131,8 @@ def test_release_base_prunes_and_an_snet_imports(tmp_path):
         '--config.base.widths=0.5,', '--config.model.full_width=0.5',
         '--config.prune.keep_ratios=0.4,')
     net = spnet_jax.load(tmp_path / 'pruned')
-    want = arch.module(arch.plain_structure()).apply(base, images)
+    # Pruning starts every sub-network's BN statistics afresh (mean 0, variance 1).
+    want = arch.module(arch.plain_structure()).apply(fresh_statistics(base), images)
     np.testing.assert_allclose(net(images, subnet=-1, normalized=True), want, rtol=1e-4,
                                atol=1e-5)
 

@@ -145,8 +145,9 @@ def step_case(request, tmp_path_factory):
     flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
              if not f.startswith('--xla_backend_optimization_level')]
     flags = dict.fromkeys(flags + ['--xla_llvm_disable_expensive_passes=true'])
+    # PYTHONPATH: the script's own folder comes first on its path, not this checkout.
     env = {**os.environ, 'JAX_ENABLE_X64': '1', 'JAX_PLATFORMS': 'cpu',
-           'XLA_FLAGS': ' '.join(flags)}
+           'XLA_FLAGS': ' '.join(flags), 'PYTHONPATH': str(ROOT)}
     out = work / 'step.npz'
     done = subprocess.run([sys.executable, __file__, name, str(work / 'structure.json'), masks,
                            str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
