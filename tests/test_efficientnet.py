@@ -1,15 +1,17 @@
 """EfficientNet-B0..B7 (the release's ``sp_efficientnet``): published costs, the squeeze-and-
 excitation's place in the channel table, pruning and export, stochastic depth and dropout."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from helpers import check_standalone_subnetworks, random_variables
+from helpers import SHARED_REFERENCE, check_standalone_subnetworks, random_variables
 
 import spnet_jax
-from spnet_jax.core import sharding
+from spnet_jax.core import cost, sharding
 from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import get_arch, mobilenet_v2
@@ -85,8 +87,12 @@ def test_squeeze_and_excitation_is_coupled_to_its_blocks_depthwise_group():
     assert 'block2/se_expand' in g.producers and 'block2/dw_conv' in g.followers
     stem = groups['stem_conv']
     assert ('block1/se_reduce', 0) in stem.consumers and 'block1/se_expand' in stem.producers
-    # The squeezed channels are not a group: every sub-network keeps them.
+    # The squeezed channels are not a pruned group but a derived one: not scored nor sorted,
+    # sized per sub-network by the release's rule (`spnet_jax.pruning.derived`).
     assert not any('se_' in name for name in groups)
+    squeeze = {g.name: g for g in arch.table().derived}['block2/se']
+    assert squeeze.producers == ('block2/se_reduce',) and squeeze.consumers == (
+        ('block2/se_expand', 0),) and squeeze.size == 16 // 4 and not squeeze.bns
 
 
 def test_blocks_without_expansion_on_a_stream_prune_with_it():
@@ -182,6 +188,9 @@ def test_pruned_efficientnet_exports_the_same_function(small, zpm):
     _, single = export.standalone(net, 0)
     kernel = single['params']['block2']['se_expand']['kernel']
     assert kernel.shape[1] == structure.count('block2/expand_conv', 0)
+    reduce = single['params']['block3']['se_reduce']
+    assert reduce['kernel'].shape[1] == reduce['bias'].shape[0] == \
+        structure.derived_counts_of('block3/se', 0)[0]
     costs = subnet_costs(arch, structure, 32)
     assert costs[0].macs < costs[1].macs
 
@@ -221,9 +230,48 @@ def test_one_slimmable_step_with_the_recipes_regularisation():
         assert not np.allclose(params['block2'][name]['kernel'], before['block2'][name]['kernel'])
 
 
-def test_release_checkpoint_import_says_the_layout_is_unknown():
-    """The release's EfficientNet module names were not available: the import refuses it
-    with one sentence instead of guessing."""
-    with pytest.raises(ConfigError, match='no release checkpoint layout is known for '
-                                          'efficientnet_b2'):
-        convert_torch.module_names(get_arch('efficientnet_b2'))
+TYPES = SHARED_REFERENCE / 'efficientnet_types.json'
+needs_types = pytest.mark.skipif(not TYPES.is_file(), reason='needs the release\'s '
+                                 'efficientnet_types.json (../shared/reference)')
+
+
+def _types():
+    return json.loads(TYPES.read_text())['networks'] if TYPES.is_file() else {}
+
+
+@needs_types
+@pytest.mark.parametrize('key', sorted(_types()) or ['b0@1.0'])
+def test_every_type_builds_the_releases_network(key):
+    """B0-B7 at x0.75 and x1.0 as the release's bases (224 px): every conv's and linear's
+    channels, groups and kernel under its release name, its MACs, and the network's params,
+    MACs and BatchNorm eps / momentum."""
+    want = _types()[key]
+    arch = get_arch(f'efficientnet_{want["type"]}', full_width=want['width'])
+    structure = arch.plain_structure()
+    model = arch.module(structure)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    release = convert_torch.release_shapes(arch, shapes)
+    ours = {c.path: c for c in cost.layer_costs(arch, structure, 0, 224)}
+    names = convert_torch.module_names(arch)
+    for layer in want['layers']:
+        shape = (layer['out'], layer['in_per_group'], *(layer['kernel'] or ()))
+        assert release[f'{layer["name"]}.weight'] == shape, layer['name']
+        assert (f'{layer["name"]}.bias' in release) == layer['bias'], layer['name']
+        assert ours[names[layer['name']]].macs == layer['macs'], layer['name']
+    assert len(want['layers']) == sum(c.kind != 'bn' for c in ours.values())
+    assert sum(c.params for c in ours.values()) == want['params']
+    assert sum(c.macs for c in ours.values()) == want['macs']
+    assert (model.bn_epsilon, 1 - model.bn_momentum) == pytest.approx(
+        (want['bn_eps'][0], want['bn_momentum'][0]))
+
+
+def test_x075_widths_round_twice_as_the_release():
+    """B2 x0.75: the stem 32 * 1.1 -> 32 (nearest 8), then x0.75 -> 24; its third stage
+    40 * 1.1 -> 48, x0.75 -> 40 (once, 40 * 1.1 * 0.75 = 33 would round to 32); the last
+    conv 4x its input up to width 1.0 (x0.75: 4 * 264)."""
+    stem, specs, last = get_arch('efficientnet_b2', full_width=0.75).block_specs(0.75)
+    assert stem == 24 and specs[5].out == 40 and specs[-1].out == 264 and last == 4 * 264
+    _, specs, last = get_arch('efficientnet_b0', full_width=1.3).block_specs(1.3)
+    assert specs[-1].out == 416 and last == 2160  # make_divisible(4 * 416 * 1.3 = 2163.2)
+
+

@@ -23,6 +23,11 @@ projection shortcut and the layer a stream starts from is its own group (``zpm_r
 'shortcut', 'entry'; the first two get the halved channel floor), and a `Stream` lists the
 junctions where they are added. Consumers of a stream read it through the fused index array
 of the junction that produced it; they are listed on the junction, not on a group.
+
+*Derived* groups (``ChannelTable.derived``) are channels that pruning neither scores nor
+sorts, whose per-sub-network count a rule of the architecture gives (EfficientNet's
+squeeze-and-excitation channels): each sub-network keeps a prefix of their producers'
+outputs and consumers' input rows. Importance, thresholds, SCS and ZPM read only ``groups``.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class ChannelTable:
     arch: str
     groups: tuple[ChannelGroup, ...]
     streams: tuple[Stream, ...] = ()
+    derived: tuple[ChannelGroup, ...] = ()
 
     def group(self, name: str) -> ChannelGroup:
         for g in self.groups:

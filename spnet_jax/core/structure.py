@@ -49,6 +49,11 @@ class Structure:
         them, its consumers' input rows are sorted by that order: every junction is a
         zero-pad and an add, every read of a stream a prefix slice). The masks say where each
         channel is; this says only what the models may assume of them.
+      derived: names of the architecture's derived groups (`ChannelTable.derived`, e.g.
+        EfficientNet's squeeze-and-excitation channels) whose counts are given; empty in
+        structures of other architectures and in those saved before such counts existed,
+        where every sub-network keeps a derived group whole.
+      derived_counts: ``derived_counts[k][i]``: channels of ``derived[i]`` in sub-network k.
     """
 
     arch: str
@@ -60,6 +65,8 @@ class Structure:
     stream_sizes: tuple[tuple[int, ...], ...] = ()
     widths: tuple[float, ...] | None = None
     stream_order: str = ASCENDING
+    derived: tuple[str, ...] = ()
+    derived_counts: tuple[tuple[int, ...], ...] = ()
 
     # ----------------------------------------------------------------- access
     @property
@@ -125,12 +132,22 @@ class Structure:
             + (f' or one of the widths {list(self.widths)}.' if self.widths else '.')
         )
 
+    def derived_counts_of(self, group: str, full: int) -> tuple[int, ...]:
+        """Derived group ``group``'s count per sub-network (``full``, its size in the full
+        network, in every sub-network when the structure gives none)."""
+        if group not in self.derived:
+            return (full,) * self.num_subnets
+        i = self.derived.index(group)
+        return tuple(c[i] for c in self.derived_counts)
+
     def total_channels(self, subnet: int) -> int:
         return sum(self.counts[subnet])
 
     # ----------------------------------------------------------------- JSON
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
+        if not self.derived:  # the files of architectures without derived groups as before
+            del d['derived'], d['derived_counts']
         return json.dumps(d, indent=1)
 
     @classmethod
@@ -147,6 +164,9 @@ class Structure:
                 stream_sizes=tuple(tuple(int(x) for x in s) for s in d.get('stream_sizes', ())),
                 widths=None if d.get('widths') is None else tuple(float(w) for w in d['widths']),
                 stream_order=d.get('stream_order', ASCENDING),
+                derived=tuple(d.get('derived', ())),
+                derived_counts=tuple(tuple(int(x) for x in c)
+                                     for c in d.get('derived_counts', ())),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f'Malformed structure JSON ({e!r}); re-create it with prune.') from e
@@ -222,6 +242,7 @@ class Structure:
                 f'{where}: ZPM junctions {list(self.junctions)[:3]}... do not match the '
                 f'architecture\'s {list(names)[:3]}...; was it built with the same ZPM setting?'
             )
+        self._validate_derived(table)
         if len(self.stream_sizes) != (len(self.counts) if names else 0):
             raise ConfigError(f'{where}: needs one row of stream sizes per sub-network.')
         stream_of = table.junction_stream()
@@ -235,6 +256,27 @@ class Structure:
                         f'it must hold the block output ({body}) and at most {size}.'
                     )
         return self
+
+    def _validate_derived(self, table: ChannelTable) -> None:
+        if not self.derived:
+            return
+        where = f'structure for {self.arch}'
+        want = tuple(g.name for g in table.derived)
+        if self.derived != want:
+            raise ConfigError(f'{where}: derived channel groups {list(self.derived)[:3]}... do '
+                              f'not match the architecture\'s {list(want)[:3]}...; build it '
+                              'for this architecture.')
+        if len(self.derived_counts) != len(self.counts):
+            raise ConfigError(f'{where}: needs one row of derived counts per sub-network.')
+        sizes = tuple(g.size for g in table.derived)
+        for k, row in enumerate(self.derived_counts):
+            for name, c, size in zip(self.derived, row, sizes, strict=True):
+                if not 1 <= c <= size:
+                    raise ConfigError(f'{where}: {name!r} of sub-network {k} has {c} channels; '
+                                      f'it must be between 1 and the full network\'s {size}.')
+        if self.derived_counts[-1] != sizes:
+            raise ConfigError(f'{where}: the full network must keep its derived groups whole; '
+                              'put the full network last.')
 
 
 def uniform_structure(
@@ -258,11 +300,16 @@ def uniform_structure(
     full = tables[-1]
     if full.zpm:
         raise ConfigError('uniform (S-Net) structures have no ZPM; build the table without it.')
-    counts = []
+    counts, derived = [], []
     for t in tables:
-        if t.group_names != full.group_names:
+        if t.group_names != full.group_names or len(t.derived) != len(full.derived):
             raise ConfigError('the architecture changes its layers with width; cannot slim it.')
         counts.append(tuple(max(1, g.size) for g in t.groups))
+        derived.append(tuple(max(1, g.size) for g in t.derived))
+    extra = {}
+    if full.derived:  # each width its own derived channels (e.g. S-Net's squeeze-excitation)
+        extra = {'derived': tuple(g.name for g in full.derived),
+                 'derived_counts': tuple(derived)}
     return Structure(
         arch=full.arch,
         method=method,
@@ -270,4 +317,5 @@ def uniform_structure(
         full=tuple(g.size for g in full.groups),
         counts=tuple(counts),
         widths=widths,
+        **extra,
     )

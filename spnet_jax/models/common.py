@@ -210,10 +210,13 @@ def conv(channels: Channels, name: str, in_features: int, kernel_size: int, stri
 
 
 def batch_norm(channels: Channels, name: str, scale_init: float = 1.0,
-               dtype: Any = jnp.float32) -> layers.SlimBatchNorm:
-    """SP-Net BN (shared affine) or S-Net's switchable BN over ``channels``."""
+               dtype: Any = jnp.float32, *, epsilon: float = 1e-5,
+               momentum: float = 0.9) -> layers.SlimBatchNorm:
+    """SP-Net BN (shared affine) or S-Net's switchable BN over ``channels`` (``momentum``
+    is Flax's: PyTorch's 0.1 is 0.9)."""
     return layers.SlimBatchNorm(counts=channels.counts, shared=channels.shared_bn,
-                                scale_init=scale_init, dtype=dtype, name=name)
+                                scale_init=scale_init, dtype=dtype, epsilon=epsilon,
+                                momentum=momentum, name=name)
 
 
 class SlimModule(nn.Module):

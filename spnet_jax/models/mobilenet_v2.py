@@ -94,6 +94,15 @@ def se_members(b: BlockSpec) -> tuple[tuple[tuple[str, int], ...], tuple[str, ..
     return ((f'{b.name}/se_reduce', 0),), (f'{b.name}/se_expand',)
 
 
+def squeeze_group(b: BlockSpec) -> ChannelGroup:
+    """The squeezed channels of a block's squeeze-and-excitation: made by the reducing FC
+    (its kernel's axis -1 and bias), read by the expanding FC (kernel axis 0). A derived
+    group (`ChannelTable.derived`): not scored nor sorted, each sub-network keeps a prefix
+    whose size the architecture's rule gives (EfficientNet: `efficientnet_squeeze`)."""
+    return ChannelGroup(f'{b.name}/se', b.se, (f'{b.name}/se_reduce',), (), (),
+                        ((f'{b.name}/se_expand', 0),))
+
+
 @dataclasses.dataclass(frozen=True)
 class MobileNetV2Arch(Architecture):
     def block_specs(self, width: float) -> tuple[int, list[BlockSpec], int]:
@@ -177,7 +186,14 @@ class MobileNetV2Arch(Architecture):
                         joined(readers, 'consumers'), followers=joined(readers, 'followers')))
                 stream_members = []
         groups.append(plain_group('last_conv', last, 'last_bn', (('head', 0),)))
-        return ChannelTable(self.name, tuple(groups), tuple(streams))
+        return ChannelTable(self.name, tuple(groups), tuple(streams),
+                            derived=tuple(squeeze_group(b) for b in specs if b.se))
+
+    def derived_inputs(self) -> dict[str, str]:
+        """Per squeeze-and-excitation group, the conv whose output its block reads."""
+        _, specs, _ = self.block_specs(self.full_width)
+        before = ['stem_conv'] + [f'{b.name}/project_conv' for b in specs]
+        return {squeeze_group(b).name: before[i] for i, b in enumerate(specs) if b.se}
 
     def module(self, structure, *, dtype: Any = jnp.float32, bn_scale_init: float = 1.0,
                fold_slack: float = FOLD_SLACK):
@@ -200,11 +216,14 @@ class BlockWiring:
       project: the projection conv's (its own group, or without ZPM its stream's).
       junction: the ZPM junction adding the projection to the stream (residual blocks with
         ZPM), or None.
+      squeeze: ``[k]``: the squeeze-and-excitation's channels in sub-network k (empty
+        without SE).
     """
 
     hidden: Channels
     project: Channels
     junction: JunctionWiring | None
+    squeeze: tuple[int, ...] = ()
 
 
 def block_wiring(structure, specs: list[BlockSpec],
@@ -229,7 +248,8 @@ def block_wiring(structure, specs: list[BlockSpec],
                 shortcut, short_counts = common.IDENTITY, S.stream_sizes_of(prev)
             junction = JunctionWiring(shortcut, S.stream_sizes_of(b.name), project.counts,
                                       short_counts, S.stream_order, fold_slack)
-        out.append(BlockWiring(hidden, project, junction))
+        squeeze = S.derived_counts_of(f'{b.name}/se', b.se) if b.se else ()
+        out.append(BlockWiring(hidden, project, junction, squeeze))
         group, prev = project.group, b.name if junction is not None else None
     return out
 
@@ -251,6 +271,14 @@ class MobileNetV2(SlimModule):
     activation: str = 'relu6'
     dropout: float = 0.0
     stem_kernel: int = 3
+    head_init: Any = None  # None: `layers.SlimDense`'s N(0, 0.01)
+    se_init: Any = layers.fc_init  # the squeeze-and-excitation FCs' kernels
+    bn_epsilon: float = 1e-5
+    bn_momentum: float = 0.9  # Flax's: PyTorch's 0.1
+
+    def bn(self, name: str, group: str) -> layers.SlimBatchNorm:
+        return batch_norm(self.channels(group), name, self.bn_scale_init, self.dtype,
+                          epsilon=self.bn_epsilon, momentum=self.bn_momentum)
 
     @nn.compact
     def __call__(self, x, subnet: int | float = -1, train: bool = False):
@@ -265,14 +293,18 @@ class MobileNetV2(SlimModule):
         for b, wiring in zip(specs, block_wiring(S, specs, self.fold_slack), strict=True):
             a = InvertedResidual(spec=b, wiring=wiring, dtype=self.dtype,
                                  bn_scale_init=self.bn_scale_init, activation=self.activation,
-                                 name=b.name)(a, k, train)
+                                 se_init=self.se_init, bn_epsilon=self.bn_epsilon,
+                                 bn_momentum=self.bn_momentum, name=b.name)(a, k, train)
         x = self.conv('last_conv', 'last_conv', a.rows, 1)(a.x, self.n('last_conv', k),
                                                            in_index=a.index)
         x = act(self.bn('last_bn', 'last_conv')(x, k, train))
         x = jnp.mean(x, axis=(1, 2))
         if self.dropout:
             x = nn.Dropout(self.dropout)(x, deterministic=not (train and self.has_rng('dropout')))
-        return self.logits(self.head(S.full_of('last_conv'))(x))
+        init = {} if self.head_init is None else {'kernel_init': self.head_init}
+        head = layers.SlimDense(S.full_of('last_conv'), self.num_classes, dtype=self.dtype,
+                                name='head', **init)
+        return self.logits(head(x))
 
 
 def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
@@ -291,12 +323,16 @@ class InvertedResidual(nn.Module):
     dtype: Any = jnp.float32
     bn_scale_init: float = 1.0
     activation: str = 'relu6'
+    se_init: Any = layers.fc_init
+    bn_epsilon: float = 1e-5
+    bn_momentum: float = 0.9
 
     @nn.compact
     def __call__(self, a: layers.Activation, k: int, train: bool) -> layers.Activation:
         b, w = self.spec, self.wiring
         act = ACTIVATIONS[self.activation]
-        bn = lambda ch, name: batch_norm(ch, name, self.bn_scale_init, self.dtype)
+        bn = lambda ch, name: batch_norm(ch, name, self.bn_scale_init, self.dtype,
+                                         epsilon=self.bn_epsilon, momentum=self.bn_momentum)
         y = a.x
         if b.expand:
             y = conv(w.hidden, 'expand_conv', a.rows, 1, dtype=self.dtype)(
@@ -307,10 +343,12 @@ class InvertedResidual(nn.Module):
         if b.se:  # squeeze-and-excitation: channel gates from the pooled activation
             n = y.shape[-1]
             s = jnp.mean(y, axis=(1, 2))
-            s = jax.nn.silu(layers.SlimDense(w.hidden.full, b.se, dtype=self.dtype,
-                                             kernel_init=layers.fc_init, name='se_reduce')(s))
-            s = layers.SlimDense(b.se, w.hidden.full, dtype=self.dtype,
-                                 kernel_init=layers.fc_init, name='se_expand')(s, n_out=n)
+            squeeze = w.squeeze[-1]  # the full network's (a standalone sub-network's own)
+            s = jax.nn.silu(layers.SlimDense(w.hidden.full, squeeze, dtype=self.dtype,
+                                             kernel_init=self.se_init, name='se_reduce')(
+                s, n_out=w.squeeze[k]))
+            s = layers.SlimDense(squeeze, w.hidden.full, dtype=self.dtype,
+                                 kernel_init=self.se_init, name='se_expand')(s, n_out=n)
             y = y * jax.nn.sigmoid(s)[:, None, None, :].astype(y.dtype)
         junction, body_at = None, None
         if w.junction is not None:

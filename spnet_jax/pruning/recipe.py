@@ -19,7 +19,7 @@ import numpy as np
 
 from spnet_jax.core import layers
 from spnet_jax.core.errors import ConfigError
-from spnet_jax.pruning import multibase, scs, targets
+from spnet_jax.pruning import derived, multibase, scs, targets
 from spnet_jax.pruning.importance import IMPORTANCE
 from spnet_jax.pruning.multibase import Plan, plan
 from spnet_jax.pruning.zpm import DESCRIPTIONS, NONE, RELEASE, VARIANTS
@@ -259,6 +259,11 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
         keep_ratios = ratios
     the_plan = plan(arch, base_scores, base_widths, list(keep_ratios), zpm_variant=zpm,
                     min_channels_ratio=min_channels_ratio, orders=orders, round_to=round_to)
+    # EfficientNet's squeeze-and-excitation: sized per sub-network by the release's rule.
+    the_plan = dataclasses.replace(the_plan, structure=derived.derived_counts(
+        arch, the_plan.structure, base_variables, base_widths, the_plan.base_of_subnet,
+        the_plan.thresholds, score_fn, min_channels_ratio,
+        own_base_order=reinit_rng is not None))
     variables = slimmable_variables(arch, the_plan, base_variables[-1], in_channels=in_channels,
                                     reinit_rng=reinit_rng, bn_scale_init=bn_scale_init)
     S = the_plan.structure

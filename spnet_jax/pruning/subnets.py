@@ -83,6 +83,8 @@ def standalone_structure(structure: Structure, subnet: int) -> Structure:
         stream_sizes=(structure.stream_sizes[k],) if structure.zpm else (),
         widths=None if structure.widths is None else (structure.widths[k],),
         stream_order=structure.stream_order,
+        derived=structure.derived,
+        derived_counts=structure.derived_counts[k:k + 1],
     )
 
 
@@ -115,6 +117,8 @@ def standalone_variables(table: ChannelTable, structure: Structure, variables: d
                     params[_at(bn, leaf)] = params[_at(bn, leaf)][:n]
             for stat in layers.STATISTICS:
                 new_stats[_at(bn, stat, 0)] = stats[_at(bn, stat, k)]
+    for group in table.derived:
+        _cut_group(cut, group, structure.derived_counts_of(group.name, group.size)[k])
 
     new_masks: dict[str, Any] = {}
     for junction in table.junctions:
@@ -165,6 +169,8 @@ def keep_first_structure(structure: Structure, count: int) -> Structure:
         full=full,
         counts=S.counts[:count],
         widths=None if S.widths is None else S.widths[:count],
+        derived=S.derived,
+        derived_counts=S.derived_counts[:count],
     )
 
 
@@ -197,6 +203,8 @@ def keep_first(table: ChannelTable, structure: Structure, variables: dict[str, A
             for k in range(count):
                 for stat in layers.STATISTICS:
                     new_stats[_at(bn, stat, k)] = stats[_at(bn, stat, k)]
+    for group in table.derived:
+        _cut_group(cut, group, new.derived_counts_of(group.name, group.size)[-1])
     return new, {'params': _unflat(params), layers.BATCH_STATS: _unflat(new_stats)}
 
 

@@ -11,6 +11,11 @@ the release's ``features.<b>`` index, in network order):
   ``project`` (``dw``, ``project`` when the expansion is 1); ``features.18.{0,1}`` last conv.
 * MobileNetV1: ``features.0.{0,1}`` stem; ``features.b.body.{0,1,3,4}`` dw conv/BN and
   pointwise conv/BN. (Not checked against a release file: none is in the reference set.)
+* EfficientNet: as MobileNetV2, with the squeeze-and-excitation between the depthwise conv
+  and the projection: ``features.b.body.{0,1}`` expand, ``.{3,4}`` dw, ``.6.fc1`` / ``.6.fc2``
+  the SE's reducing / expanding FCs (1x1 convs with bias), ``.{7,8}`` project (without
+  expansion: ``.{0,1}`` dw, ``.3.fc1/.fc2``, ``.{4,5}`` project); ``classifier.1`` the head
+  (``classifier.0`` is its dropout).
 
 Conv kernels go from OIHW to HWIO, the classifier from (out, in) to (in, out). BN weight/bias
 become scale/bias; ``running_mean``/``running_var`` become the full network's statistics
@@ -33,7 +38,7 @@ from flax import traverse_util
 
 from spnet_jax.core import layers
 from spnet_jax.core.errors import ConfigError
-from spnet_jax.models import mobilenet_v1, mobilenet_v2, resnet, vgg
+from spnet_jax.models import efficientnet, mobilenet_v1, mobilenet_v2, resnet, vgg
 
 # What a release checkpoint file holds, for the sentences that refuse another file.
 RELEASE_FILE = ("the release's torch.save({'model': state_dict}) file (.pt/.pth) or an .npz "
@@ -162,6 +167,25 @@ def module_names(arch) -> dict[str, str]:
             for i, part in enumerate(parts):
                 names[f'features.{b.index}.body.{3 * i}'] = f'{b.name}/{part}_conv'
                 names[f'features.{b.index}.body.{3 * i + 1}'] = f'{b.name}/{part}_bn'
+    elif isinstance(arch, efficientnet.EfficientNetArch):
+        _, specs, _ = arch.block_specs(arch.full_width)
+        names = {'classifier.1': 'head', 'features.0.0': 'stem_conv', 'features.0.1': 'stem_bn',
+                 f'features.{len(specs) + 1}.0': 'last_conv',
+                 f'features.{len(specs) + 1}.1': 'last_bn'}
+        for b in specs:
+            # Each conv is followed by its BN and an activation (3 modules); the SE is one.
+            parts = (['expand'] if b.expand else []) + ['dw', 'se', 'project']
+            at = 0
+            for part in parts:
+                body = f'features.{b.index}.body.{at}'
+                if part == 'se':
+                    names[f'{body}.fc1'] = f'{b.name}/se_reduce'
+                    names[f'{body}.fc2'] = f'{b.name}/se_expand'
+                    at += 1
+                else:
+                    names[body] = f'{b.name}/{part}_conv'
+                    names[f'features.{b.index}.body.{at + 1}'] = f'{b.name}/{part}_bn'
+                    at += 3
     elif arch.name == 'mobilenet_v1':
         names.update({'features.0.0': 'stem_conv', 'features.0.1': 'stem_bn'})
         for b in range(1, len(mobilenet_v1.BLOCKS) + 1):
@@ -174,6 +198,13 @@ def module_names(arch) -> dict[str, str]:
             'release were not available to this project; map its state dict onto this '
             'model\'s parameter names yourself, or train it here.')
     return names
+
+
+def one_by_one_fcs(arch) -> set[str]:
+    """Our FC modules the release writes as 1x1 convs ``(out, in, 1, 1)``: the layers of
+    derived channel groups (EfficientNet's squeeze-and-excitation)."""
+    table = arch.table()
+    return {p for g in table.derived for p in (*g.producers, *(c for c, _ in g.consumers))}
 
 
 _PRIVATE = re.compile(
@@ -194,6 +225,7 @@ def convert(state: dict[str, np.ndarray], arch, num_subnets: int = 1) -> dict:
     name every width's entries ``bn.<k>``, so it needs no ``num_subnets``.)
     """
     names = module_names(arch)
+    fcs = one_by_one_fcs(arch) | {'head'}
     params, stats = {}, {}
     last = num_subnets - 1
     for key, value in state.items():
@@ -213,12 +245,12 @@ def convert(state: dict[str, np.ndarray], arch, num_subnets: int = 1) -> dict:
             raise ConfigError(f'checkpoint key {key!r} is not part of {arch.name}; is it a '
                               f'{arch.name} checkpoint?')
         path = names[mod]
-        if leaf == 'weight' and value.ndim == 4:
+        if leaf == 'weight' and path in fcs:  # (out, in) or a 1x1 conv's (out, in, 1, 1)
+            params[f'{path}/kernel'] = value.reshape(value.shape[0], -1).T
+        elif leaf == 'bias' and path in fcs:
+            params[f'{path}/bias'] = value
+        elif leaf == 'weight' and value.ndim == 4:
             params[f'{path}/kernel'] = value.transpose(2, 3, 1, 0)
-        elif leaf == 'weight' and path == 'head':
-            params['head/kernel'] = value.T
-        elif leaf == 'bias' and path == 'head':
-            params['head/bias'] = value
         elif leaf in ('weight', 'bias'):  # a BN's shared affine
             params[f'{path}/{_BN_LEAF[leaf][1]}'] = value
         elif leaf in ('running_mean', 'running_var'):
@@ -241,6 +273,7 @@ def release_shapes(arch, shapes: dict, num_subnets: int = 1, *,
     width's BN entries under ``bn.<k>``).
     """
     release = {ours: theirs for theirs, ours in module_names(arch).items()}
+    one_by_one = one_by_one_fcs(arch)
     flat = lambda tree: traverse_util.flatten_dict(dict(tree or {}), sep='/')
     out: dict[str, tuple[int, ...]] = {}
     for path, x in flat(shapes.get('params')).items():
@@ -249,7 +282,7 @@ def release_shapes(arch, shapes: dict, num_subnets: int = 1, *,
         if leaf == 'kernel' and len(shape) == 4:
             out[f'{name}.weight'] = (shape[3], shape[2], shape[0], shape[1])
         elif leaf == 'kernel':
-            out[f'{name}.weight'] = shape[::-1]
+            out[f'{name}.weight'] = shape[::-1] + ((1, 1) if mod in one_by_one else ())
         elif leaf in (layers.SCALE, layers.BIAS):  # a BN's shared affine (or the head's bias)
             out[f'{name}.{_RELEASE_LEAF[leaf]}'] = shape
         else:  # a switchable BN's private affine
