@@ -293,11 +293,15 @@ def test_pruning_variants_differ_from_spnet_only_in_pruning():
         config = module.get_config(arm)
         assert config.stages == 'prune,slim,eval'
         assert config.prune.zpm == zpm and config.prune.round_to == module.ROUND_TO
+        assert config.prune.macs_tolerance == module.MACS_TOLERANCE
         for section in ('base', 'slim', 'data', 'model', 'eval'):
             assert config[section].to_dict() == spnet[section].to_dict(), section
-        prune = {k: v for k, v in config.prune.items() if k not in ('zpm', 'round_to')}
-        assert prune == {k: v for k, v in spnet.prune.items() if k not in ('zpm', 'round_to')}
+        own = ('zpm', 'round_to', 'macs_tolerance')  # what a variant's pruning is
+        prune = {k: v for k, v in config.prune.items() if k not in own}
+        assert prune == {k: v for k, v in spnet.prune.items() if k not in own}
         assert config.seed == spnet.seed and config.method == spnet.method == 'spnet'
+    # SP-Net itself stays the release's pruning, as its recorded runs were pruned.
+    assert (spnet.prune.zpm, spnet.prune.round_to) == ('release', 1)
 
 
 def test_top1_at_is_a_straight_line_between_the_baselines_widths():
