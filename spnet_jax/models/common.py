@@ -83,6 +83,14 @@ class Architecture:
         (`spnet_jax.pruning.threshold.floors`): the base's own, as the release does."""
         return self.table(base_width, zpm=zpm)
 
+    def multibase_block_groups(self, zpm: bool) -> tuple[str, ...]:
+        """Groups whose counts the release's *multi-base* pruning leaves at the network built
+        at each keep ratio as a width (`spnet_jax.pruning.multibase.release_block_counts`):
+        the release sets a block's pruned counts only on the base's own model. None here:
+        this project prunes every group (the release's recipes of the other architectures
+        use ZPM, or have no blocks)."""
+        return ()
+
     # Structures that need no pruning.
     def plain_structure(self, width: float | None = None) -> Structure:
         """A single plain network (e.g. a base network) at ``width``."""

@@ -120,6 +120,21 @@ class EfficientNetArch(MobileNetV2Arch):
                                                                        strict=True))
         return dataclasses.replace(snet, counts=counts, full=counts[-1])
 
+    def multibase_block_groups(self, zpm: bool) -> tuple[str, ...]:
+        """Without ZPM, every group but the stem's and the last conv's: the release's pruning
+        (train.py ``prune_model``) sets a conv inside a block (``cfg`` entries that are
+        lists) only on the base being pruned (``elif not end_of_block: base_conv_m...``),
+        and only the stem and the last conv (``int`` entries) also on the slimmable network
+        (``org_conv_m.out_channels_list[offset:...]``). With a single base the two are one
+        model, so nothing differs; with several, the slimmable network's blocks keep the
+        channels of the network built at the keep ratios as widths (B2 recipe). The first
+        block's depthwise conv follows the stem (it shares its channel list), so it is
+        pruned. With ZPM the release sets every count on the slimmable network."""
+        if zpm:
+            return ()
+        return tuple(g for g in self.table(zpm=False).group_names
+                     if g not in (self.first_conv, 'last_conv'))
+
     def derived_count(self, block_input: int) -> int:
         """A squeeze-and-excitation's channels for a block input of ``block_input``."""
         return max(1, block_input // SE_DIVISOR)

@@ -5,10 +5,13 @@ excitation).
 The release sizes a block's squeeze-and-excitation in sub-network k from the *block input*
 as its pruning bookkeeping sees it, ``max(1, n // 4)``, where ``n`` is:
 
-* after a plain layer (the stem, a block without residual), that layer's pruned count;
+* after a plain layer (the stem, a block without residual, a stage entry), that layer's
+  count in the slimmable network (with several bases and no ZPM, a count inside a block is
+  the network's built at the keep ratio: `multibase.release_block_counts`);
 * after a residual block, the size of the union of the masks its pruning keeps for the
   residual stream up to that block, computed even without ZPM: the stage entry's kept
-  channels (its sorted prefix), then each residual block's own top-``c`` by importance, where
+  channels (the sorted prefix of its *pruned* count, ``pruned``), then each residual
+  block's own top-``c`` by importance, where
   ``c`` counts the channels of that block's last BN above sub-network k's threshold in the
   base it was pruned from (at least ``int(C * min_channels_ratio)``, halved with ZPM, ``C``
   its size in that base). Which ``c`` channels: the largest base's top-``c`` (fine-tuning
@@ -49,15 +52,18 @@ def _producer_scores(variables: dict, arch, width: float, pairs, importance) -> 
 def derived_counts(arch, structure: Structure, base_variables: Sequence[dict],
                    base_widths: Sequence[float], base_of_subnet: Sequence[int],
                    thresholds: Sequence[float], importance: Callable,
-                   min_channels_ratio: float, own_base_order: bool = False) -> Structure:
+                   min_channels_ratio: float, own_base_order: bool = False,
+                   pruned: Structure | None = None) -> Structure:
     """``structure`` with the counts of ``arch``'s derived groups in every sub-network (the
     full network keeps them whole); unchanged for architectures without derived groups.
 
     ``base_of_subnet[k]`` / ``thresholds[k]``: the base sub-network k was pruned from and its
     global threshold; ``own_base_order``: pick each base's own top channels (re-initialised
-    networks) instead of the largest base's.
+    networks) instead of the largest base's; ``pruned``: the counts pruning found where
+    ``structure`` does not have them (`multibase.Plan.pruned`).
     """
     S = structure
+    P = structure if pruned is None else pruned
     table = arch.table(zpm=S.zpm)
     if not table.derived:
         return S
@@ -87,9 +93,9 @@ def derived_counts(arch, structure: Structure, base_variables: Sequence[dict],
                 return S.count(group_of[conv].name, k)
             group = group_of[conv]
             convs = [c for c, _ in _conv_producers(group)]
-            if len(convs) == 1:
+            if convs.index(conv) == 0:  # a plain layer or a stage entry: its channels
                 return S.count(group.name, k)
-            kept = top(convs[0], S.count(group.name, k))  # the stage entry: its prefix
+            kept = top(convs[0], P.count(group.name, k))  # the stage entry's pruned prefix
             for c in convs[1:convs.index(conv) + 1]:
                 floor = max(1, int(sizes[b][c] * min_channels_ratio / halve))
                 own = min(sizes[b][c], max(int(np.sum(scores[b][c] > t)), floor))

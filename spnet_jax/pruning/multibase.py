@@ -25,6 +25,9 @@ class Plan:
     thresholds: tuple[float, ...]
     keep_ratios: tuple[float, ...]
     base_of_subnet: tuple[int, ...]  # which base each pruned sub-network came from
+    # The counts pruning found, where `release_block_counts` replaced some in ``structure``
+    # (None: ``structure``'s own); the release's bookkeeping (its masks) still uses them.
+    pruned: Structure | None = None
 
 
 def check_bases(base_widths: Sequence[float], keep_ratios: Sequence[float]) -> list[int]:
@@ -81,6 +84,28 @@ def orders_of(table, largest_scores: dict[str, np.ndarray], zpm_variant: str,
     return orders
 
 
+def release_block_counts(arch, structure: Structure, keep_ratios: Sequence[float],
+                         base_widths: Sequence[float], zpm_on: bool) -> Structure:
+    """``structure`` with the release's multi-base rule applied: with several bases, each
+    group of ``arch.multibase_block_groups(zpm_on)`` keeps in sub-network k the channels of
+    the network *built at keep ratio k as a width* (``arch.table(width=keep_ratios[k])``,
+    e.g. EfficientNet's ``make_divisible(make_divisible(c * wc) * r)``), not its pruned
+    count. The release's pruning sets those counts only on the base's own model, never on the
+    slimmable network, which was built with ``width_mult_list`` = the keep ratios plus the
+    full width. Unchanged with one base (the base is the slimmable network) or without such
+    groups."""
+    groups = arch.multibase_block_groups(zpm_on)
+    if len(base_widths) < 2 or not groups:
+        return structure
+    rows = []
+    for k, row in enumerate(structure.counts[:-1]):
+        built = {g.name: g.size for g in arch.table(width=float(keep_ratios[k]),
+                                                    zpm=zpm_on).groups}
+        rows.append(tuple(built[g] if g in groups else c
+                          for g, c in zip(structure.groups, row, strict=True)))
+    return dataclasses.replace(structure, counts=(*rows, structure.counts[-1]))
+
+
 def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequence[float],
          keep_ratios: Sequence[float], *, zpm_variant: str, min_channels_ratio: float,
          round_to: int, orders: dict | None = None) -> Plan:
@@ -118,4 +143,8 @@ def plan(arch, base_scores: Sequence[tuple[dict, np.ndarray]], base_widths: Sequ
         stream_sizes=tuple(tuple(s) for s in stream_sizes) if full_table.zpm else (),
         stream_order=order,
     ).validate(full_table)
-    return Plan(structure, orders, masks, tuple(thresholds), tuple(keep_ratios), tuple(which))
+    built = release_block_counts(arch, structure, keep_ratios, base_widths, zpm_on)
+    if built is not structure:
+        built = built.validate(full_table)
+    return Plan(built, orders, masks, tuple(thresholds), tuple(keep_ratios), tuple(which),
+                pruned=structure if built is not structure else None)

@@ -209,7 +209,8 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
         scales ``bn_scale_init``.
 
     Returns:
-      ``(structure, variables, info)``: info has 'keep_ratios', 'thresholds', 'macs'.
+      ``(structure, variables, info)``: info has 'keep_ratios', 'thresholds', 'macs' (and
+      'pruned_counts' where `multibase.release_block_counts` kept built widths).
     """
     if (keep_ratios is None) == (macs_targets is None):
         raise ConfigError('prune: give exactly one of prune.keep_ratios and prune.macs_targets.')
@@ -247,6 +248,12 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
     table = arch.table(zpm=zpm_on)
     macs_of = targets.macs_function(arch, table, image_size, in_channels)
     orders = multibase.orders_of(table, base_scores[-1][0], zpm, identity=wider_full)
+    if macs_targets is not None and len(base_widths) > 1 and arch.multibase_block_groups(
+            zpm_on):
+        raise ConfigError(
+            f'prune.macs_targets with several bases and prune.zpm="none" on {arch.name}: its '
+            'blocks keep the channels of the network built at each keep ratio (as the release '
+            'prunes it), which MACs targets cannot aim at; give prune.keep_ratios.')
     if macs_targets is not None:
         ratios = []
         for k, (target, b) in enumerate(zip(macs_targets, which, strict=True)):
@@ -263,7 +270,7 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
     the_plan = dataclasses.replace(the_plan, structure=derived.derived_counts(
         arch, the_plan.structure, base_variables, base_widths, the_plan.base_of_subnet,
         the_plan.thresholds, score_fn, min_channels_ratio,
-        own_base_order=reinit_rng is not None))
+        own_base_order=reinit_rng is not None, pruned=the_plan.pruned))
     variables = slimmable_variables(arch, the_plan, base_variables[-1], in_channels=in_channels,
                                     reinit_rng=reinit_rng, bn_scale_init=bn_scale_init)
     S = the_plan.structure
@@ -273,4 +280,9 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
     info = {'keep_ratios': [float(r) for r in keep_ratios],
             'thresholds': list(the_plan.thresholds), 'macs': macs,
             'base_of_subnet': list(the_plan.base_of_subnet), 'base_widths': base_widths}
+    if the_plan.pruned is not None:
+        # The counts pruning found, per pruned sub-network and group: where the release's
+        # multi-base rule kept the built widths instead (its masks still have these sizes).
+        info['pruned_counts'] = [dict(zip(S.groups, row, strict=True))
+                                 for row in the_plan.pruned.counts[:-1]]
     return S, variables, info

@@ -1,0 +1,237 @@
+"""Runs the PyTorch release's own EfficientNet pruning on small seeded bases and writes what
+it produced: tests/data/release_efficientnet_multibase.json (per-layer counts and SE sizes of
+every sub-network as its forward runs them, the thresholds, the eval logits of every
+sub-network with fresh BN statistics), which tests/test_efficientnet_multibase.py checks.
+
+How it was made (the JSON in tests/data is this script's output):
+
+    git --git-dir=<fetch of github:hideakikuratsu/SP-Net> ...   # release commit 741dfc6
+    /work/main/.venv/bin/python benchmarks/release_efficientnet_multibase.py \\
+        --release=/work/.mirror/hideakikuratsu+SP-Net/repo
+
+It needs torch (2.13 CPU was used) and the release's git directory, nothing of this project.
+From the release it takes, unmodified: ``models/slimmable_ops.py``, ``models/sp_efficientnet.py``
+and train.py's ``set_m_list``, ``prune_model`` and ``sort_model_weight_by_slim_bn`` (exec'd from
+their source), and the settings of ``apps/default_setting.yml`` +
+``apps/sp_efficientnet_imagenet_finetune.yml`` (the B2 recipe: multi-base, no ZPM,
+``set_pretrained_base``, ``min_size_ratio`` 0.1), overridden per case (type, widths, keep
+ratios, classes, image size, stochastic depth 0). Stubs: ``utils.config.FLAGS`` (a plain
+attribute dict), ``torchvision.ops.StochasticDepth`` (identity: probability 0). The base
+networks are the release's ``Model`` at each base width with seeded weights
+(`base_weights`: each tensor from its own key's seed, so a test can rebuild them from the
+keys and shapes alone, without torch), the multi-base loop is train.py's
+``train_val_test`` lines (``FLAGS.width_mult_list = [keep_ratio_k, base_width_k]``, a fresh
+``get_model()`` per base, ``prune_model(..., offset=k)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import subprocess
+import sys
+import tempfile
+import types
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / 'tests' / 'data' / 'release_efficientnet_multibase.json'
+SEED = 2025
+# (name, type, image size, classes, base widths, keep ratios): the B2 recipe's bases and keep
+# ratios on B0 and on B2 itself (whose first stage repeats a block on the residual stream).
+CASES = [
+    ('b0_multibase', 'b0', 64, 10, (0.75, 1.0), (0.5484, 0.526)),
+    ('b2_multibase', 'b2', 64, 10, (0.75, 1.0), (0.5484, 0.526)),
+    ('b0_multibase_low', 'b0', 64, 10, (0.75, 1.0), (0.3, 0.45)),
+]
+
+
+def base_weights(keys_shapes, seed: int) -> dict[str, np.ndarray]:
+    """Seeded base weights by release key (``.weight``/``.bias`` of convs, BNs, the
+    classifier): each tensor from ``default_rng([seed, crc32(key)])``; BN scales in
+    [0.02, 1) squared-ish (distinct, like a sparsity-trained network's), BN biases small."""
+    out = {}
+    for key, shape in keys_shapes:
+        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+        if len(shape) == 1 and key.endswith('.weight'):  # a BN scale
+            x = rng.uniform(0.02, 1.0, shape) ** 2
+        elif len(shape) == 1:
+            x = rng.normal(0.0, 0.05, shape)
+        else:
+            fan = int(np.prod(shape[1:]))
+            x = rng.normal(0.0, 1.0 / np.sqrt(fan), shape)
+        out[key] = x.astype(np.float32)
+    return out
+
+
+def _git_show(release: Path, path: str) -> str:
+    return subprocess.run(['git', f'--git-dir={release}', 'show', f'HEAD:{path}'], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _setup(release: Path, work: Path):
+    """The release's modules importable from ``work``, with stubs; returns (FLAGS, fns)."""
+    import torch
+    import yaml
+    from torch import nn
+
+    (work / 'models').mkdir()
+    (work / 'models' / '__init__.py').write_text('')
+    for f in ('models/slimmable_ops.py', 'models/sp_efficientnet.py'):
+        (work / f).write_text(_git_show(release, f))
+
+    class Flags(dict):
+        __getattr__ = dict.get
+
+        def __setattr__(self, k, v):
+            self[k] = v
+
+    FLAGS = Flags()
+    utils = types.ModuleType('utils')
+    config = types.ModuleType('utils.config')
+    config.FLAGS = FLAGS
+    utils.config = config
+    tv = types.ModuleType('torchvision')
+    ops = types.ModuleType('torchvision.ops')
+
+    class StochasticDepth(nn.Module):
+        def __init__(self, p, mode):
+            super().__init__()
+            assert p == 0.0, 'the cases run without stochastic depth'
+
+        def forward(self, x):
+            return x
+
+    ops.StochasticDepth = StochasticDepth
+    tv.ops = ops
+    sys.modules.update({'utils': utils, 'utils.config': config, 'torchvision': tv,
+                        'torchvision.ops': ops})
+    sys.path.insert(0, str(work))
+    for f in ('apps/default_setting.yml', 'apps/sp_efficientnet_imagenet_finetune.yml'):
+        FLAGS.update(yaml.safe_load(_git_show(release, f)))
+
+    # train.py's pruning functions, from their source.
+    tree = ast.parse(_git_show(release, 'train.py'))
+    wanted = {'set_m_list', 'prune_model', 'sort_model_weight_by_slim_bn', 'get_model'}
+    code = ast.Module([n for n in tree.body if isinstance(n, ast.FunctionDef)
+                       and n.name in wanted], type_ignores=[])
+    from models.slimmable_ops import SConv2d, SPBatchNorm2d, SSqueezeExcitation
+    fns = {'torch': torch, 'nn': nn, 'FLAGS': FLAGS, 'SConv2d': SConv2d, 'importlib': importlib,
+           'SPBatchNorm2d': SPBatchNorm2d, 'SSqueezeExcitation': SSqueezeExcitation,
+           'print': lambda *a, **k: None}
+    exec(compile(code, 'train.py', 'exec'), fns)
+    return FLAGS, fns
+
+
+def run_case(FLAGS, fns, work: Path, name, variant, size, classes, base_widths, ratios):
+    import torch
+
+    FLAGS.update(type=variant, image_size=size, num_classes=classes, stochastic_depth_prob=0.0,
+                 base_width_mult_list=list(base_widths), multi_base_pruning=True,
+                 set_pretrained_base=True, zpm_pruning=False, reinit_params=False,
+                 mask_pruning=False, l1_based_pruning=False, profiling_only=True)
+    # Base networks as the base recipe trains them (width_mult_list = [w]).
+    paths, bases = [], {}
+    for w in base_widths:
+        FLAGS.width_mult_list = [w]
+        model = fns['get_model']()
+        keys = [(k, tuple(v.shape)) for k, v in model.state_dict().items()
+                if k.endswith(('.weight', '.bias'))]
+        state = base_weights(keys, SEED + int(round(w * 1000)))
+        bases[w] = state
+        full = model.state_dict()
+        full.update({k: torch.from_numpy(v) for k, v in state.items()})
+        path = work / f'{name}_base_{w}.pt'
+        torch.save({'model': full, 'best_val': 0.0}, path)
+        paths.append(str(path))
+    FLAGS.base_model_path = paths[-1]
+    FLAGS.multi_base_model_path = paths
+
+    # train.py's train_val_test, multi-base branch.
+    FLAGS.width_mult_list = [*ratios, base_widths[-1]]
+    model = fns['get_model']()
+    FLAGS.idx = len(FLAGS.width_mult_list) - 1
+    org_width_mult_list = FLAGS.width_mult_list.copy()
+    FLAGS.org_conv_ms, FLAGS.org_bn_ms = FLAGS.conv_ms, FLAGS.bn_ms
+    thresholds = []
+    for width_idx, (base_width, base_model_path) in enumerate(
+            zip(FLAGS.base_width_mult_list, FLAGS.multi_base_model_path)):
+        FLAGS.width_mult_list = [org_width_mult_list[width_idx], base_width]
+        base_model = fns['get_model']()
+        fns['prune_model'](base_model_path, base_model, model, multi_base_pruning=True,
+                           offset=width_idx)
+        thresholds += [float(t) for t in FLAGS.thresholds]
+    FLAGS.width_mult_list = org_width_mult_list.copy()
+    FLAGS.conv_ms, FLAGS.bn_ms = FLAGS.org_conv_ms, FLAGS.org_bn_ms
+    return model, bases, thresholds
+
+
+def describe(model, FLAGS, classes, size, name):
+    """Per conv/SE FC: out channels per sub-network as the forward runs them; logits."""
+    import torch
+    from models.slimmable_ops import SConv2d, SSEConv2d
+
+    model.eval()
+    x = np.random.default_rng([SEED, zlib.crc32(name.encode())]).normal(
+        size=(2, 3, size, size)).astype(np.float32)
+    n = len(FLAGS.width_mult_list)
+    shapes = {k: [] for k in range(n)}
+    hooks = []
+    for mname, m in model.named_modules():
+        if isinstance(m, SConv2d | SSEConv2d | torch.nn.Linear):
+            hooks.append(m.register_forward_hook(
+                lambda m, i, o, mname=mname: shapes[FLAGS.idx].append(
+                    (mname, int(i[0].shape[1]), int(o.shape[1])))))
+    logits = []
+    with torch.no_grad():
+        for k in range(n):
+            FLAGS.idx = k
+            model.apply(lambda m, w=FLAGS.width_mult_list[k]: setattr(m, 'width_mult', w))
+            logits.append(model(torch.from_numpy(x)).numpy().astype(np.float64).tolist())
+    for h in hooks:
+        h.remove()
+    FLAGS.idx = n - 1
+    layers = [{'name': m, 'in': [shapes[k][i][1] for k in range(n)],
+               'out': [shapes[k][i][2] for k in range(n)]} for i, (m, _, _) in
+              enumerate(shapes[n - 1])]
+    for k in range(n):
+        assert [s[0] for s in shapes[k]] == [la['name'] for la in layers]
+    return x, layers, logits
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--release', required=True, help="the release's git directory")
+    p.add_argument('--out', default=str(OUT))
+    args = p.parse_args()
+    import torch
+    torch.set_num_threads(1)
+    commit = subprocess.run(['git', f'--git-dir={args.release}', 'rev-parse', 'HEAD'],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    out = {'release_commit': commit, 'torch': torch.__version__, 'seed': SEED, 'cases': {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        FLAGS, fns = _setup(Path(args.release), work)
+        for name, variant, size, classes, widths, ratios in CASES:
+            model, _, thresholds = run_case(FLAGS, fns, work, name, variant, size, classes,
+                                            widths, ratios)
+            x, layers, logits = describe(model, FLAGS, classes, size, name)
+            out['cases'][name] = {
+                'type': variant, 'image_size': size, 'num_classes': classes,
+                'base_widths': list(widths), 'keep_ratios': list(ratios), 'zpm': False,
+                'min_channels_ratio': FLAGS.min_size_ratio, 'thresholds': thresholds,
+                'base_seeds': [SEED + int(round(w * 1000)) for w in widths],
+                'input_seed': [SEED, zlib.crc32(name.encode())], 'layers': layers,
+                'logits_eval_asis': logits}
+            print(name, 'thresholds', thresholds)
+    Path(args.out).write_text(json.dumps(out, indent=None, separators=(',', ':')) + '\n')
+    print('wrote', args.out)
+
+
+if __name__ == '__main__':
+    main()
