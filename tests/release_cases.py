@@ -64,7 +64,8 @@ class Case:
                 'model.stochastic_depth': self.stochastic_depth,
                 'data.name': DATASETS[self.num_classes], 'data.image_size': self.image_size,
                 'base.widths': self.base_widths, 'prune.keep_ratios': self.keep_ratios,
-                'prune.zpm': self.zpm, 'prune.min_channels_ratio': self.min_channels_ratio,
+                'prune.zpm': 'release' if self.zpm else 'none',
+                'prune.min_channels_ratio': self.min_channels_ratio,
                 'base.mixup_alpha': 0.0, 'slim.mixup_alpha': 0.0}
 
     def flags(self) -> list[str]:
