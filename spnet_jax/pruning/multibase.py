@@ -93,7 +93,8 @@ def release_block_counts(arch, structure: Structure, keep_ratios: Sequence[float
     count. The release's pruning sets those counts only on the base's own model, never on the
     slimmable network, which was built with ``width_mult_list`` = the keep ratios plus the
     full width. Unchanged with one base (the base is the slimmable network) or without such
-    groups."""
+    groups. A built count above the full network's (a keep ratio above a full width below
+    1, where the release's network would not run) is the full count."""
     groups = arch.multibase_block_groups(zpm_on)
     if len(base_widths) < 2 or not groups:
         return structure
@@ -101,8 +102,9 @@ def release_block_counts(arch, structure: Structure, keep_ratios: Sequence[float
     for k, row in enumerate(structure.counts[:-1]):
         built = {g.name: g.size for g in arch.table(width=float(keep_ratios[k]),
                                                     zpm=zpm_on).groups}
-        rows.append(tuple(built[g] if g in groups else c
-                          for g, c in zip(structure.groups, row, strict=True)))
+        rows.append(tuple(min(built[g], f) if g in groups else c
+                          for g, c, f in zip(structure.groups, row, structure.full,
+                                             strict=True)))
     return dataclasses.replace(structure, counts=(*rows, structure.counts[-1]))
 
 
