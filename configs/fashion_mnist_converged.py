@@ -46,9 +46,10 @@ ARMS = ('spnet', 'spnet_reinit', 'spnet_aligned', 'spnet_nozpm', 'snet_release',
 # prune.zpm of SP-Net's pruning variants (``spnet`` keeps the release's ZPM).
 VARIANT_ZPM = {'spnet_aligned': 'aligned', 'spnet_nozpm': 'none'}
 # prune.round_to of both variants and the MACs tolerance it needs: the one place to set them.
-# Those of the Fashion-MNIST recipe (configs/fashion_mnist.py): multiples of 4 channels,
-# a step of which moves ResNet-20's MACs by 1-3%.
-ROUND_TO = 4
+# The Fashion-MNIST recipe's 3% (configs/fashion_mnist.py), with multiples of 2 channels: its
+# multiples of 4 cannot reach the x0.25 target within 3% on seed 0's bases (1.67M or 2.07M
+# MACs for 1.96M), multiples of 2 can, with both variants.
+ROUND_TO = 2
 MACS_TOLERANCE = 0.03
 # What SP-Net's fine-tuning stage trains with (the warm S-Net trains with the same).
 FINE_TUNE_FIELDS = ('epochs', 'batch_size', 'lr', 'schedule', 'lr_boundaries', 'warmup_epochs',

@@ -241,6 +241,7 @@ def test_bases_can_be_trained_one_width_per_job(imagenet_manual_dir):
     config.base.widths = (0.75,)
     assert validate.check_config(config).stages == ('base',)
     config.stages = 'base,prune'
+    config.prune.keep_ratios = (0.5,)  # one per base, as a whole recipe would have
     with pytest.raises(ConfigError, match="prune.start='finetune' starts from the largest"):
         validate.check_config(config)
 

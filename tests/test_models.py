@@ -76,7 +76,10 @@ def _slice_to(tree, shapes):
     return jax.tree.map(lambda x, s: x[tuple(slice(0, n) for n in s.shape)], tree, shapes)
 
 
-@pytest.mark.parametrize('name,widths,size,stem', CASES, ids=[c[0] for c in CASES])
+# Not EfficientNet: as in the release, its S-Net's last conv keeps the widest width's count at
+# every width, so a narrow width is no plain network of that width (test_import_efficientnet
+# checks its S-Net against the release's layout).
+@pytest.mark.parametrize('name,widths,size,stem', CASES[:-1], ids=[c[0] for c in CASES[:-1]])
 def test_snet_subnet_equals_plain_network_with_sliced_weights(name, widths, size, stem):
     arch = _arch(name, widths, stem)
     structure = arch.snet_structure(widths)

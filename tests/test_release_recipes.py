@@ -124,7 +124,7 @@ def expected_spnet(train_name, finetune_name):
         'base.widths': tuple(tune['base_width_mult_list']),
         'prune.keep_ratios': tuple(tune['width_mult_list'][:-1]),
         'model.full_width': float(tune['width_mult_list'][-1]),
-        'prune.zpm': tune['zpm_pruning'],
+        'prune.zpm': 'release' if tune['zpm_pruning'] else 'none',  # the variant named
         'prune.min_channels_ratio': tune['min_size_ratio'],
         'prune.importance': 'l1' if tune['l1_based_pruning'] else 'bn',
         'prune.start': 'reinit' if tune['reinit_params'] else 'finetune',

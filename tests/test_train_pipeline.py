@@ -366,7 +366,7 @@ def test_drop_scaffold_publishes_the_network_without_its_last_subnet(tmp_path):
     trained network."""
     import spnet_jax
 
-    config = spnet_config(**{'prune.keep_ratios': (0.4, 0.7), 'prune.zpm': False,
+    config = spnet_config(**{'prune.keep_ratios': (0.4, 0.7), 'prune.zpm': 'none',
                              'slim.drop_scaffold': True, 'eval.eval_bases': False,
                              'eval.latency_batch': 0})
     workdir = str(tmp_path / 'run')

@@ -34,6 +34,7 @@ from absl import app, flags, logging
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.train.loop import Preempted
 from spnet_jax.train.metrics import NonFiniteLossError
+from spnet_jax.workdir import checkpoint
 
 FLAGS = flags.FLAGS
 ERROR_LOG = 'error.log'  # where an unexpected error's traceback goes (the workdir, if any)
@@ -134,8 +135,6 @@ def _command() -> str:
 def _kept() -> str:
     """What a stopped run leaves in its workdir: finished stages, and the latest checkpoint of
     an unfinished one (what the same command resumes from)."""
-    from spnet_jax.workdir import checkpoint  # noqa: PLC0415 - only when a run stops
-
     workdir = _workdir()
     if _STATE['reads_only'] or workdir is None:
         return 'nothing was written'
