@@ -122,16 +122,16 @@ def step_case(request, tmp_path_factory):
     """``(release, ours)``: the release's moves (float64, our layouts), its starting network
     (ours), its step's settings; and our step's results: the bases pruned here (float32, as
     the prune command does), then one step in float64."""
+    from spnet_jax.train.release_import import read_base
     from spnet_jax.train.settings import Settings
     from spnet_jax.train.stages import prune_bases
-    from spnet_jax.workdir.loading import load_base
 
     name = request.param
     folder, config, bases = case_setup(name)
     settings = Settings.from_config(config)
     arch = settings.arch
     work = tmp_path_factory.mktemp('release_step')
-    variables = [load_base(str(path), arch, w) for w, path in bases]
+    variables = [read_base(str(path), arch, w) for w, path in bases]
     structure, pruned, _ = prune_bases(settings, variables, settings.data.image_size, 3)
     structure.save(str(work / 'structure.json'))
     masks = '-'

@@ -58,7 +58,7 @@ def derived_counts(arch, structure: Structure, base_variables: Sequence[dict],
     full network keeps them whole); unchanged for architectures without derived groups.
 
     ``base_of_subnet[k]`` / ``thresholds[k]``: the base sub-network k was pruned from and its
-    global threshold; ``own_base_order``: pick each base's own top channels (re-initialised
+    network-wide threshold; ``own_base_order``: pick each base's own top channels (re-initialised
     networks) instead of the largest base's; ``pruned``: the counts pruning found where
     ``structure`` does not have them (`multibase.Plan.pruned`).
     """

@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from spnet_jax.core import layers, sharding
+from spnet_jax.core import sharding
 from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.data import DATASETS
 from spnet_jax.models import get_arch
-from spnet_jax.workdir import checkpoint, convert_torch, lock
+from spnet_jax.workdir import checkpoint, lock
 from spnet_jax.workdir.checkpoint import CHECKPOINTS, REPORT, STRUCTURE
 
 # Stage folders of a workdir that hold a slimmable network, most finished first:
@@ -365,16 +365,6 @@ def _is_cut_network(structure, table) -> bool:
     width."""
     return (structure.groups == table.group_names
             and all(c <= g.size for c, g in zip(structure.full, table.groups, strict=True)))
-
-
-def load_base(path: str, arch, width: float) -> dict[str, Any]:
-    """A base network's ``{'params', 'batch_stats'}`` (``arch`` at ``width``): from a stage
-    folder written by `main.py` (``<workdir>/base_<w>``), or a release checkpoint file
-    (``.pt``/``.pth``, or ``.npz`` of the same keys)."""
-    if os.path.isdir(path):
-        _, variables, _ = checkpoint.load_network(path)
-        return {k: variables[k] for k in ('params', layers.BATCH_STATS) if k in variables}
-    return convert_torch.convert(convert_torch.read_state_dict(path), arch.at_width(width))
 
 
 def parse_bases(text: str | None, widths: Sequence[float]) -> list[tuple[float, str]]:
