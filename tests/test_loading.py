@@ -185,7 +185,7 @@ def test_published_network_is_preferred_with_the_report(finished, tmp_path):
 def test_errors_are_one_sentence(finished, tmp_path):
     with pytest.raises(ConfigError, match=r'is not a directory; give a workdir, a stage '):
         spnet_jax.load(tmp_path / 'missing')
-    with pytest.raises(ConfigError, match=r'holds no spnet_jax network \(no structure.json'):
+    with pytest.raises(ConfigError, match=r'holds no spnet_jax network yet \(no structure.json'):
         spnet_jax.load(tmp_path)
     net = spnet_jax.load(finished['workdir'])
     for subnet in (2, -3):

@@ -118,8 +118,10 @@ def resolve(path: str) -> tuple[str, int | None]:
         raise ConfigError(f'training in {path} has not finished: process {holder.get("pid")} '
                           f'on {holder.get("host")} is still training it and has written no '
                           'network yet; load it when a stage has finished.')
-    raise ConfigError(f'{path} holds no spnet_jax network (no {STRUCTURE} in it or in its '
-                      f'{"/".join(STAGES)} folders); give a workdir written by main.py or prune.')
+    raise ConfigError(f'{path} holds no spnet_jax network yet (no {STRUCTURE} in it or in its '
+                      f'{"/".join(STAGES)} folders); if main.py is just starting there, load it '
+                      'when a stage has finished, else give a workdir written by main.py or '
+                      'prune.')
 
 
 def _fine_tuning_planned(pruned: str) -> bool:
