@@ -108,6 +108,14 @@ def get_config() -> ml_collections.ConfigDict:
     # is refused before any work starts.
     config.prune.round_to = 1
     config.prune.macs_tolerance = 0.01  # how close each MACs target must be met (fraction)
+    # Prune to measured time instead (they replace MACs targets and keep ratios): ms per batch
+    # of eval.latency_batch images on the backend that prunes, one per pruned sub-network,
+    # ascending; or latency_widths: each target is the measured time of the uniform network
+    # (S-Net's sub-network) at that width, timed in the same process. Needs prune.zpm
+    # 'aligned' or 'none'. Each met within latency_tolerance (README "Latency targets").
+    config.prune.latency_targets = ()
+    config.prune.latency_widths = ()
+    config.prune.latency_tolerance = 0.05
 
     # Stage 3: slimmable training of every sub-network with in-place distillation.
     config.slim = training_section(epochs=60.0, lr=0.01, lr_boundaries=(30, 45), lr_decay=0.1,

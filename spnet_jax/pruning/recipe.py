@@ -19,7 +19,7 @@ import numpy as np
 
 from spnet_jax.core import layers
 from spnet_jax.core.errors import ConfigError
-from spnet_jax.pruning import derived, multibase, scs, targets
+from spnet_jax.pruning import derived, latency, multibase, scs, targets
 from spnet_jax.pruning.importance import IMPORTANCE
 from spnet_jax.pruning.multibase import Plan, plan
 from spnet_jax.pruning.zpm import DESCRIPTIONS, NONE, RELEASE, VARIANTS
@@ -37,8 +37,9 @@ def _number(value: Any) -> bool:
 class PruneSettings:
     """The ``prune`` section of a config (see configs/default.py for each field's meaning).
 
-    Exactly one of ``keep_ratios`` and ``macs_targets`` is used: MACs targets, when given,
-    replace the keep ratios. Every field is required: configs/default.py owns the defaults
+    One way of sizing the pruned sub-networks is used, the first given of: latency targets
+    (``latency_targets`` in ms, or ``latency_widths``: the measured time of the uniform
+    network at each width), MACs targets, keep ratios. Every field is required: configs/default.py owns the defaults
     (a saved config missing a later field gets what those runs did from
     `spnet_jax.train.settings.LEGACY_DEFAULTS`).
     """
@@ -51,15 +52,34 @@ class PruneSettings:
     start: str
     round_to: int
     macs_tolerance: float
+    latency_targets: tuple[float, ...] = ()
+    latency_widths: tuple[float, ...] = ()
+    latency_tolerance: float = 0.05
 
     @classmethod
     def from_config(cls, section: Any) -> PruneSettings:
         """Reads and checks the section (each problem one `ConfigError` sentence)."""
         ratios = tuple(section.keep_ratios or ())
         targets_ = tuple(section.macs_targets or ())
-        if not (ratios or targets_):
+        latency_ms = tuple(section.latency_targets or ())
+        latency_widths = tuple(section.latency_widths or ())
+        if latency_ms and latency_widths:
+            raise ConfigError('give prune.latency_targets (ms) or prune.latency_widths (the '
+                              'uniform networks\' measured times), not both.')
+        for name, values in (('latency_targets', latency_ms), ('latency_widths', latency_widths)):
+            if values and not (all(_number(t) and t > 0 for t in values) and all(
+                    b > a for a, b in zip(values, values[1:], strict=False))):
+                raise ConfigError(f'prune.{name}={values} must be positive and ascending (one '
+                                  'per pruned sub-network, smallest first).')
+        latency_tolerance = section.latency_tolerance
+        if not (_number(latency_tolerance) and 0 < latency_tolerance < 0.5):
+            raise ConfigError(f'prune.latency_tolerance={latency_tolerance!r} must be a fraction '
+                              'in (0, 0.5) (0.05: each latency target met within 5%).')
+        if latency_ms or latency_widths:  # they replace MACs targets and keep ratios
+            targets_, ratios = (), ()
+        elif not (ratios or targets_):
             raise ConfigError('set prune.keep_ratios (or prune.macs_targets), one per base width.')
-        if not targets_ and not all(_number(r) and 0 < r <= 1 for r in ratios):
+        if ratios and not targets_ and not all(_number(r) and 0 < r <= 1 for r in ratios):
             raise ConfigError(f'prune.keep_ratios={ratios} must each lie in (0, 1] (a fraction '
                               'of BN channels kept).')
         if targets_ and not (all(_number(t) and t > 0 for t in targets_) and all(
@@ -86,21 +106,39 @@ class PruneSettings:
         if not (_number(tolerance) and 0 < tolerance < 0.5):
             raise ConfigError(f'prune.macs_tolerance={tolerance!r} must be a fraction in (0, 0.5) '
                               '(0.01: each MACs target met within 1%).')
+        if (latency_ms or latency_widths) and variant not in latency.MEASURED_VARIANTS:
+            latency.check_variant(variant)
         return cls(tuple(float(r) for r in ratios), tuple(float(t) for t in targets_),
                    variant, float(ratio), section.importance, section.start, round_to,
-                   float(tolerance))
+                   float(tolerance), tuple(float(t) for t in latency_ms),
+                   tuple(float(w) for w in latency_widths), float(latency_tolerance))
+
+    @property
+    def by_latency(self) -> bool:
+        return bool(self.latency_targets or self.latency_widths)
 
     @property
     def sizes(self) -> tuple[float, ...]:
-        """What each pruned sub-network aims at: its MACs target, else its keep ratio."""
-        return self.macs_targets or self.keep_ratios
+        """What each pruned sub-network aims at: its latency target (ms, or the width whose
+        uniform network's time it is), else its MACs target, else its keep ratio."""
+        return (self.latency_targets or self.latency_widths or self.macs_targets
+                or self.keep_ratios)
+
+    @property
+    def sizing_field(self) -> str:
+        """The config field that sizes the pruned sub-networks."""
+        for name in ('latency_targets', 'latency_widths', 'macs_targets'):
+            if getattr(self, name):
+                return f'prune.{name}'
+        return 'prune.keep_ratios'
 
     def arguments(self, *, seed: int, bn_scale_init: float) -> dict[str, Any]:
         """Keyword arguments of `prune` (``seed`` draws the fresh weights of re-init recipes,
         whose BN scales start at ``bn_scale_init``)."""
         return dict(
-            keep_ratios=None if self.macs_targets else self.keep_ratios,
+            keep_ratios=(None if self.macs_targets or self.by_latency else self.keep_ratios),
             macs_targets=self.macs_targets or None, zpm=self.zpm,
+            latency_tolerance=self.latency_tolerance,
             min_channels_ratio=self.min_channels_ratio, importance=self.importance,
             round_to=self.round_to, tolerance=self.macs_tolerance,
             reinit_rng=(jax.random.fold_in(jax.random.key(seed), 1000)
@@ -180,7 +218,8 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
           macs_targets: Sequence[float] | None = None, tolerance: float | None = None,
           image_size: int = 224, in_channels: int = 3, min_channels_ratio: float = 0.1,
           importance: str = 'bn', reinit_rng: jax.Array | None = None,
-          bn_scale_init: float = 1.0) -> tuple:
+          bn_scale_init: float = 1.0, latency_targets: Sequence[float] | None = None,
+          latency_tolerance: float = 0.05, timer: latency.Timer | None = None) -> tuple:
     """SP-Net pruning of trained bases into one slimmable network.
 
     The pruning options have no defaults here: a run takes them from its config
@@ -207,13 +246,19 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
       importance: a name in `IMPORTANCE`.
       reinit_rng: re-train-from-scratch recipes (VGG, MobileNetV1): fresh weights, with BN
         scales ``bn_scale_init``.
+      latency_targets: per pruned sub-network, ms per batch to reach on ``timer``'s device
+        (`spnet_jax.pruning.latency`; within ``latency_tolerance``); the keep ratio is found
+        by bisection on measured time. Exclusive with ``keep_ratios`` and ``macs_targets``.
 
     Returns:
       ``(structure, variables, info)``: info has 'keep_ratios', 'thresholds', 'macs' (and
       'pruned_counts' where `multibase.release_block_counts` kept built widths).
     """
-    if (keep_ratios is None) == (macs_targets is None):
-        raise ConfigError('prune: give exactly one of prune.keep_ratios and prune.macs_targets.')
+    if sum(x is not None for x in (keep_ratios, macs_targets, latency_targets)) != 1:
+        raise ConfigError('prune: give exactly one of prune.keep_ratios, prune.macs_targets and '
+                          'prune.latency_targets.')
+    if latency_targets is not None and timer is None:
+        raise ConfigError('prune: latency targets need a latency.Timer to measure with.')
     check_variant(zpm)
     if macs_targets is not None and tolerance is None:
         raise ConfigError('prune: MACs targets need prune.macs_tolerance (e.g. 0.01).')
@@ -230,7 +275,7 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
                           f'{base_widths}: give one checkpoint per width.')
     # Widths ascending, one ratio or target per base, ratios in (0, 1]; MACs targets are
     # checked for reach later. ``which[k]``: the base sub-network k is pruned from.
-    n = len(macs_targets or ())
+    n = len(macs_targets or latency_targets or ())
     which = multibase.check_bases(
         base_widths, keep_ratios if keep_ratios is not None else [(i + 1) / n for i in range(n)])
     wider_full = arch.full_width > base_widths[-1] + 1e-9
@@ -254,6 +299,23 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
             f'prune.macs_targets with several bases and prune.zpm="none" on {arch.name}: its '
             'blocks keep the channels of the network built at each keep ratio (as the release '
             'prunes it), which MACs targets cannot aim at; give prune.keep_ratios.')
+    if latency_targets is not None:
+        latency.check_variant(zpm)
+        if table.derived or arch.multibase_block_groups(zpm_on) and len(base_widths) > 1:
+            raise ConfigError(f'prune.latency_targets on {arch.name}: some of its channels are '
+                              'sized by rules of the release after pruning (squeeze-excitation, '
+                              'multi-base blocks), which the measured candidates would not '
+                              'have; give prune.macs_targets or prune.keep_ratios.')
+        ratios, measured = [], []
+        for k, (target, b) in enumerate(zip(latency_targets, which, strict=True)):
+            floors = multibase.base_floors(arch, base_widths[b], zpm_on, min_channels_ratio)
+            r, m = latency.ratio_for_latency(
+                float(target), arch, arch.table(width=base_widths[b], zpm=zpm_on),
+                *base_scores[b], floors, round_to=round_to, variant=zpm, timer=timer,
+                tolerance=latency_tolerance, k=k)
+            ratios.append(r)
+            measured.append(m)
+        keep_ratios = ratios
     if macs_targets is not None:
         ratios = []
         for k, (target, b) in enumerate(zip(macs_targets, which, strict=True)):
@@ -280,6 +342,11 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
     info = {'keep_ratios': [float(r) for r in keep_ratios],
             'thresholds': list(the_plan.thresholds), 'macs': macs,
             'base_of_subnet': list(the_plan.base_of_subnet), 'base_widths': base_widths}
+    if latency_targets is not None:
+        info['latency'] = {'targets_ms': [float(t) for t in latency_targets],
+                           'measured_ms': [m.ms for m in measured],
+                           'spread': [m.spread for m in measured],
+                           'rounds': [m.rounds for m in measured], **timer.report()}
     if the_plan.pruned is not None:
         # The counts pruning found, per pruned sub-network and group: where the release's
         # multi-base rule kept the built widths instead (its masks still have these sizes).

@@ -42,6 +42,8 @@ LEGACY_DEFAULTS = {
     ('base', 'ema_decay'): 0.0, ('slim', 'ema_decay'): 0.0,
     ('model', 'dropout'): None, ('model', 'stochastic_depth'): None,
     ('prune', 'round_to'): 1, ('prune', 'macs_tolerance'): 0.01,
+    ('prune', 'latency_targets'): (), ('prune', 'latency_widths'): (),
+    ('prune', 'latency_tolerance'): 0.05,
 }
 
 
@@ -318,7 +320,8 @@ class Settings:
         base = TrainingSettings.from_config('base', c.base)
         slim = SlimSettings.from_config('slim', c.slim)
         prune_section = ml_collections.ConfigDict(c.prune.to_dict())
-        for name in ('round_to', 'macs_tolerance'):  # saved before these fields existed
+        for name in ('round_to', 'macs_tolerance', 'latency_targets', 'latency_widths',
+                     'latency_tolerance'):  # saved before these fields existed
             prune_section[name] = _field(c.prune, name, 'prune')
         prune = PruneSettings.from_config(prune_section)
         settings = cls(method=method, stages=stages, seed=get('seed'), compute_dtype=dtype,
@@ -366,9 +369,9 @@ class Settings:
 
     def _check_prune(self, arch: Architecture) -> None:
         p, widths = self.prune, self.base.widths
-        sizes, what = ((p.macs_targets, 'MACs target') if p.macs_targets else
-                       (p.keep_ratios, 'keep ratio'))
-        field = 'prune.macs_targets' if p.macs_targets else 'prune.keep_ratios'
+        sizes, field = p.sizes, p.sizing_field
+        what = {'prune.keep_ratios': 'keep ratio', 'prune.macs_targets': 'MACs target'}.get(
+            field, 'latency target')
         # Sub-network k is pruned from base k; a single base may be pruned to several sizes.
         _check(len(sizes) == len(widths) or len(widths) == 1,
                f'{field} has {len(sizes)} entries but base.widths has {len(widths)}; give one '
@@ -389,6 +392,18 @@ class Settings:
                    "equal or use prune.start='reinit'.")
         if p.macs_targets:
             self._check_macs_targets()
+        if p.by_latency:
+            _check(self.eval.latency_batch > 0,
+                   f'{field} are times per batch of eval.latency_batch images, but '
+                   'eval.latency_batch=0; set it to the batch to time (e.g. 32).')
+            _check(not p.latency_widths or p.latency_widths[-1] < self.model.full_width,
+                   f'prune.latency_widths={p.latency_widths} must lie below '
+                   f'model.full_width={self.model.full_width} (the last sub-network is the '
+                   'full network).')
+            _check(not arch.table(zpm=p.zpm != 'none').derived,
+                   f'{field} on {arch.name}: its squeeze-excitation channels are sized by the '
+                   "release's rule after pruning, which the timed candidates would not have; "
+                   'give prune.macs_targets or prune.keep_ratios.')
 
     def _check_macs_targets(self) -> None:
         """Each MACs target must lie below the MACs of the base it is pruned from."""

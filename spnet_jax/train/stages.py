@@ -35,7 +35,7 @@ from spnet_jax import pruning
 from spnet_jax.core import layers, sharding
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import Structure
-from spnet_jax.pruning import subnets
+from spnet_jax.pruning import latency, subnets
 from spnet_jax.train import evaluation, validate
 from spnet_jax.train import report as report_lib
 from spnet_jax.train import state as state_lib
@@ -74,10 +74,62 @@ def base_stage(config: Settings, workdir: str, index: int, width: float, shape, 
 
 def prune_bases(config: Settings, bases: list[dict], image_size: int, in_channels: int):
     """`spnet_jax.pruning.prune` of ``bases`` (one per ``base.widths``) by the config's
-    ``prune`` section: ``(structure, variables, info)``."""
-    return pruning.prune(
+    ``prune`` section: ``(structure, variables, info)``. Latency targets are timed here, on
+    this process's first device, at a batch of ``eval.latency_batch``."""
+    extra: dict[str, Any] = {}
+    p = config.prune
+    if p.by_latency:
+        timer = latency_timer(config, image_size, in_channels)
+        ms = p.latency_targets or tuple(timer.measure(config.arch.plain_structure(w)).ms
+                                        for w in p.latency_widths)
+        if p.latency_widths:
+            logging.info('[pruned] latency targets: the uniform networks at widths %s take %s '
+                         'ms per batch of %d', p.latency_widths, [f'{t:.3g}' for t in ms],
+                         timer.batch)
+        extra = dict(latency_targets=ms, timer=timer)
+    structure, variables, info = pruning.prune(
         config.arch, bases, config.base.widths, image_size=image_size, in_channels=in_channels,
-        **config.prune.arguments(seed=config.seed, bn_scale_init=config.slim.bn_scale_init))
+        **config.prune.arguments(seed=config.seed, bn_scale_init=config.slim.bn_scale_init),
+        **extra)
+    if p.latency_widths:
+        info['latency']['widths'] = list(p.latency_widths)
+    if p.by_latency:
+        lat = info['latency']
+        logging.info('[pruned] measured %s ms against targets %s (spread up to %.1f%%; %d '
+                     'candidates timed in %.0f s)', [f'{t:.3g}' for t in lat['measured_ms']],
+                     [f'{t:.3g}' for t in lat['targets_ms']], 100 * lat['max_spread'],
+                     lat['candidates'], lat['seconds'])
+    return structure, variables, info
+
+
+def check_latency_targets(config: Settings, workdir: str, shape) -> None:
+    """Refuses, before any stage runs, latency targets outside what pruning can reach on this
+    backend (every layer at its floor ... the unpruned base; both are known before the bases
+    are trained): one sentence with the range in ms."""
+    p = config.prune
+    if (not p.by_latency or 'prune' not in config.stages
+            or checkpoint.is_done(checkpoint.stage_dir(workdir, 'pruned'))):
+        return
+    latency.check_variant(p.zpm)
+    timer = latency_timer(config, shape[0], shape[2])
+    arch, widths, zpm_on = config.arch, config.base.widths, p.zpm != 'none'
+    ms = p.latency_targets or tuple(timer.measure(arch.plain_structure(w)).ms
+                                    for w in p.latency_widths)
+    which = range(len(widths)) if len(widths) > 1 else [0] * len(ms)
+    for k, (target, b) in enumerate(zip(ms, which, strict=False)):
+        floors = pruning.multibase.base_floors(arch, widths[b], zpm_on, p.min_channels_ratio)
+        low, high = latency.reachable_range(arch, arch.table(width=widths[b], zpm=zpm_on),
+                                            floors, p.round_to, p.zpm, timer)
+        error = latency.range_error(target, k, low, high, timer, p.latency_tolerance)
+        if error is not None:
+            raise error
+
+
+def latency_timer(config: Settings, image_size: int, in_channels: int) -> latency.Timer:
+    """The `latency.Timer` that latency targets are measured with (the full network as the
+    anchor, a batch of ``eval.latency_batch``)."""
+    return latency.Timer(config.arch, (image_size, image_size, in_channels),
+                         config.eval.latency_batch)
 
 
 def prune_stage(config: Settings, workdir: str, shape) -> dict[str, Any]:
@@ -235,6 +287,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     # Downloads and prepares a TFDS dataset that is not yet in data.data_dir: one that cannot
     # be prepared is refused before any stage folder is written.
     data_lib.prepare(config.data)
+    check_latency_targets(config, workdir, input_shape(config))
     with lock.workdir_lock(workdir):
         return _run_stages(config, workdir)
 
