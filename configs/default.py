@@ -72,6 +72,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.image_size = 224
     config.data.preprocessing = 'imagenet'  # 'imagenet' | 'small'
     config.data.crop_padding = 4  # 'small': zero padding before the random crop
+    # Mirror training images left-right with probability 1/2 after the crop (both
+    # preprocessings); every release recipe but imagenet_randaug (EfficientNet) does.
+    config.data.random_flip = True
+    # 'imagenet' eval: resize the shorter side to this, take the central image_size square
+    # (the release's max_image_size); None: image_size + 32 (256 at 224, as the release).
+    config.data.eval_resize = placeholder(int)
     config.data.num_train_examples = placeholder(int)  # use only the first N (None: all)
     config.data.num_eval_examples = placeholder(int)
     # Split names (TFDS split syntax for TFDS datasets; None: the dataset's train / test or
@@ -79,8 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_split = placeholder(str)
     config.data.eval_split = placeholder(str)
     config.data.shuffle_buffer = placeholder(int)
-    # RandAugment after the training crop and flip (the release's randaug_N / randaug_M, M on
-    # the paper's 0-30 scale); 0 operations: off. TFDS datasets only.
+    # RandAugment after the training crop (and flip, if on), before normalisation (the
+    # release's randaug_N / randaug_M, M on the paper's 0-30 scale); 0 operations: off. TFDS
+    # datasets only. Keras's op set, not torchvision's: see preprocess.rand_augment.
     config.data.randaugment_ops = 0
     config.data.randaugment_magnitude = 10.0
 

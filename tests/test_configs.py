@@ -213,6 +213,8 @@ BAD = [
     ('resnet50', 'slim.ema_decay', 1.0, 'slim.ema_decay=1.0 must be in [0, 1)'),
     ('efficientnet_b2', 'data.randaugment_magnitude', 45.0, 'data.randaugment_magnitude'),
     ('fashion_mnist', 'data.randaugment_ops', 2, 'data.randaugment_ops=2 needs a TFDS dataset'),
+    ('efficientnet_b2', 'data.eval_resize', 200,
+     'data.eval_resize=200 is smaller than data.image_size=256'),
 ]
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from spnet_jax import data
 from spnet_jax.core.errors import ConfigError
-from spnet_jax.data import fashion_mnist, in_memory, preprocess
+from spnet_jax.data import fashion_mnist, in_memory, preprocess, specs
 
 FASHION_DIR = '/usr/share/datasets/fashion-mnist'
 needs_fashion = pytest.mark.skipif(
@@ -439,3 +439,201 @@ def test_randaugment_settings_are_checked():
         data.validate_config(fashion(randaugment_ops=2))
     with pytest.raises(ValueError, match='data.randaugment_ops must be an integer >= 0'):
         data.validate_config({'name': 'cifar10', 'randaugment_ops': -1})
+
+
+# ------------------------------------------ the release's imagenet_randaug (EfficientNet)
+
+
+def _effnet_data(manual_dir, **fields):
+    """configs/efficientnet_b2.py's data section (the release's imagenet_randaug recipe)."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from configs import efficientnet_b2
+
+    config = efficientnet_b2.get_config().data
+    config.manual_dir = manual_dir
+    config.update(fields)
+    return config
+
+
+def _pixels(images, name):
+    """Normalised pipeline images back in [0, 255] units."""
+    spec = data.DATASETS[name]
+    return (images * np.asarray(spec.std) + np.asarray(spec.mean)) * 255
+
+
+def test_the_efficientnet_config_is_imagenet_randaug_without_flip_and_evaluates_at_256_of_256():
+    """The release's ``get_trans(..., randaug=True)``: RandomResizedCrop(256), RandAugment(2,
+    10), no flip; eval ``Resize(max_image_size=256)``, ``CenterCrop(256)``."""
+    settings = specs.parse_settings(_effnet_data(None))  # no I/O: no ImageNet needed
+    assert (settings.preprocessing, settings.image_size, settings.random_flip) == (
+        'imagenet', 256, False)
+    assert (settings.randaugment_ops, settings.randaugment_magnitude) == (2, 10.0)
+    assert settings.eval_resize == 256
+    # Every other recipe flips and evaluates at image_size + 32 (the release's 256 at 224).
+    others = specs.parse_settings({'name': 'imagenet2012'})
+    assert (others.random_flip, others.eval_resize) == (True, 224 + 32)
+    assert specs.parse_settings({'name': 'cifar10', 'preprocessing': 'small'}).eval_resize is None
+
+
+def test_imagenet_eval_at_resize_equal_to_image_size_is_the_whole_central_square():
+    """torchvision's Resize(256) + CenterCrop(256) of a 256 x 320 image: no resize (the shorter
+    side is 256), columns round(64 / 2) = 32 to 288."""
+    image = np.random.default_rng(2).integers(0, 256, (256, 320, 3), dtype=np.uint8)
+    out = preprocess.imagenet_eval(tf.constant(image), image_size=256, resize=256).numpy()
+    np.testing.assert_allclose(out, image[:, 32:288], atol=1e-3)
+    # Half the size: the central 128 x 128 square halved; bilinear at exactly 1/2 with
+    # half-pixel centres is the mean of each 2 x 2 block.
+    tall = np.random.default_rng(3).integers(0, 256, (160, 128, 3), dtype=np.uint8)
+    square = tall[16:144].astype(np.float64)
+    blocks = square.reshape(64, 2, 64, 2, 3).mean(axis=(1, 3))
+    out = preprocess.imagenet_eval(tf.constant(tall), image_size=64, resize=64).numpy()
+    np.testing.assert_allclose(out, blocks, atol=1e-3)
+    # The default (resize = image_size + 32) is a smaller, central window: other pixels.
+    default = preprocess.imagenet_eval(tf.constant(image), image_size=256).numpy()
+    assert np.abs(default - image[:, 32:288]).max() > 10
+    with pytest.raises(ValueError, match='resize=200 must be >= image_size=256'):
+        preprocess.imagenet_eval(tf.constant(image), image_size=256, resize=200)
+
+
+def test_efficientnet_eval_batches_are_the_central_square_resized(manual_dir):
+    """Through the pipeline, on mock ImageNet JPEGs: each eval image is the central square of
+    the shorter side resized to image_size (here 64 instead of 256, eval_resize with it)."""
+    config = _effnet_data(manual_dir, image_size=64, eval_resize=64)
+    with tfds.testing.mock_data(num_examples=6):
+        batch = next(iter(data.eval_batches(config, global_batch_size=6)))
+        default = next(iter(data.eval_batches(_effnet_data(manual_dir, image_size=64,
+                                                           eval_resize=None),
+                                              global_batch_size=6)))
+        # The pipeline reads the JPEG bytes (mock data encodes its random pixels, lossily).
+        raw = list(tfds.load('imagenet2012', split='validation',
+                             decoders={'image': tfds.decode.SkipDecoding()}).take(6))
+    assert batch['image'].shape == (6, 64, 64, 3) and batch['mask'].all()
+    compared = 0
+    for got, plain, example in zip(_pixels(batch['image'], 'imagenet2012'),
+                                   _pixels(default['image'], 'imagenet2012'), raw, strict=True):
+        image = tf.io.decode_jpeg(example['image'], channels=3).numpy()
+        height, width = image.shape[:2]
+        side = min(height, width)
+        if (height - side) % 2 or (width - side) % 2:
+            continue  # an odd margin: where its extra pixel goes is a rounding convention
+        top, left = (height - side) // 2, (width - side) // 2
+        want = tf.image.resize(image[top:top + side, left:left + side].astype(np.float32),
+                               [64, 64], method='bilinear').numpy()
+        # Decoding only the window changes JPEG chroma upsampling near its edges (a few levels
+        # at a few source pixels: 1.3 on average for a 6 px square magnified 11x, 0 for the
+        # others); the window itself must match. The default (64 of 96) is far off.
+        error, other = np.abs(got - want).mean(), np.abs(plain - want).mean()
+        assert error < 2 and other > 10 * error, (image.shape, error, other)
+        compared += 1
+    assert compared >= 2
+
+
+def _marked(image_size):
+    """A left-right asymmetric image: a mirror or a crop of it is something else."""
+    column = np.linspace(0, 255, image_size, dtype=np.float32)
+    return np.broadcast_to(column[None, :, None], (image_size, image_size, 3)).copy()
+
+
+@pytest.mark.parametrize('recipe', ['efficientnet', 'cifar_small_with_flip'])
+def test_randaugment_gets_the_crop_and_is_last_before_normalisation(recipe, manual_dir,
+                                                                     monkeypatch):
+    """A stand-in RandAugment records what it is given and returns a fixed asymmetric image:
+    it must get the cropped image_size image, and the batch must be exactly that image
+    normalised (no flip or crop after RandAugment)."""
+    received = []
+
+    def stand_in(num_ops, magnitude, seed):
+        received.append(('made', num_ops, magnitude))
+
+        def apply(image):
+            received.append(tuple(image.shape))
+            return tf.constant(_marked(int(image.shape[0])))
+
+        return apply
+
+    monkeypatch.setattr(preprocess, 'rand_augment', stand_in)
+    if recipe == 'efficientnet':
+        name, size, config = 'imagenet2012', 256, _effnet_data(manual_dir)
+    else:
+        name, size = 'cifar10', 32
+        config = {'name': name, 'image_size': size, 'preprocessing': 'small',
+                  'random_flip': True, 'randaugment_ops': 2, 'randaugment_magnitude': 10}
+    with tfds.testing.mock_data(num_examples=8):
+        batch = take(data.train_batches(config, global_batch_size=8, seed=0), 1)[0]
+    assert received[0] == ('made', 2, 10.0)
+    assert received[1:] == [(size, size, 3)]  # the image_size crop (traced once)
+    np.testing.assert_allclose(_pixels(batch['image'], name),
+                               np.broadcast_to(_marked(size), (8, size, size, 3)), atol=1e-3)
+
+
+def test_random_flip_false_never_mirrors_and_keeps_the_crops():
+    """flip=False gives, seed for seed, the flip=True output or its mirror image (the same
+    crop), and never mirrors: with no room to crop, the image itself."""
+    rng = np.random.default_rng(4)
+    small = tf.constant(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    large = tf.constant(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    recipes = {
+        'small': lambda seed, flip: preprocess.small_train(small, seed, image_size=32,
+                                                           padding=4, flip=flip),
+        'imagenet': lambda seed, flip: preprocess.imagenet_train(large, seed, image_size=40,
+                                                                 flip=flip),
+    }
+    for name, augment in recipes.items():
+        kinds = set()
+        for s in range(16):
+            seed = tf.constant([5, s], tf.int64)
+            plain, maybe = augment(seed, False).numpy(), augment(seed, True).numpy()
+            kind = (0 if np.array_equal(maybe, plain)
+                    else 1 if np.array_equal(maybe, plain[:, ::-1]) else 2)
+            kinds.add(kind)
+        assert kinds == {0, 1}, name
+    for s in range(8):
+        out = preprocess.small_train(small, tf.constant([1, s]), image_size=32, padding=0,
+                                     flip=False)
+        np.testing.assert_array_equal(out, small)
+
+
+@pytest.mark.parametrize('random_flip', [False, True])
+def test_tfds_training_images_are_mirrored_only_with_random_flip(random_flip):
+    """CIFAR at its own 32 px with no padding: the training images are the eval images, some
+    of them mirrored exactly when data.random_flip is on, none when it is off."""
+    config = {'name': 'cifar10', 'image_size': 32, 'preprocessing': 'small', 'crop_padding': 0,
+              'random_flip': random_flip, 'eval_split': 'train'}
+    with tfds.testing.mock_data(num_examples=12):
+        train = take(data.train_batches(config, global_batch_size=12, seed=0), 2)
+        evals = next(iter(data.eval_batches(config, global_batch_size=12)))['image']
+    as_is = {e.tobytes() for e in evals}
+    mirrored = {e[:, ::-1].tobytes() for e in evals} - as_is
+    images = [i for b in train for i in b['image']]
+    kinds = [0 if i.tobytes() in as_is else 1 if i.tobytes() in mirrored else 2 for i in images]
+    assert set(kinds) == ({0, 1} if random_flip else {0})
+
+
+@needs_fashion
+@pytest.mark.parametrize('random_flip', [False, True])
+def test_fashion_training_images_are_mirrored_only_with_random_flip(random_flip):
+    config = fashion(crop_padding=0, random_flip=random_flip, num_train_examples=64,
+                     eval_split='train', num_eval_examples=64)
+    train = take(data.train_batches(config, global_batch_size=64, seed=0), 1)[0]['image']
+    evals = next(iter(data.eval_batches(config, global_batch_size=64)))['image']
+    as_is = {e.tobytes() for e in evals}
+    mirrored = {e[:, ::-1].tobytes() for e in evals} - as_is
+    kinds = {0 if i.tobytes() in as_is else 1 if i.tobytes() in mirrored else 2 for i in train}
+    assert kinds == ({0, 1} if random_flip else {0})
+
+
+def test_flip_and_eval_resize_settings_are_checked():
+    with pytest.raises(ConfigError) as error:
+        data.validate_config({'name': 'cifar10', 'random_flip': 'no'})
+    message = str(error.value)
+    assert message.startswith("data.random_flip must be True or False, got 'no'; set it to")
+    assert '\n' not in message and message.endswith('.')
+    with pytest.raises(ConfigError) as error:
+        specs.parse_settings({'name': 'imagenet2012', 'image_size': 256, 'eval_resize': 200})
+    message = str(error.value)
+    assert message.startswith('data.eval_resize=200 is smaller than data.image_size=256')
+    assert 'set it to at least 256' in message and message.endswith('.')
+    with pytest.raises(ConfigError, match='data.eval_resize must be an integer >= 1'):
+        specs.parse_settings({'name': 'imagenet2012', 'eval_resize': 0})

@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from spnet_jax.data import specs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -95,10 +97,18 @@ def training(r, prefix):
 
 
 def common(r):
+    randaug = r['dataset'] == 'imagenet_randaug'
     out = {'model.name': model_name(r), 'data.name': DATASETS[r['dataset']],
            'data.image_size': r['image_size'],
-           # The release's RandAugment runs only in its 'imagenet_randaug' dataset.
-           'data.randaugment_ops': r['randaug_N'] if r['dataset'] == 'imagenet_randaug' else 0}
+           # The release's RandAugment runs only in its 'imagenet_randaug' dataset, whose
+           # torchvision pipeline (RandomResizedCrop, RandAugment) has no flip; every other
+           # dataset's albumentations pipeline has HorizontalFlip(p=0.5) after the crop.
+           'data.randaugment_ops': r['randaug_N'] if randaug else 0,
+           'data.random_flip': not randaug,
+           # Both pipelines' eval resize the shorter side to max_image_size and center-crop
+           # image_size (SmallestMaxSize / Resize, then CenterCrop): the parsed value, as an
+           # unset data.eval_resize reads as image_size + 32.
+           'settings:eval_resize': r['max_image_size']}
     if out['data.randaugment_ops']:
         out['data.randaugment_magnitude'] = float(r['randaug_M'])
     if out['model.name'].startswith('efficientnet'):  # only its model reads this key
@@ -145,6 +155,8 @@ def expected_snet(name):
 
 
 def field(config, dotted):
+    if dotted.startswith('settings:'):  # the data section as the pipeline reads it
+        return getattr(specs.parse_settings(config.data), dotted.removeprefix('settings:'))
     value = config
     for part in dotted.split('.'):
         value = value[part]

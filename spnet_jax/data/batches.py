@@ -15,8 +15,9 @@ Two back ends, picked by `data.name`:
   process reads its own shard, so results depend on the process count (see that module).
 
 Config fields (`data.*`): `name`, `data_dir`, `manual_dir`, `image_size`, `preprocessing`
-('small' | 'imagenet'), `crop_padding`, `train_split`, `eval_split`, `num_train_examples`,
-`num_eval_examples`, `shuffle_buffer`; see `spnet_jax.data.specs.DataSettings`.
+('small' | 'imagenet'), `crop_padding`, `random_flip`, `eval_resize`, `train_split`,
+`eval_split`, `num_train_examples`, `num_eval_examples`, `shuffle_buffer`,
+`randaugment_ops`, `randaugment_magnitude`; see `spnet_jax.data.specs.DataSettings`.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ def train_batches(
             padding=settings.crop_padding,
             mean=settings.spec.mean,
             std=settings.spec.std,
+            flip=settings.random_flip,
         )
     ds = tfds_input.train_dataset(
         settings,

@@ -77,17 +77,20 @@ def train_batches(
     padding: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    flip: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless local training batches from step `start_step` on (see the module docstring).
 
     Yields ``{'image': float32 (L, S, S, C), 'label': int32 (L,)}`` with
-    ``L = global_batch_size // process_count``.
+    ``L = global_batch_size // process_count``. ``flip=False`` mirrors nothing (the crops
+    stay those of ``flip=True``).
     """
     local = global_batch_size // process_count
     rows = slice(process_index * local, (process_index + 1) * local)
     for step in itertools.count(start_step):
         indices = example_indices(seed, step, global_batch_size, len(images))[rows]
         offsets, flips = crop_flip_params(seed, step, global_batch_size, padding)
+        flips = flips & flip
         batch = preprocess.small_train_np(
             images[indices], offsets[rows], flips[rows], image_size=image_size, padding=padding
         )

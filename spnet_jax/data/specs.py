@@ -19,6 +19,9 @@ from spnet_jax.core.errors import ConfigError
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 PREPROCESSINGS = ('small', 'imagenet')
+# The 'imagenet' eval resizes the shorter side to image_size + this (256 at 224) unless
+# data.eval_resize says otherwise, then takes the central image_size square.
+IMAGENET_CROP_PADDING = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,11 +146,18 @@ class DataSettings:
       preprocessing: 'small' (pad + random crop + flip) or 'imagenet' (random-resized crop +
         flip; resize + center crop for eval).
       crop_padding: pixels of zero padding on each side before the small-image random crop.
+      random_flip: training images are mirrored left-right with probability 1/2 after the
+        crop (both preprocessings; False: never, as the release's ``imagenet_randaug``).
+      eval_resize: 'imagenet' eval: the shorter side is resized to this, then the central
+        `image_size` square is taken (the release's ``max_image_size``); the config's None
+        reads as ``image_size + 32``. None for the 'small' preprocessing, which does not
+        resize (it ignores the config's value, as 'imagenet' ignores `crop_padding`).
       train_split, eval_split: split names (TFDS split syntax for TFDS datasets).
       num_train_examples, num_eval_examples: use only the first N examples (None: all).
       shuffle_buffer: tf.data shuffle buffer of the TFDS training stream.
       randaugment_ops: RandAugment's N, the random operations per training image after the
-        crop and flip (0: none; TFDS datasets only).
+        crop (and the flip, when there is one), last before normalisation (0: none; TFDS
+        datasets only).
       randaugment_magnitude: RandAugment's M on the paper's 0-30 scale (the release's
         ``randaug_M``).
     """
@@ -165,6 +175,8 @@ class DataSettings:
     shuffle_buffer: int
     randaugment_ops: int = 0
     randaugment_magnitude: float = 10.0
+    random_flip: bool = True
+    eval_resize: int | None = None
 
     @property
     def name(self) -> str:
@@ -234,6 +246,20 @@ def parse_settings(config: Any) -> DataSettings:
             f'{spec.default_image_size} px images, and the \'small\' preprocessing crops (it '
             f'does not resize), so the network would see only the central {image_size} px; '
             f'set data.image_size={spec.default_image_size} (or larger: zero-padded).')
+    random_flip = _field(config, 'random_flip', True)
+    if not isinstance(random_flip, bool):
+        raise ConfigError(
+            f'data.random_flip must be True or False, got {random_flip!r}; set it to True '
+            '(mirror half the training images) or False (never, as the release\'s '
+            'imagenet_randaug).')
+    eval_resize = None
+    if preprocessing == 'imagenet':  # the 'small' eval crops or pads; it does not resize
+        eval_resize = _int_field(config, 'eval_resize', image_size + IMAGENET_CROP_PADDING, 1)
+        if eval_resize < image_size:
+            raise ConfigError(
+                f'data.eval_resize={eval_resize} is smaller than data.image_size={image_size}, '
+                f'so there is no central {image_size} px square to take; set it to at least '
+                f'{image_size} (the release\'s max_image_size; unset: image_size + 32).')
     return DataSettings(
         spec=spec,
         data_dir=None if data_dir is None else os.fspath(data_dir),
@@ -246,5 +272,7 @@ def parse_settings(config: Any) -> DataSettings:
         shuffle_buffer=_int_field(config, 'shuffle_buffer', max(spec.shuffle_buffer, 1), 1),
         randaugment_ops=randaugment_ops,
         randaugment_magnitude=float(magnitude),
+        random_flip=random_flip,
+        eval_resize=eval_resize,
         **splits,
     )

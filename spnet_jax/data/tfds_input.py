@@ -251,14 +251,17 @@ def train_dataset(
         image, label = example
         example_seed = tf.stack([tf.constant(augment_key, tf.int64), position])
         if settings.preprocessing == 'imagenet':
-            image = preprocess.imagenet_train(image, example_seed, image_size=settings.image_size)
+            image = preprocess.imagenet_train(image, example_seed, image_size=settings.image_size,
+                                              flip=settings.random_flip)
         else:
             image = preprocess.small_train(
                 image,
                 example_seed,
                 image_size=settings.image_size,
                 padding=settings.crop_padding,
+                flip=settings.random_flip,
             )
+        # As the release's imagenet_randaug: RandomResizedCrop, RandAugment, normalisation.
         if rand_augment is not None:
             image = rand_augment(image)
         image = preprocess.normalize(image, settings.spec.mean, settings.spec.std)
@@ -297,7 +300,7 @@ def eval_dataset(
 
     def prepare(image: tf.Tensor, label: tf.Tensor) -> dict:
         if settings.preprocessing == 'imagenet':
-            image = preprocess.imagenet_eval(image, image_size=size)
+            image = preprocess.imagenet_eval(image, image_size=size, resize=settings.eval_resize)
         else:
             image = preprocess.small_eval(image, image_size=size)
         image = preprocess.normalize(image, settings.spec.mean, settings.spec.std)
