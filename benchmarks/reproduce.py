@@ -547,7 +547,7 @@ def training_macs(summary: dict) -> dict:
     n = repro.NUM_TRAIN_EXAMPLES
     e = repro.EPOCHS
     snet = list(SNET_MACS)
-    _, rows = profile_config(repro.get_config('snet'))
+    _, rows, _ = profile_config(repro.get_config('snet'))
     by_width = {r['width']: r['macs'] for r in rows}
     bases = [by_width[w] for w in repro.SPNET_BASES]
     out = {'snet': e * n * sum(snet), 'individual': e * n * sum(snet)}

@@ -67,6 +67,7 @@ def _spnet(start: str):
     config = _common()
     config.base.widths = SPNET_BASES
     config.prune.macs_targets = tuple(float(m) for m in SNET_MACS[:-1])
+    config.prune.latency_widths = ()  # the study compares at equal MACs; latency measured after
     config.prune.start = start
     # The release's ZPM with exact counts, as the recorded runs of this arm were pruned
     # (fashion_mnist.py's own default is now the aligned variant: `_spnet_variant`).

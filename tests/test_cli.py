@@ -45,7 +45,7 @@ def test_profile_json_lists_every_snet_width_smallest_first():
                                          ('mobilenet_v2_snet', (0.75, 1.0, 1.3))])
 def test_snet_configs_have_the_release_widths(name, widths):
     config = load_config(name)
-    _, rows = profile_config(config)
+    _, rows, _ = profile_config(config)
     assert tuple(r['width'] for r in rows) == widths
     arch = get_arch(config.model.name, full_width=widths[-1])
     costs = subnet_costs(arch, arch.snet_structure(widths), 224)
@@ -76,3 +76,20 @@ def test_prune_refuses_bad_bases(tmp_path):
                 f'--bases=0.75={vgg},1.0={vgg}')
     assert other.returncode == 2
     assert 'resnet50' in other.stderr and other.stderr.strip().count('\n') == 0
+
+
+def test_profile_times_each_subnetwork_against_the_full_network():
+    done = run('spnet_jax.profile', '--config=configs/fashion_mnist_snet.py', '--json',
+               '--latency_batch=64', '--latency_runs=3')
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r['width'] for r in rows] == [0.5, 0.75, 1.0]
+    for r in rows:
+        assert r['latency_batch'] == 64 and r['latency_device'] == 'cpu'
+        assert r['latency_rounds'] >= 3 and r['latency_spread'] >= 0
+    # x0.5 computes a quarter of x1.0's MACs: on any machine it takes less time.
+    assert rows[0]['latency_ms'] < rows[-1]['latency_ms']
+    bad = run('spnet_jax.profile', '--config=configs/fashion_mnist_snet.py', '--latency_runs=1',
+              '--latency_batch=8')
+    assert bad.returncode == 2 and bad.stderr.strip().count('\n') == 0
+    assert '--latency_runs=1 >= 2' in bad.stderr

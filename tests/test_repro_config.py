@@ -16,7 +16,7 @@ from configs import fashion_mnist_repro as repro  # noqa: E402
 
 
 def test_spnet_targets_are_the_snet_macs():
-    _, rows = profile_config(repro.get_config('snet'))
+    _, rows, _ = profile_config(repro.get_config('snet'))
     macs = [r['macs'] for r in rows]
     assert tuple(macs) == repro.SNET_MACS and macs == sorted(macs)
     config = repro.get_config('spnet')
@@ -41,7 +41,7 @@ def test_quickstart_recipe_aims_at_the_snet_x05_and_x075_macs():
     its S-Net baseline config trains exactly those widths plus x1.0."""
     from configs import fashion_mnist, fashion_mnist_snet
 
-    _, rows = profile_config(fashion_mnist_snet.get_config())
+    _, rows, _ = profile_config(fashion_mnist_snet.get_config())
     assert [r['width'] for r in rows] == [0.5, 0.75, 1.0]
     assert fashion_mnist.get_config().prune.macs_targets == tuple(
         float(r['macs']) for r in rows[:2])

@@ -107,7 +107,8 @@ class PruneSettings:
             raise ConfigError(f'prune.macs_tolerance={tolerance!r} must be a fraction in (0, 0.5) '
                               '(0.01: each MACs target met within 1%).')
         if (latency_ms or latency_widths) and variant not in latency.MEASURED_VARIANTS:
-            latency.check_variant(variant)
+            latency.check_variant(
+                variant, 'prune.latency_targets' if latency_ms else 'prune.latency_widths')
         return cls(tuple(float(r) for r in ratios), tuple(float(t) for t in targets_),
                    variant, float(ratio), section.importance, section.start, round_to,
                    float(tolerance), tuple(float(t) for t in latency_ms),
@@ -345,6 +346,9 @@ def prune(arch, base_variables: Sequence[dict], base_widths: Sequence[float], *,
     if latency_targets is not None:
         info['latency'] = {'targets_ms': [float(t) for t in latency_targets],
                            'measured_ms': [m.ms for m in measured],
+                           'met': [latency.met(m, t, latency_tolerance)
+                                   for m, t in zip(measured, latency_targets, strict=True)],
+                           'tolerance': latency_tolerance,
                            'spread': [m.spread for m in measured],
                            'rounds': [m.rounds for m in measured], **timer.report()}
     if the_plan.pruned is not None:

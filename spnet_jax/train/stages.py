@@ -99,6 +99,13 @@ def prune_bases(config: Settings, bases: list[dict], image_size: int, in_channel
                      'candidates timed in %.0f s)', [f'{t:.3g}' for t in lat['measured_ms']],
                      [f'{t:.3g}' for t in lat['targets_ms']], 100 * lat['max_spread'],
                      lat['candidates'], lat['seconds'])
+        for k, ok in enumerate(lat['met']):
+            if not ok:
+                logging.warning(
+                    '[pruned] sub-network %d: no structure within prune.latency_tolerance=%g '
+                    'of %.3g ms (the channel steps are coarser); took the faster neighbour, '
+                    '%.3g ms. A smaller prune.round_to makes finer steps.', k,
+                    lat['tolerance'], lat['targets_ms'][k], lat['measured_ms'][k])
     return structure, variables, info
 
 
@@ -110,7 +117,7 @@ def check_latency_targets(config: Settings, workdir: str, shape) -> None:
     if (not p.by_latency or 'prune' not in config.stages
             or checkpoint.is_done(checkpoint.stage_dir(workdir, 'pruned'))):
         return
-    latency.check_variant(p.zpm)
+    latency.check_variant(p.zpm, p.sizing_field)
     timer = latency_timer(config, shape[0], shape[2])
     arch, widths, zpm_on = config.arch, config.base.widths, p.zpm != 'none'
     ms = p.latency_targets or tuple(timer.measure(arch.plain_structure(w)).ms
