@@ -80,7 +80,7 @@ def main() -> None:
         channels = 1 if config['data']['name'] == 'fashion_mnist' else 3
         shape = (size, size, channels)
         keys = []
-        for k, net in enumerate(sl.deployed(arch, structure)):
+        for net in sl.deployed(arch, structure):
             key = sl.network_key(net)
             networks[key] = net
             keys.append(key)

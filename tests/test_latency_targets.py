@@ -21,7 +21,7 @@ from helpers import fresh_statistics, random_variables
 
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.models import get_arch
-from spnet_jax.pruning import IMPORTANCE, latency, multibase, prune, threshold
+from spnet_jax.pruning import IMPORTANCE, latency, multibase, threshold
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,6 +2,7 @@ r"""Export one sub-network of a slimmable network as a standalone network.
 
     python -m spnet_jax.export --workdir=W --subnet=0 --out=DIR     # index, or a width label
     python -m spnet_jax.export --workdir=W --all --out=DIR          # DIR/subnet_<k>/ for each k
+    python -m spnet_jax.export --workdir=W --switchable --out=DIR   # one artifact, every width
 
 What ``DIR`` holds: see `spnet_jax.workdir.export`.
 """
@@ -13,7 +14,13 @@ import os
 from absl import flags
 
 from spnet_jax.core.errors import ConfigError
-from spnet_jax.workdir.export import ARTIFACT, PLATFORMS, export_all, export_subnet
+from spnet_jax.workdir.export import (
+    ARTIFACT,
+    PLATFORMS,
+    export_all,
+    export_subnet,
+    export_switchable,
+)
 
 FLAGS = flags.FLAGS
 READS_ONLY = True  # never writes into the workdir it reads (entry keeps error.log out of it)
@@ -35,9 +42,19 @@ def main(argv) -> None:
     del argv  # entry.run refuses positional arguments
     if not FLAGS.workdir or not FLAGS.out:
         raise ConfigError('give --workdir=W (the network) and --out=DIR (where to write).')
-    if FLAGS.all and FLAGS.subnet is not None:
-        raise ConfigError('give either --subnet=K or --all, not both.')
+    if sum([FLAGS.all, FLAGS.subnet is not None, FLAGS.switchable]) > 1:
+        raise ConfigError('give one of --subnet=K, --all and --switchable.')
     kw = dict(overwrite=FLAGS.overwrite, image_size=FLAGS.image_size, platforms=FLAGS.platforms)
+    if FLAGS.switchable:
+        info = export_switchable(FLAGS.workdir, FLAGS.out, serving_batch=FLAGS.serving_batch,
+                                 **kw)
+        print(f'{info["arch"]}: {info["num_subnets"]} sub-networks in one artifact -> '
+              f'{os.path.join(FLAGS.out, ARTIFACT)} ({info["weight_bytes"] / 1e6:.2f} MB of '
+              'weights, stored once); call exported.call(images, np.int32(k))')
+        for row in info['subnets']:
+            print(f'  sub-network {row["subnet"]}: {row["macs"] / 1e6:.1f}M MACs, '
+                  + ', '.join(f'{ms:.3g} ms at batch {b}' for b, ms in row['latency_ms'].items()))
+        return
     if FLAGS.all:
         infos = export_all(FLAGS.workdir, FLAGS.out, **kw)
         where = [os.path.join(FLAGS.out, f'subnet_{i["subnet"]}') for i in infos]
@@ -54,6 +71,10 @@ def define_flags() -> None:
     flags.DEFINE_string('workdir', None, 'Workdir (or stage folder) of the network to export.')
     flags.DEFINE_string('subnet', None, 'Sub-network: index (0 = smallest, -1 = full) or width.')
     flags.DEFINE_bool('all', False, 'Export every sub-network, into OUT/subnet_<k>/.')
+    flags.DEFINE_bool('switchable', False, 'One artifact for every sub-network, chosen at run '
+                      'time: exported.call(images, np.int32(k)).')
+    flags.DEFINE_integer('serving_batch', 32, 'With --switchable: the batch (besides 1) each '
+                         "width's latency is measured at, into export.json.")
     flags.DEFINE_string('out', None, 'Folder to write the export to (new or empty).')
     flags.DEFINE_bool('overwrite', False, 'Replace an earlier export in --out.')
     flags.DEFINE_integer('image_size', None, 'Input height/width of the artifact (default: the '

@@ -39,8 +39,9 @@ class PruneSettings:
 
     One way of sizing the pruned sub-networks is used, the first given of: latency targets
     (``latency_targets`` in ms, or ``latency_widths``: the measured time of the uniform
-    network at each width), MACs targets, keep ratios. Every field is required: configs/default.py owns the defaults
-    (a saved config missing a later field gets what those runs did from
+    network at each width), MACs targets, keep ratios. Every field is required:
+    configs/default.py owns the defaults (a saved config missing a later field gets what
+    those runs did from
     `spnet_jax.train.settings.LEGACY_DEFAULTS`).
     """
 

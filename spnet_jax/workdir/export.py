@@ -21,6 +21,17 @@ The output folder then holds:
 
 * ``export.json``: what was exported (architecture, sub-network, MACs, params, input shape,
   classes), written last.
+
+`export_switchable` (``--switchable``) writes instead **one** artifact for every width: the
+slimmable network's weights stored once, each width reading its prefix slices as in training,
+the sub-network a run-time int32 scalar (``lax.switch`` over the widths' programs: switching
+compiles nothing)::
+
+    logits = exported.call(pixels, np.int32(k))    # k = 0 (smallest) .. num_subnets - 1
+
+An index out of range gives logits that are all NaN (never another width's); `choose`
+picks the widest sub-network whose measured latency (in ``export.json``, timed on the
+exporting machine at batch 1 and ``serving_batch``) fits a budget.
 """
 
 from __future__ import annotations
@@ -30,7 +41,9 @@ import json
 import os
 import re
 import shutil
+import statistics
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,7 +116,128 @@ def export_forward(arch, structure: Structure, variables: dict[str, Any],
     return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
 
 
+def export_switchable_forward(arch, structure: Structure, variables: dict[str, Any],
+                              input_shape: Sequence[int], platforms: Sequence[str] = PLATFORMS,
+                              normalization: tuple[Sequence[float], Sequence[float]] | None
+                              = None) -> jax.export.Exported:
+    """The eval-mode forward of every sub-network of a slimmable network, chosen by a
+    run-time int32 scalar: ``f(images, subnet) -> logits``. The variables are constants
+    shared by every width's branch (stored once); an out-of-range ``subnet`` gives NaN
+    logits. Inputs as `export_forward`."""
+    model = arch.module(structure)
+    consts = jax.tree.map(jnp.asarray, variables)
+    n = structure.num_subnets
+
+    def forward(images, subnet):
+        if normalization is not None:
+            mean, std = (jnp.asarray(v, jnp.float32) for v in normalization)
+            images = (images.astype(jnp.float32) / 255.0 - mean) / std
+        branches = [lambda x, k=k: model.apply(consts, x, subnet=k, train=False)
+                    for k in range(n)]
+        logits = jax.lax.switch(jnp.clip(subnet, 0, n - 1), branches, images)
+        return jnp.where((subnet >= 0) & (subnet < n), logits, jnp.nan)
+
+    dims = ', '.join(str(int(d)) for d in input_shape)
+    dtype = jnp.float32 if normalization is None else jnp.uint8
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'batch, {dims}'), dtype)
+    index = jax.ShapeDtypeStruct((), jnp.int32)
+    return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec, index)
+
+
+def time_widths(exported: jax.export.Exported, input_shape: Sequence[int], dtype: str,
+                num_subnets: int, batches: Sequence[int], rounds: int = 10) -> list[dict]:
+    """Median ms of ``exported.call(images, k)`` per width and batch on this machine, all
+    widths timed interleaved round by round (so a load change hits them alike)."""
+    calls = {}
+    for b in batches:
+        rng = np.random.default_rng(0)
+        images = (rng.integers(0, 256, (b, *input_shape), dtype=np.uint8) if dtype == 'uint8'
+                  else rng.normal(size=(b, *input_shape)).astype(np.float32))
+        images = jnp.asarray(images)
+        for k in range(num_subnets):
+            index = jnp.int32(k)
+            calls[b, k] = lambda x=images, i=index: exported.call(x, i).block_until_ready()
+            calls[b, k]()  # compiles once per batch size; every width shares the program
+    times: dict = {key: [] for key in calls}
+    keys = list(calls)
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            t = time.perf_counter()
+            calls[key]()
+            times[key].append(1e3 * (time.perf_counter() - t))
+    return [{str(b): statistics.median(times[b, k]) for b in batches} for k in range(num_subnets)]
+
+
+def choose(info: dict[str, Any], budget_ms: float, batch: int) -> int:
+    """The widest sub-network of a switchable export (its ``export.json``) whose measured
+    latency at ``batch`` fits ``budget_ms``; `ConfigError` naming the fastest when none
+    does."""
+    rows = info['subnets']
+    key = str(batch)
+    if key not in rows[0]['latency_ms']:
+        raise ConfigError(f'the export timed batches {sorted(rows[0]["latency_ms"], key=int)}, '
+                          f'not {batch}; choose one of them or re-export with '
+                          f'--serving_batch={batch}.')
+    fits = [r['subnet'] for r in rows if r['latency_ms'][key] <= budget_ms]
+    if not fits:
+        fastest = min(rows, key=lambda r: r['latency_ms'][key])
+        raise ConfigError(f'no width meets {budget_ms:g} ms at batch {batch}: the fastest, '
+                          f'sub-network {fastest["subnet"]}, took '
+                          f'{fastest["latency_ms"][key]:.3g} ms on the exporting machine.')
+    return max(fits, key=lambda k: rows[k]['macs'])
+
+
 # --------------------------------------------------------------- writing a folder
+def export_switchable(net_or_path: SlimmableNetwork | str | os.PathLike,
+                      out_dir: str | os.PathLike, *, overwrite: bool = False,
+                      image_size: int | None = None, platforms: Sequence[str] = PLATFORMS,
+                      serving_batch: int = 32, timing_rounds: int = 10) -> dict[str, Any]:
+    """Writes one `jax.export` artifact that runs every sub-network of a network, chosen at
+    run time, and ``export.json`` (each width's MACs, params and measured latency at batch 1
+    and ``serving_batch`` on this machine); returns export.json's contents."""
+    _check_options(image_size, platforms)
+    if not (isinstance(serving_batch, int) and serving_batch >= 1):
+        raise ConfigError(f'--serving_batch={serving_batch!r} must be a positive batch size.')
+    net = _as_network(net_or_path)
+    out_dir = os.fspath(out_dir)
+    _check_out_dir(out_dir, overwrite, _source(net_or_path))
+    S = net.structure
+    size = int(net.image_size if image_size is None else image_size)
+    in_channels = net.arch.input_channels(net.variables['params'])
+    spec = net.input_spec
+    normalization = None if spec['mean'] is None else (spec['mean'], spec['std'])
+    variables = {c: net.variables[c] for c in net.variables}
+    exported = export_switchable_forward(net.arch, S, variables, (size, size, in_channels),
+                                         platforms, normalization)
+    dtype = 'float32' if normalization is None else 'uint8'
+    batches = sorted({1, serving_batch})
+    latency = time_widths(exported, (size, size, in_channels), dtype, S.num_subnets, batches,
+                          timing_rounds)
+    costs = subnet_costs(net.arch, S, size, in_channels)
+    weight_bytes = sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(variables))
+    info = {
+        'arch': net.arch.name, 'switchable': True, 'num_subnets': S.num_subnets,
+        'method': S.method, 'zpm': S.zpm_variant,
+        'subnets': [{'subnet': c.subnet, 'width': None if S.widths is None else S.widths[k],
+                     'macs': c.macs, 'params': c.params, 'latency_ms': latency[k]}
+                    for k, c in enumerate(costs)],
+        'latency_batches': batches, 'latency_rounds': timing_rounds,
+        'latency_device': jax.local_devices()[0].device_kind,
+        'weight_bytes': weight_bytes,
+        'call': 'exported.call(images, np.int32(subnet)); subnet out of range: NaN logits',
+        'input_shape': ['batch', size, size, in_channels], 'input_dtype': dtype,
+        'normalization': None if normalization is None else {
+            'mean': list(normalization[0]), 'std': list(normalization[1])},
+        'layout': 'NHWC', 'num_classes': net.arch.num_classes, 'artifact': ARTIFACT,
+        'platforms': list(exported.platforms), 'jax_version': jax.__version__,
+        'source': _source(net_or_path),
+    }
+    with _staged(out_dir) as staging:
+        _write_atomic(os.path.join(staging, ARTIFACT), bytes(exported.serialize()))
+        _write_atomic(os.path.join(staging, INFO), (json.dumps(info, indent=1) + '\n').encode())
+    return info
+
+
 def export_subnet(net_or_path: SlimmableNetwork | str | os.PathLike, subnet: int | float,
                   out_dir: str | os.PathLike, *, overwrite: bool = False,
                   image_size: int | None = None,

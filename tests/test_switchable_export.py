@@ -1,0 +1,126 @@
+"""``python -m spnet_jax.export --switchable`` (issue 31): one `jax.export` artifact for every
+width, the sub-network a run-time int32 scalar, the weights stored once."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import random_variables
+from test_export import IMAGE_SIZE, _config, _private_statistics  # noqa: F401
+
+from spnet_jax.core.errors import ConfigError
+from spnet_jax.models import get_arch
+from spnet_jax.pruning import prune
+from spnet_jax.workdir import export
+from spnet_jax.workdir.checkpoint import save_network
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pruned_workdir(root, name, zpm, seed, **arch_kw):
+    arch = get_arch(name, num_classes=7, **arch_kw)
+    x = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))
+    base = random_variables(arch.module(arch.plain_structure()), x, seed=seed)
+    structure, variables, _ = prune(arch, [base], [1.0], keep_ratios=[0.4, 0.7],
+                                    image_size=IMAGE_SIZE, zpm=zpm, round_to=1)
+    save_network(str(root / 'pruned'), structure, _private_statistics(variables, seed + 1),
+                 _config(1.0))
+    return root
+
+
+@pytest.fixture(scope='module', params=[('resnet20', 'release'), ('resnet20', 'aligned')])
+def switchable(request, tmp_path_factory):
+    """(workdir, switchable export folder, standalone export folders) of a pruned network."""
+    name, zpm = request.param
+    root = tmp_path_factory.mktemp(f'{name}_{zpm}')
+    workdir = _pruned_workdir(root / 'run', name, zpm, seed=4)
+    info = export.export_switchable(str(workdir), root / 'switch', serving_batch=8,
+                                    timing_rounds=3)
+    standalone = export.export_all(str(workdir), root / 'each')
+    return workdir, root / 'switch', root / 'each', info, standalone
+
+
+def _deserialize(folder):
+    return jax.export.deserialize(bytearray((folder / export.ARTIFACT).read_bytes()))
+
+
+IMAGES = jax.random.normal(jax.random.key(7), (5, IMAGE_SIZE, IMAGE_SIZE, 3))
+
+
+def test_every_width_equals_its_standalone_export_and_switching_compiles_nothing(switchable):
+    _, switch, each, info, standalone = switchable
+    exported = _deserialize(switch)
+    n = info['num_subnets']
+    assert n == 3 and len(standalone) == 3
+    references = [np.asarray(_deserialize(each / f'subnet_{k}').call(IMAGES)) for k in range(n)]
+    exported.call(IMAGES, jnp.int32(0)).block_until_ready()  # the one compilation
+    compiles = []
+    listener = lambda event, duration, **kw: compiles.append(event) if 'compile' in event else 0
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for _ in range(2):
+            for k in (2, 0, 1):
+                got = np.asarray(exported.call(IMAGES, jnp.int32(k)))
+                np.testing.assert_allclose(got, references[k], atol=1e-5, rtol=1e-5)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    # Widths differ (else the comparison above proves nothing).
+    assert np.abs(references[0] - references[2]).max() > 1e-3
+
+
+def test_an_index_out_of_range_gives_nan_not_another_widths_logits(switchable):
+    exported = _deserialize(switchable[1])
+    for k in (-1, 3, 100):
+        assert np.isnan(np.asarray(exported.call(IMAGES, jnp.int32(k)))).all()
+
+
+def test_the_artifact_stores_the_weights_once(switchable):
+    _, switch, each, info, _ = switchable
+    size = (switch / export.ARTIFACT).stat().st_size
+    full = (each / 'subnet_2' / export.ARTIFACT).stat().st_size
+    parts = sum((each / f'subnet_{k}' / export.ARTIFACT).stat().st_size for k in range(3))
+    assert size <= 1.1 * full, (size, full)
+    assert size < 0.75 * parts  # not the sum of the widths' copies
+
+
+def test_export_json_lists_each_widths_cost_and_latency(switchable):
+    _, switch, _, info, standalone = switchable
+    saved = json.loads((switch / export.INFO).read_text())
+    assert saved['switchable'] and saved['latency_batches'] == [1, 8]
+    for row, one in zip(saved['subnets'], standalone, strict=True):
+        assert (row['macs'], row['params']) == (one['macs'], one['params'])
+        assert set(row['latency_ms']) == {'1', '8'} and all(v > 0 for v in
+                                                             row['latency_ms'].values())
+
+
+def test_choose_takes_the_widest_width_that_fits():
+    info = {'subnets': [{'subnet': k, 'macs': m, 'latency_ms': {'32': t}}
+                        for k, (m, t) in enumerate([(1, 10.0), (2, 20.0), (4, 30.0)])]}
+    assert export.choose(info, 25.0, 32) == 1
+    assert export.choose(info, 30.0, 32) == 2
+    with pytest.raises(ConfigError, match=r'^no width meets 5 ms at batch 32: the fastest, '
+                                          r'sub-network 0, took 10 ms'):
+        export.choose(info, 5.0, 32)
+    with pytest.raises(ConfigError, match=r'not 8; choose one of them or re-export with '
+                                          r'--serving_batch=8'):
+        export.choose(info, 5.0, 8)
+
+
+def test_cli_switchable_refuses_an_existing_folder_and_mixed_modes(switchable, tmp_path):
+    workdir, switch = switchable[0], switchable[1]
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+    run = lambda *a: subprocess.run([sys.executable, '-m', 'spnet_jax.export', *a], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=300, env=env)
+    again = run(f'--workdir={workdir}', '--switchable', f'--out={switch}')
+    assert again.returncode == 2 and 'is not empty' in again.stderr
+    assert again.stderr.strip().count('\n') == 0
+    mixed = run(f'--workdir={workdir}', '--switchable', '--all', f'--out={tmp_path / "x"}')
+    assert mixed.returncode == 2 and 'give one of --subnet=K, --all and --switchable' in (
+        mixed.stderr)
