@@ -189,3 +189,18 @@ def test_evaluate_command_refuses_a_folder_without_a_run(tmp_path):
         f'error: {tmp_path} has no slimmable network with its config '
         f'({tmp_path}/slim/config.json); give the --workdir of a main.py run whose slim stage '
         'has finished.')
+
+
+def test_latency_spread_is_measured_and_reported():
+    from spnet_jax.train import evaluation
+    arch = get_arch('resnet20', num_classes=10, stem='small', full_width=0.25)
+    structure = arch.snet_structure((0.125, 0.25))
+    model = arch.module(structure)
+    variables = random_variables(model, jnp.zeros((1, 16, 16, 1)), seed=0)
+    timed = evaluation.measure_latency(model, variables, 2, (16, 16, 1), 4, runs=5)
+    assert all(t['latency_spread'] >= 0 and t['latency_ms'] > 0 for t in timed)
+    rows = [{'subnet': k, 'macs': m, 'latency_ms': ms, 'latency_batch': 4,
+             'latency_device': 'cpu', 'latency_spread': s}
+            for k, (m, ms, s) in enumerate([(1e6, 1.0, 0.02), (4e6, 3.0, 0.13)])]
+    assert 'The runs spread by up to 13% (interquartile range over median).' in (
+        report_lib.latency_note(rows))

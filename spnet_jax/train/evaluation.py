@@ -89,7 +89,8 @@ def measure_latency(model, variables: dict[str, Any], num_subnets: int,
     slows them alike), each pass to ``block_until_ready``. The median is reported, in
     milliseconds, for a batch of ``batch_size`` images on ``device`` (default: the first
     local device), as a deployed sub-network serves requests. Returns, smallest first:
-    ``subnet``, ``latency_ms``, ``latency_batch``, ``latency_device``.
+    ``subnet``, ``latency_ms``, ``latency_spread`` (interquartile range of the runs over
+    their median: how noisy the timing was), ``latency_batch``, ``latency_device``.
     """
     device = jax.local_devices()[0] if device is None else device
     on_device = jax.device_put(sharding.to_host(variables), device)
@@ -109,7 +110,10 @@ def measure_latency(model, variables: dict[str, Any], num_subnets: int,
             times[k].append(time.perf_counter() - start)
     results = []
     for k in range(num_subnets):
+        q1, _, q3 = (statistics.quantiles(times[k], n=4, method='inclusive')
+                     if len(times[k]) > 1 else (0.0, 0.0, 0.0))
         results.append({'subnet': k, 'latency_ms': 1e3 * statistics.median(times[k]),
+                        'latency_spread': (q3 - q1) / statistics.median(times[k]),
                         'latency_batch': batch_size, 'latency_device': device.device_kind})
         logging.info('[latency] sub-network %d: %.3f ms per batch of %d on %s', k,
                      results[-1]['latency_ms'], batch_size, device.device_kind)

@@ -46,6 +46,7 @@ def report_rows(arch, structure: Structure, results: list[dict[str, Any]],
             'num_eval_examples': int(result['num_examples']),
             'images_per_sec': result.get('images_per_sec'),
             'latency_ms': timed.get('latency_ms'),
+            'latency_spread': timed.get('latency_spread'),
             'latency_batch': timed.get('latency_batch'),
             'latency_device': timed.get('latency_device'),
             'bn_calibration_batches': int(bn_calibration_batches),
@@ -93,6 +94,10 @@ def latency_note(rows: list[dict[str, Any]]) -> str | None:
     device = first.get('latency_device') or 'one device'
     note = (f'Latency: median wall time of one jitted forward pass of a batch of '
             f'{first["latency_batch"]} images on {device}.')
+    spreads = [r['latency_spread'] for r in timed if r.get('latency_spread') is not None]
+    if spreads:
+        note += (f' The runs spread by up to {100 * max(spreads):.0f}% (interquartile range '
+                 'over median).')
     if len(timed) < 2:
         return note
     small, large = timed[0], timed[-1]
