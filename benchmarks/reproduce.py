@@ -56,7 +56,8 @@ from spnet_jax.models import arch_from_config, arch_from_spec  # noqa: E402
 from spnet_jax.train.settings import Settings  # noqa: E402
 from spnet_jax.workdir import checkpoint  # noqa: E402
 
-BASES_FROM_SPNET = ('spnet_reinit', 'snet_warm', 'spnet_aligned', 'spnet_nozpm')
+BASES_FROM_SPNET = ('spnet_reinit', 'snet_warm', 'spnet_aligned', 'spnet_nozpm',
+                    'spnet_latency')
 # Set by SIGTERM / Ctrl-C: the running runs are stopped (they checkpoint and exit, and their
 # time is recorded), none is started; rerunning the command resumes them.
 STOP: dict = {'requested': False, 'children': set()}
@@ -578,7 +579,8 @@ def _subnet_cells(s: dict) -> str:
 STYLES = {'snet': ('s-', 'tab:blue'), 'spnet': ('o-', 'tab:red'),
           'individual': ('^--', 'tab:gray'), 'spnet_reinit': ('o:', 'tab:orange'),
           'snet_release': ('s:', 'tab:cyan'), 'snet_warm': ('D-.', 'tab:purple'),
-          'spnet_aligned': ('v-', 'tab:green'), 'spnet_nozpm': ('P--', 'tab:brown')}
+          'spnet_aligned': ('v-', 'tab:green'), 'spnet_nozpm': ('P--', 'tab:brown'),
+          'spnet_latency': ('X-', 'tab:olive')}
 
 
 def plot(study: Study, summary: dict, path: str, title: str) -> None:
@@ -715,6 +717,10 @@ CONVERGED_ARMS = {
     'spnet_nozpm': 'SP-Net\'s bases (copied) pruned without ZPM (`prune.zpm=\'none\'`), every '
                    'count a multiple of {round_to}, then fine-tuned as SP-Net: only the pruning '
                    'differs',
+    'spnet_latency': 'SP-Net\'s bases (copied) pruned with aligned ZPM, multiples of 8 '
+                     'channels, to S-Net\'s *measured* latency at x0.25 / x0.5 / x0.75 '
+                     '(`prune.latency_widths`, timed where it prunes) instead of its MACs, then '
+                     'fine-tuned as SP-Net',
     'spnet_reinit': 'the same pruned structures (from the same bases) trained from fresh '
                     'weights (`prune.start=\'reinit\'`) for E epochs with the bases\' recipe '
                     '(BN penalty on), with in-place distillation: the structures without the '
@@ -744,6 +750,8 @@ CONVERGED_PAIRS = (
     ('spnet_nozpm', 'snet', 'no ZPM against S-Net'),
     ('spnet_nozpm', 'snet_warm', 'no ZPM, warm start held equal'),
     ('spnet_nozpm', 'individual', 'no ZPM against individual networks'),
+    ('spnet_latency', 'snet', 'pruned to S-Net\'s latency, against S-Net'),
+    ('spnet_latency', 'snet_warm', 'pruned to S-Net\'s latency, warm start held equal'),
     ('snet', 'individual', 'S-Net against individually trained networks'),
 )
 
@@ -914,13 +922,15 @@ def measure_latency(study: Study, out: str, seeds: list[int], extra: list[str],
 STUDIES = {
     'converged': Study(
         name='converged', config='configs/fashion_mnist_converged.py',
-        methods=('spnet', 'spnet_aligned', 'spnet_nozpm', 'spnet_reinit', 'snet',
+        methods=('spnet', 'spnet_aligned', 'spnet_nozpm', 'spnet_latency', 'spnet_reinit', 'snet',
                  'snet_release', 'snet_warm', 'individual'),
         labels={'spnet': 'SP-Net', 'spnet_aligned': 'SP-Net aligned ZPM',
-                'spnet_nozpm': 'SP-Net no ZPM', 'spnet_reinit': 'SP-Net reinit',
+                'spnet_nozpm': 'SP-Net no ZPM', 'spnet_latency': 'SP-Net at S-Net latency',
+                'spnet_reinit': 'SP-Net reinit',
                 'snet': 'S-Net', 'snet_release': 'S-Net (release, no KD)',
                 'snet_warm': 'S-Net warm', 'individual': 'individual'},
         run_order=('spnet', 'snet_warm', 'spnet_reinit', 'spnet_aligned', 'spnet_nozpm',
+                   'spnet_latency',
                    'snet', 'snet_release', 'individual'),
         markdown_stem='RESULTS', json_stem='results', notes='RESULTS_notes.md',
         default_seeds='0,1', records=os.path.join(ROOT, 'benchmarks', 'converged_runs')),

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 BATCHES = (32, 256)
 # SP-Net's pruning variants, and what each is compared with at equal latency.
-VARIANTS = ('spnet', 'spnet_aligned', 'spnet_nozpm')
+VARIANTS = ('spnet', 'spnet_aligned', 'spnet_nozpm', 'spnet_latency')
 BASELINES = ('snet', 'snet_warm', 'individual')
 
 

@@ -29,6 +29,10 @@ One config file, one arm per config string:
   keeps a prefix, so the residual streams do not widen) or ``'none'`` (no ZPM), each layer's
   count a multiple of ``ROUND_TO``, then fine-tuned exactly as ``spnet``: only pruning and
   fine-tuning differ from it.
+* ``spnet_latency``: the same bases pruned with aligned ZPM (multiples of 8 channels) to
+  **S-Net's measured latency** at x0.25 / x0.5 / x0.75 (``prune.latency_widths``, timed on the
+  machine that prunes, at ``eval.latency_batch``) instead of its MACs, fine-tuned as ``spnet``
+  (issue 30): compared with S-Net and S-Net warm at equal latency.
 * ``individual_<w>``: one plain ResNet-20 x<w> per S-Net width, E epochs.
 
 SP-Net against ``snet_warm`` isolates the structures with the warm start held equal;
@@ -41,8 +45,8 @@ from configs.fashion_mnist_repro import SNET_MACS, SNET_WIDTHS
 EPOCHS = 4.0
 FINE_TUNE_EPOCHS = EPOCHS * 2 / 3
 SPNET_BASES = (0.5, 0.75, 1.0)
-ARMS = ('spnet', 'spnet_reinit', 'spnet_aligned', 'spnet_nozpm', 'snet_release', 'snet',
-        'snet_warm')
+ARMS = ('spnet', 'spnet_reinit', 'spnet_aligned', 'spnet_nozpm', 'spnet_latency',
+        'snet_release', 'snet', 'snet_warm')
 # prune.zpm of SP-Net's pruning variants (``spnet`` keeps the release's ZPM).
 VARIANT_ZPM = {'spnet_aligned': 'aligned', 'spnet_nozpm': 'none'}
 # prune.round_to of both variants and the MACs tolerance it needs: the one place to set them.
@@ -92,6 +96,17 @@ def _spnet_variant(arm: str):
     return config
 
 
+def _spnet_latency():
+    """SP-Net pruned to S-Net's measured time: the same bases, aligned ZPM, multiples of 8
+    (the fast kernels, configs/fashion_mnist.py), the same fine-tuning."""
+    config = _spnet('finetune')
+    config.prune.zpm, config.prune.round_to = 'aligned', 8
+    config.prune.latency_widths = tuple(SNET_WIDTHS[:-1])
+    config.prune.latency_tolerance = 0.05
+    config.stages = 'prune,slim,eval'
+    return config
+
+
 def _snet(widths, *, distillation: bool, epochs: float = EPOCHS):
     config = default.to_snet(_common(), widths, inplace_distillation=distillation)
     config.slim.epochs = epochs
@@ -117,6 +132,8 @@ def get_config(arm: str = 'spnet'):
         return _spnet('reinit')
     if arm in VARIANT_ZPM:
         return _spnet_variant(arm)
+    if arm == 'spnet_latency':
+        return _spnet_latency()
     if arm == 'snet_release':
         return _snet(SNET_WIDTHS, distillation=False)
     if arm == 'snet':

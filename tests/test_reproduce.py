@@ -101,6 +101,7 @@ TOP1 = {
     'individual': {0: [0.89, 0.91, 0.92, 0.934], 1: [0.89, 0.91, 0.92, 0.93]},
     'spnet_aligned': {0: [0.9, 0.91, 0.92, 0.93], 1: [0.9, 0.91, 0.92, 0.93]},
     'spnet_nozpm': {0: [0.9, 0.91, 0.92, 0.93], 1: [0.9, 0.91, 0.92, 0.93]},
+    'spnet_latency': {0: [0.9, 0.91, 0.92, 0.93], 1: [0.9, 0.91, 0.92, 0.93]},
 }
 
 
@@ -603,3 +604,21 @@ def test_the_same_program_is_one_network_to_time():
     assert key(net(1.0, 0.25, [], 'ascending')) == key(net(0.25, 0.25, [], 'appended'))
     assert key(net(1.0, 0.25, ['j'], 'ascending')) != key(net(1.0, 0.25, ['j'], 'appended'))
     assert key(net(1.0, 0.25, [], 'ascending')) != key(net(1.0, 0.25, ['j'], 'ascending'))
+
+
+def test_the_latency_arm_prunes_spnets_bases_to_snets_measured_time(tmp_path):
+    module = CONVERGED.module
+    spnet, config = module.get_config('spnet'), module.get_config('spnet_latency')
+    assert config.stages == 'prune,slim,eval'
+    assert config.prune.latency_widths == (0.25, 0.5, 0.75)
+    assert (config.prune.zpm, config.prune.round_to) == ('aligned', 8)
+    for section in ('base', 'slim', 'data', 'model', 'eval'):
+        assert config[section].to_dict() == spnet[section].to_dict(), section
+    from spnet_jax.train.settings import Settings
+    source = config.to_dict()
+    source['data']['data_dir'] = None
+    assert Settings.from_config(source).prune.sizing_field == 'prune.latency_widths'
+    for width in ('0.5', '0.75', '1.0'):
+        _stage(str(tmp_path / 'seed0' / 'spnet' / f'base_{width}'))
+    assert reproduce.share_bases(str(tmp_path), 0, 'spnet_latency') == [
+        'base_0.5', 'base_0.75', 'base_1.0']
