@@ -124,3 +124,60 @@ def test_cli_switchable_refuses_an_existing_folder_and_mixed_modes(switchable, t
     mixed = run(f'--workdir={workdir}', '--switchable', '--all', f'--out={tmp_path / "x"}')
     assert mixed.returncode == 2 and 'give one of --subnet=K, --all and --switchable' in (
         mixed.stderr)
+
+
+# ------------------------------------------------------------------ TensorFlow formats
+@pytest.fixture(scope='module')
+def tf_formats(tmp_path_factory):
+    root = tmp_path_factory.mktemp('tf_formats')
+    workdir = _pruned_workdir(root / 'run', 'resnet20', 'aligned', seed=6)
+    info = export.export_switchable(str(workdir), root / 'out', serving_batch=4,
+                                    timing_rounds=2, saved_model=True, tflite=True)
+    return workdir, root / 'out', info
+
+
+def test_saved_model_runs_every_width_in_tensorflow(tf_formats):
+    import tensorflow as tf
+    _, out, info = tf_formats
+    exported = _deserialize(out)
+    loaded = tf.saved_model.load(str(out / info['saved_model']['folder']))
+    serve = loaded.signatures['serving_default']
+    images = np.asarray(IMAGES)
+    for k in range(info['num_subnets']):
+        got = next(iter(serve(images=tf.constant(images), subnet=tf.constant(k)).values()))
+        want = np.asarray(exported.call(IMAGES, jnp.int32(k)))
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-4, rtol=1e-4)
+    bad = next(iter(serve(images=tf.constant(images), subnet=tf.constant(7)).values()))
+    assert np.isnan(bad.numpy()).all()
+
+
+def test_tflite_flatbuffers_equal_each_width(tf_formats):
+    from spnet_jax.workdir import tf_export
+    workdir, out, info = tf_formats
+    exported = _deserialize(out)
+    for k, name in enumerate(info['tflite']['files']):
+        got = tf_export.run_tflite(str(out / 'tflite' / name), np.asarray(IMAGES[:3]))
+        want = np.asarray(exported.call(IMAGES[:3], jnp.int32(k)))
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_failed_conversion_leaves_nothing_behind(tf_formats, tmp_path, monkeypatch):
+    from spnet_jax.workdir import tf_export
+    workdir = tf_formats[0]
+
+    def fail(*args, **kwargs):
+        raise ConfigError("the TFLite conversion of sub-network 0 failed at op "
+                          "'vhlo.dynamic_gather_v1'; nothing was written.")
+    monkeypatch.setattr(tf_export, 'write_tflite', fail)
+    with pytest.raises(ConfigError, match='failed at op'):
+        export.export_switchable(str(workdir), tmp_path / 'out', timing_rounds=2, tflite=True)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_converter_errors_name_the_op():
+    from spnet_jax.workdir import tf_export
+    error = tf_export._failed('the TFLite conversion of sub-network 0', RuntimeError(
+        "Could not translate MLIR to FlatBuffer. error: 'vhlo.dynamic_gather_v1' op is not "
+        'part of the vhlo support yet.'))
+    assert str(error).startswith("the TFLite conversion of sub-network 0 failed at op "
+                                 "'vhlo.dynamic_gather_v1' (TensorFlow ")

@@ -47,14 +47,19 @@ def main(argv) -> None:
     kw = dict(overwrite=FLAGS.overwrite, image_size=FLAGS.image_size, platforms=FLAGS.platforms)
     if FLAGS.switchable:
         info = export_switchable(FLAGS.workdir, FLAGS.out, serving_batch=FLAGS.serving_batch,
-                                 **kw)
+                                 saved_model=FLAGS.saved_model, tflite=FLAGS.tflite, **kw)
         print(f'{info["arch"]}: {info["num_subnets"]} sub-networks in one artifact -> '
               f'{os.path.join(FLAGS.out, ARTIFACT)} ({info["weight_bytes"] / 1e6:.2f} MB of '
               'weights, stored once); call exported.call(images, np.int32(k))')
         for row in info['subnets']:
             print(f'  sub-network {row["subnet"]}: {row["macs"] / 1e6:.1f}M MACs, '
                   + ', '.join(f'{ms:.3g} ms at batch {b}' for b, ms in row['latency_ms'].items()))
+        for what in ('saved_model', 'tflite'):
+            if what in info:
+                print(f'  {what}: {os.path.join(FLAGS.out, info[what]["folder"])}')
         return
+    if FLAGS.saved_model or FLAGS.tflite:
+        raise ConfigError('--saved_model and --tflite go with --switchable.')
     if FLAGS.all:
         infos = export_all(FLAGS.workdir, FLAGS.out, **kw)
         where = [os.path.join(FLAGS.out, f'subnet_{i["subnet"]}') for i in infos]
@@ -73,6 +78,10 @@ def define_flags() -> None:
     flags.DEFINE_bool('all', False, 'Export every sub-network, into OUT/subnet_<k>/.')
     flags.DEFINE_bool('switchable', False, 'One artifact for every sub-network, chosen at run '
                       'time: exported.call(images, np.int32(k)).')
+    flags.DEFINE_bool('saved_model', False, 'With --switchable: also a TF SavedModel '
+                      '(signature serving_default(images, subnet)) in OUT/saved_model.')
+    flags.DEFINE_bool('tflite', False, 'With --switchable: also a TFLite flatbuffer per '
+                      'sub-network (batch 1) in OUT/tflite.')
     flags.DEFINE_integer('serving_batch', 32, 'With --switchable: the batch (besides 1) each '
                          "width's latency is measured at, into export.json.")
     flags.DEFINE_string('out', None, 'Folder to write the export to (new or empty).')

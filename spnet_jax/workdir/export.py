@@ -63,7 +63,7 @@ ARTIFACT = 'model.jax_export'
 INFO = 'export.json'
 # What an export writes into its folder (a re-export with overwrite=True replaces only these).
 _OUTPUTS = (checkpoint.CHECKPOINTS, checkpoint.STRUCTURE, checkpoint.ARCHITECTURE,
-            checkpoint.CONFIG, checkpoint.DONE, ARTIFACT, INFO)
+            checkpoint.CONFIG, checkpoint.DONE, ARTIFACT, INFO, 'saved_model', 'tflite')
 _SUBNET_DIR = re.compile(r'subnet_\d+$')
 # The artifact runs on any of these, whichever machine exported it (jax.export lowers for
 # each; the weights are stored once).
@@ -191,10 +191,14 @@ def choose(info: dict[str, Any], budget_ms: float, batch: int) -> int:
 def export_switchable(net_or_path: SlimmableNetwork | str | os.PathLike,
                       out_dir: str | os.PathLike, *, overwrite: bool = False,
                       image_size: int | None = None, platforms: Sequence[str] = PLATFORMS,
-                      serving_batch: int = 32, timing_rounds: int = 10) -> dict[str, Any]:
+                      serving_batch: int = 32, timing_rounds: int = 10,
+                      saved_model: bool = False, tflite: bool = False) -> dict[str, Any]:
     """Writes one `jax.export` artifact that runs every sub-network of a network, chosen at
     run time, and ``export.json`` (each width's MACs, params and measured latency at batch 1
-    and ``serving_batch`` on this machine); returns export.json's contents."""
+    and ``serving_batch`` on this machine); returns export.json's contents. ``saved_model``:
+    also a TF SavedModel of the switchable network; ``tflite``: also one TFLite flatbuffer
+    per sub-network (`spnet_jax.workdir.tf_export`). A failed conversion leaves ``out_dir``
+    as it was."""
     _check_options(image_size, platforms)
     if not (isinstance(serving_batch, int) and serving_batch >= 1):
         raise ConfigError(f'--serving_batch={serving_batch!r} must be a positive batch size.')
@@ -234,6 +238,22 @@ def export_switchable(net_or_path: SlimmableNetwork | str | os.PathLike,
     }
     with _staged(out_dir) as staging:
         _write_atomic(os.path.join(staging, ARTIFACT), bytes(exported.serialize()))
+        if saved_model or tflite:
+            from spnet_jax.workdir import tf_export  # noqa: PLC0415 - TensorFlow only here
+
+            shape = (size, size, in_channels)
+            if saved_model:
+                tf_export.write_saved_model(net.arch, S, variables, shape, normalization,
+                                            staging)
+                info['saved_model'] = {'folder': tf_export.SAVED_MODEL,
+                                       'signature': 'serving_default(images, subnet)'}
+            if tflite:
+                sizes = tf_export.write_tflite(
+                    net.arch, [standalone(net, k) for k in range(S.num_subnets)], shape,
+                    normalization, staging)
+                info['tflite'] = {'folder': tf_export.TFLITE, 'batch': 1,
+                                  'files': [f'subnet_{k}.tflite' for k in range(len(sizes))],
+                                  'bytes': sizes}
         _write_atomic(os.path.join(staging, INFO), (json.dumps(info, indent=1) + '\n').encode())
     return info
 
