@@ -108,6 +108,9 @@ def test_choose_takes_the_widest_width_that_fits():
     with pytest.raises(ConfigError, match=r'^no width meets 5 ms at batch 32: the fastest, '
                                           r'sub-network 0, took 10 ms'):
         export.choose(info, 5.0, 32)
+    # Widest by MACs, not by index, should a faster width be listed later.
+    info['subnets'][2]['latency_ms']['32'] = 40.0
+    assert export.choose(info, 35.0, 32) == 1
     with pytest.raises(ConfigError, match=r'not 8; choose one of them or re-export with '
                                           r'--serving_batch=8'):
         export.choose(info, 5.0, 8)
@@ -181,3 +184,15 @@ def test_converter_errors_name_the_op():
         'part of the vhlo support yet.'))
     assert str(error).startswith("the TFLite conversion of sub-network 0 failed at op "
                                  "'vhlo.dynamic_gather_v1' (TensorFlow ")
+
+
+def test_a_loaded_network_chooses_by_its_own_measured_latency(switchable):
+    import spnet_jax
+    net = spnet_jax.load(str(switchable[0]))
+    ms = net.measure_latency(batch=4, runs=3)
+    assert len(ms) == 3 and net.measure_latency(batch=4) is ms  # measured once per batch
+    assert net.choose(max(ms) + 1, batch=4) == 2
+    fastest = min(range(3), key=lambda k: ms[k])
+    with pytest.raises(ConfigError, match=rf'^no width meets 1e-06 ms at batch 4: the fastest, '
+                                          rf'sub-network {fastest}, took'):
+        net.choose(1e-6, batch=4)

@@ -57,7 +57,7 @@ from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import Structure
 from spnet_jax.pruning.subnets import standalone_structure, standalone_variables
 from spnet_jax.workdir import checkpoint
-from spnet_jax.workdir.loading import SlimmableNetwork, load
+from spnet_jax.workdir.loading import SlimmableNetwork, load, widest_within
 
 ARTIFACT = 'model.jax_export'
 INFO = 'export.json'
@@ -178,13 +178,8 @@ def choose(info: dict[str, Any], budget_ms: float, batch: int) -> int:
         raise ConfigError(f'the export timed batches {sorted(rows[0]["latency_ms"], key=int)}, '
                           f'not {batch}; choose one of them or re-export with '
                           f'--serving_batch={batch}.')
-    fits = [r['subnet'] for r in rows if r['latency_ms'][key] <= budget_ms]
-    if not fits:
-        fastest = min(rows, key=lambda r: r['latency_ms'][key])
-        raise ConfigError(f'no width meets {budget_ms:g} ms at batch {batch}: the fastest, '
-                          f'sub-network {fastest["subnet"]}, took '
-                          f'{fastest["latency_ms"][key]:.3g} ms on the exporting machine.')
-    return max(fits, key=lambda k: rows[k]['macs'])
+    return widest_within([r['latency_ms'][key] for r in rows], [r['macs'] for r in rows],
+                         budget_ms, batch)
 
 
 # --------------------------------------------------------------- writing a folder

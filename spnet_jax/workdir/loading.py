@@ -150,6 +150,18 @@ def recorded_accuracy(folder: str, step: int) -> dict[int, dict[str, Any]]:
     return {int(r['subnet']): r for r in rows}
 
 
+def widest_within(latency_ms: Sequence[float], macs: Sequence[int], budget_ms: float,
+                  batch: int) -> int:
+    """The index of the widest (most MACs) sub-network whose ``latency_ms`` fits
+    ``budget_ms``; `ConfigError` naming the fastest when none does."""
+    fits = [k for k, ms in enumerate(latency_ms) if ms <= budget_ms]
+    if not fits:
+        fastest = min(range(len(latency_ms)), key=lambda k: latency_ms[k])
+        raise ConfigError(f'no width meets {budget_ms:g} ms at batch {batch}: the fastest, '
+                          f'sub-network {fastest}, took {latency_ms[fastest]:.3g} ms.')
+    return max(fits, key=lambda k: macs[k])
+
+
 class SlimmableNetwork:
     """A loaded network: ``net(images, subnet=k)`` runs sub-network k (jitted per k), with
     the batch split over ``devices`` (default: every local device)."""
@@ -211,6 +223,26 @@ class SlimmableNetwork:
         return {'shape': (self.image_size, self.image_size, channels),
                 'mean': None if spec is None else spec.mean,
                 'std': None if spec is None else spec.std}
+
+    def measure_latency(self, batch: int = 32, runs: int = 10) -> list[float]:
+        """Median ms per batch of ``batch`` images of each sub-network's forward on this
+        process's first device, the sub-networks timed in turn ``runs`` rounds
+        (`spnet_jax.train.evaluation.measure_latency`); measured once per batch size."""
+        cache = self.__dict__.setdefault('_latency', {})
+        if batch not in cache:
+            from spnet_jax.train.evaluation import measure_latency  # noqa: PLC0415
+
+            timed = measure_latency(self.model, self.variables, self.structure.num_subnets,
+                                    self.input_spec['shape'], batch, runs=runs)
+            cache[batch] = [t['latency_ms'] for t in timed]
+        return cache[batch]
+
+    def choose(self, budget_ms: float, batch: int = 32, runs: int = 10) -> int:
+        """The widest sub-network whose latency, measured here (`measure_latency`), fits
+        ``budget_ms`` per batch of ``batch``; `ConfigError` naming the fastest when none
+        does."""
+        return widest_within(self.measure_latency(batch, runs),
+                             [r['macs'] for r in self.subnets], budget_ms, batch)
 
     def _checked_images(self, images, normalized: bool):
         """``images`` as the model's float input, or one sentence saying what is wrong."""
