@@ -196,3 +196,19 @@ def test_a_loaded_network_chooses_by_its_own_measured_latency(switchable):
     with pytest.raises(ConfigError, match=rf'^no width meets 1e-06 ms at batch 4: the fastest, '
                                           rf'sub-network {fastest}, took'):
         net.choose(1e-6, batch=4)
+
+
+@pytest.mark.slow  # ResNet-50: three branches to compile
+def test_resnet50_with_zpm_switchable_equals_its_standalone_exports(tmp_path):
+    workdir = _pruned_workdir(tmp_path / 'run', 'resnet50', 'release', seed=8)
+    info = export.export_switchable(str(workdir), tmp_path / 'switch', timing_rounds=1,
+                                    serving_batch=2)
+    export.export_all(str(workdir), tmp_path / 'each')
+    exported = _deserialize(tmp_path / 'switch')
+    images = IMAGES[:2]
+    for k in range(info['num_subnets']):
+        want = np.asarray(_deserialize(tmp_path / 'each' / f'subnet_{k}').call(images))
+        np.testing.assert_allclose(np.asarray(exported.call(images, jnp.int32(k))), want,
+                                   atol=1e-5, rtol=1e-5)
+    size = (tmp_path / 'switch' / export.ARTIFACT).stat().st_size
+    assert size <= 1.1 * (tmp_path / 'each' / 'subnet_2' / export.ARTIFACT).stat().st_size
