@@ -139,6 +139,7 @@ def tf_formats(tmp_path_factory):
     return workdir, root / 'out', info
 
 
+@pytest.mark.slow  # TensorFlow conversions: a minute or more
 def test_saved_model_runs_every_width_in_tensorflow(tf_formats):
     import tensorflow as tf
     _, out, info = tf_formats
@@ -154,6 +155,7 @@ def test_saved_model_runs_every_width_in_tensorflow(tf_formats):
     assert np.isnan(bad.numpy()).all()
 
 
+@pytest.mark.slow  # TensorFlow conversions: a minute or more
 def test_tflite_flatbuffers_equal_each_width(tf_formats):
     from spnet_jax.workdir import tf_export
     workdir, out, info = tf_formats
@@ -164,6 +166,7 @@ def test_tflite_flatbuffers_equal_each_width(tf_formats):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # TensorFlow conversions: a minute or more
 def test_a_failed_conversion_leaves_nothing_behind(tf_formats, tmp_path, monkeypatch):
     from spnet_jax.workdir import tf_export
     workdir = tf_formats[0]
