@@ -1,0 +1,83 @@
+"""What the release's own EfficientNet pruning produced on seeded bases (tests/data/
+release_efficientnet_{multibase,singlebase}.json, written by
+benchmarks/release_efficientnet_multibase.py), and the check of this project's pruning
+against one such case: per layer and sub-network, the channels each conv, squeeze-and-
+excitation FC and the classifier run with, the thresholds, and the logits of every
+sub-network (eval mode, fresh BN statistics) within 1e-4 of the largest."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spnet_jax.models import get_arch
+from spnet_jax.pruning import prune
+from spnet_jax.workdir import convert_torch
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    'release_efficientnet_multibase', ROOT / 'benchmarks' / 'release_efficientnet_multibase.py')
+GEN = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(GEN)  # only its numpy weight generator: no torch, no release
+
+
+def load(kind: str) -> dict:
+    """``kind``: 'multibase' or 'singlebase'."""
+    return json.loads(GEN.OUT[kind].read_text())
+
+
+def arch_of(case):
+    return get_arch(f"efficientnet_{case['type']}", num_classes=case['num_classes'],
+                    dropout=0.0, stochastic_depth=0.0)
+
+
+def base_of(arch, width, seed):
+    """The case's base at ``width``: the generator's weights by release key, converted."""
+    a = arch.at_width(width)
+    shapes = jax.eval_shape(lambda: a.module(a.plain_structure()).init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    keys = [(k, s) for k, s in convert_torch.release_shapes(a, shapes).items()
+            if 'running' not in k]
+    return convert_torch.convert(GEN.base_weights(keys, seed), a)
+
+
+def check_case(name: str, case: dict) -> tuple:
+    """Prunes the case's bases as the release did and compares; returns ``(structure, info,
+    max relative logit difference per sub-network)``."""
+    arch = arch_of(case)
+    if 'bn_eps' in case:
+        assert arch.bn_options()['bn_epsilon'] == case['bn_eps'], name
+        assert np.isclose(1.0 - arch.bn_options()['bn_momentum'], case['bn_momentum']), name
+    bases = [base_of(arch, w, s) for w, s in zip(case['base_widths'], case['base_seeds'],
+                                                 strict=True)]
+    S, variables, info = prune(arch, bases, case['base_widths'], zpm='none', round_to=1,
+                               keep_ratios=case['keep_ratios'],
+                               min_channels_ratio=case['min_channels_ratio'],
+                               image_size=case['image_size'])
+    np.testing.assert_allclose(info['thresholds'], case['thresholds'], rtol=1e-7)
+    names = convert_torch.module_names(arch)
+    owner = {p: g.name for g in arch.table().groups for p in (*g.producers, *g.followers)}
+    for layer in case['layers']:
+        path = names[layer['name']]
+        if path == 'head':
+            got = [case['num_classes']] * S.num_subnets
+        elif path.endswith('/se_reduce'):
+            got = list(S.derived_counts_of(path.replace('se_reduce', 'se'), 0))
+        else:
+            got = list(S.counts_of(owner[path]))
+        assert got == layer['out'], (name, layer['name'], got, layer['out'])
+    x = np.random.default_rng(case['input_seed']).normal(
+        size=(2, 3, case['image_size'], case['image_size'])).astype(np.float32)
+    model = arch.module(S)
+    apply = jax.jit(lambda v, x, k: model.apply(v, x, subnet=k, train=False),
+                    static_argnums=2)
+    diffs = []
+    for k in range(S.num_subnets):
+        got = np.asarray(apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), k))
+        want = np.asarray(case['logits_eval_asis'][k])
+        diffs.append(float(np.abs(got - want).max() / np.abs(want).max()))
+    assert max(diffs) < 1e-4, (name, diffs)
+    return S, info, diffs
