@@ -77,6 +77,11 @@ SINGLE_BASE = [
     ('b0_single_low', 'b0', 64, 10, (1.0,), (0.05, 0.12)),
 ]
 CASES = {'multibase': MULTI_BASE, 'singlebase': SINGLE_BASE}
+# (type, width): plain networks (width_mult_list [w], as the base recipe builds them) around
+# the widths where the release's residual test (stride 1 and equal channel lists) would also
+# make a stage's first block residual; written to the single-base file as 'release_builds'.
+PLAIN_BUILDS = [('b0', 0.25), ('b0', 0.2775), ('b0', 0.28), ('b0', 0.15), ('b0', 0.05),
+                ('b3', 0.4), ('b3', 0.3), ('b6', 0.3), ('b7', 0.13), ('b5', 0.19)]
 
 
 def base_weights(keys_shapes, seed: int) -> dict[str, np.ndarray]:
@@ -206,6 +211,19 @@ def run_case(FLAGS, fns, work: Path, name, variant, size, classes, base_widths, 
     return model, bases, thresholds
 
 
+def release_residuals(FLAGS, fns, variant, width):
+    """The blocks (``features`` index) the release's plain network at ``width`` makes
+    residual, or the error building it raises."""
+    FLAGS.update(type=variant, image_size=64, num_classes=10, stochastic_depth_prob=0.0,
+                 zpm_pruning=False, reinit_params=False, mask_pruning=False,
+                 width_mult_list=[width])
+    try:
+        model = fns['get_model']()
+    except Exception as e:  # noqa: BLE001 (recorded: what the release does there)
+        return f'{type(e).__name__}: {e}'
+    return [i for i, f in enumerate(model.features) if getattr(f, 'residual_connection', False)]
+
+
 def describe(model, FLAGS, classes, size, name):
     """Per conv/SE FC: out channels per sub-network as the forward runs them; logits."""
     import torch
@@ -274,6 +292,10 @@ def main():
                     bn = model.features[0][1]
                     out['cases'][name].update(bn_eps=bn.eps, bn_momentum=bn.momentum)
                 print(name, 'thresholds', thresholds, flush=True)
+            if kind == 'singlebase':
+                out['release_builds'] = [
+                    {'type': v, 'width': w, 'residual_blocks': release_residuals(FLAGS, fns, v, w)}
+                    for v, w in PLAIN_BUILDS]
             path = Path(args.out) if args.out else OUT[kind]
             path.write_text(json.dumps(out, indent=None, separators=(',', ':')) + '\n')
             print('wrote', path)
