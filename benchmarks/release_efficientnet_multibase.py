@@ -1,6 +1,7 @@
 """Runs the PyTorch release's own EfficientNet pruning on small seeded bases and writes what
 it produced: per-layer counts and SE sizes of every sub-network as its forward runs them, the
-thresholds, the eval logits of every sub-network with fresh BN statistics. Two files:
+thresholds, the eval logits of every sub-network with fresh BN statistics (single-base cases
+also: train mode's logits and how far it moves each BN's running statistics). Two files:
 tests/data/release_efficientnet_multibase.json (`MULTI_BASE`: the B2 recipe's multi-base
 pruning, checked by tests/test_efficientnet_multibase.py) and
 tests/data/release_efficientnet_singlebase.json (`SINGLE_BASE`: one base x1.0, as the shared
@@ -68,7 +69,7 @@ MULTI_BASE = [
 # use BN eps 1e-3; low keep ratios let the 10% floor decide; three pruned sub-networks.
 SINGLE_BASE = [
     ('b1_single', 'b1', 64, 100, (1.0,), (0.4, 0.7)),
-    ('b2_single_96px', 'b2', 96, 1000, (1.0,), (0.35, 0.6)),
+    ('b2_single_96px', 'b2', 96, 100, (1.0,), (0.35, 0.6)),
     ('b3_single', 'b3', 64, 10, (1.0,), (0.3, 0.55)),
     ('b4_single_three', 'b4', 64, 10, (1.0,), (0.25, 0.5, 0.75)),
     ('b5_single', 'b5', 64, 10, (1.0,), (0.35, 0.6)),
@@ -257,6 +258,45 @@ def describe(model, FLAGS, classes, size, name):
     return x, layers, logits
 
 
+def train_mode(model, FLAGS, x):
+    """Train mode (batch statistics; every ``nn.Dropout`` the identity) from the as-pruned
+    state, sub-network by sub-network: the logits, and per BN (release name) and sub-network
+    how far one forward moved its running statistics, as ``[sum(mean), sum(var - 1)]`` over
+    the channels (fresh statistics are 0 and 1, so the sums do not depend on the layout);
+    and how far the same in float64 is from those logits: train mode on a batch of two is
+    ill-conditioned where the maps are small (at 32 px the last stages' are 1x1). Leaves
+    ``model`` in eval mode, its running statistics moved."""
+    import torch
+    from models.slimmable_ops import SPBatchNorm2d
+
+    n = len(FLAGS.width_mult_list)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+    def forward(k, dtype):
+        FLAGS.idx = k
+        model.apply(lambda m, w=FLAGS.width_mult_list[k]: setattr(m, 'width_mult', w))
+        with torch.no_grad():
+            return model(torch.from_numpy(x).to(dtype)).numpy().astype(np.float64)
+
+    model.train()
+    logits = [forward(k, torch.float32) for k in range(n)]
+    moves = {}
+    for name, m in model.named_modules():
+        if isinstance(m, SPBatchNorm2d):
+            stats = [(b.running_mean, b.running_var) for b in m.bn] + [
+                (m.running_mean, m.running_var)]
+            moves[name] = [[float(mean.double().sum()), float((var.double() - 1).sum())]
+                           for mean, var in stats]
+    model.double()  # (float32 -> float64 -> float32 is exact)
+    exact = [forward(k, torch.float64) for k in range(n)]
+    model.float().eval()
+    FLAGS.idx = n - 1
+    gap = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(logits, exact))
+    return [a.tolist() for a in logits], moves, gap
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--release', required=True, help="the release's git directory")
@@ -290,7 +330,13 @@ def main():
                     'logits_eval_asis': logits}
                 if kind == 'singlebase':
                     bn = model.features[0][1]
-                    out['cases'][name].update(bn_eps=bn.eps, bn_momentum=bn.momentum)
+                    train_logits, moves, gap = train_mode(model, FLAGS, x)
+                    out['cases'][name].update(bn_eps=bn.eps, bn_momentum=bn.momentum,
+                                              train_mode_float32_vs_float64=gap)
+                    if gap < 5e-5:  # else float32 cannot be compared (the release's own)
+                        out['cases'][name].update(logits_train_mode=train_logits,
+                                                  bn_moves_train_mode=moves)
+                    print(name, 'train mode: the release float32 vs float64', gap)
                 print(name, 'thresholds', thresholds, flush=True)
             if kind == 'singlebase':
                 out['release_builds'] = [

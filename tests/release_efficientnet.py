@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spnet_jax.core import layers
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import prune
 from spnet_jax.workdir import convert_torch
@@ -80,4 +81,41 @@ def check_case(name: str, case: dict) -> tuple:
         want = np.asarray(case['logits_eval_asis'][k])
         diffs.append(float(np.abs(got - want).max() / np.abs(want).max()))
     assert max(diffs) < 1e-4, (name, diffs)
+    if 'logits_train_mode' in case:
+        diffs += check_train_mode(name, case, arch, S, model, variables, x, names)
     return S, info, diffs
+
+
+def check_train_mode(name, case, arch, S, model, variables, x, names) -> list[float]:
+    """Train mode from the as-pruned state: each sub-network's logits (batch statistics),
+    and how far its forward moved each BN's running statistics (summed over the channels,
+    which fresh statistics make layout-free; B5-B7's momentum 0.01 shows here)."""
+    step = jax.jit(lambda v, x, k: model.apply(v, x, subnet=k, train=True,
+                                               mutable=['batch_stats']), static_argnums=2)
+    bn_paths = {theirs: ours for theirs, ours in names.items()
+                if theirs in case['bn_moves_train_mode']}
+    assert len(bn_paths) == len(case['bn_moves_train_mode']), name
+    diffs = []
+    for k in range(S.num_subnets):
+        got, new = step(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), k)
+        want = np.asarray(case['logits_train_mode'][k])
+        diffs.append(float(np.abs(np.asarray(got) - want).max() / np.abs(want).max()))
+        stats = new['batch_stats']
+        got_moves, want_moves = [], []
+        for theirs, path in bn_paths.items():
+            bn = _at(stats, path)
+            mean = np.asarray(bn[layers.subnet_variable(layers.MEAN, k)], np.float64)
+            var = np.asarray(bn[layers.subnet_variable(layers.VAR, k)], np.float64)
+            got_moves.append([mean.sum(), (var - 1).sum()])
+            want_moves.append(case['bn_moves_train_mode'][theirs][k])
+        got_moves, want_moves = np.asarray(got_moves), np.asarray(want_moves)
+        scale = np.abs(want_moves).max(axis=0)
+        assert (np.abs(got_moves - want_moves) <= 1e-4 * scale).all(), (name, k)
+    assert max(diffs) < 1e-4, (name, 'train mode', diffs)
+    return diffs
+
+
+def _at(tree, path: str):
+    for key in path.split('/'):
+        tree = tree[key]
+    return tree

@@ -5,7 +5,9 @@ release_efficientnet_singlebase.json, written by benchmarks/release_efficientnet
 ``--which=singlebase``): B1-B7, 32-96 px, 10-1000 classes, two or three pruned sub-networks,
 keep ratios where the 10% floor decides; per layer and sub-network the channels each conv,
 squeeze-and-excitation FC and the classifier run with, the thresholds, B5-B7's BN eps and
-momentum, and the logits of every sub-network (`release_efficientnet.check_case`). Also the
+momentum, the logits of every sub-network in eval mode and (where the release's own float32
+agrees with its float64 within 5e-5: not at 32 px) in train mode, with how far train mode
+moves every BN's running statistics (`release_efficientnet.check_case`). Also the
 residual blocks of the release's plain networks at small widths (the file's
 'release_builds')."""
 
