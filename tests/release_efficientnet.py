@@ -2,8 +2,9 @@
 release_efficientnet_{multibase,singlebase}.json, written by
 benchmarks/release_efficientnet_multibase.py), and the check of this project's pruning
 against one such case: per layer and sub-network, the channels each conv, squeeze-and-
-excitation FC and the classifier run with, the thresholds, and the logits of every
-sub-network (eval mode, fresh BN statistics) within 1e-4 of the largest."""
+excitation FC and the classifier reads and writes, the thresholds, and the logits of every
+sub-network (eval mode, fresh BN statistics) within 1e-4 of the largest; where the file has
+them, also train mode's logits and BN statistics moves (`check_train_mode`)."""
 
 import importlib.util
 import json
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spnet_jax.core import layers
+from spnet_jax.core import cost, layers
 from spnet_jax.models import get_arch
 from spnet_jax.pruning import prune
 from spnet_jax.workdir import convert_torch
@@ -70,6 +71,13 @@ def check_case(name: str, case: dict) -> tuple:
         else:
             got = list(S.counts_of(owner[path]))
         assert got == layer['out'], (name, layer['name'], got, layer['out'])
+    # Each layer's input and output channels as our forward runs them (`cost.layer_costs`).
+    for k in range(S.num_subnets):
+        ran = {c.path: (c.in_shape[-1], c.out_shape[-1])
+               for c in cost.layer_costs(arch, S, k, case['image_size'])}
+        for layer in case['layers']:
+            got = ran[names[layer['name']]]
+            assert got == (layer['in'][k], layer['out'][k]), (name, k, layer['name'], got)
     x = np.random.default_rng(case['input_seed']).normal(
         size=(2, 3, case['image_size'], case['image_size'])).astype(np.float32)
     model = arch.module(S)
