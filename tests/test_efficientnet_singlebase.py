@@ -2,7 +2,7 @@
 shared reference case ``efficientnet_b0_singlebase`` was built) on the other types and
 settings, against what the release's own code produced (tests/data/
 release_efficientnet_singlebase.json, written by benchmarks/release_efficientnet_multibase.py
-``--which=singlebase``): B1-B7, 32-96 px, 10-1000 classes, two or three pruned sub-networks,
+``--which=singlebase``): B0-B7, 32-96 px, 10 or 100 classes, two or three pruned sub-networks,
 keep ratios where the 10% floor decides; per layer and sub-network the channels each conv,
 squeeze-and-excitation FC and the classifier run with, the thresholds, B5-B7's BN eps and
 momentum, the logits of every sub-network in eval mode and (where the release's own float32
