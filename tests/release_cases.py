@@ -12,7 +12,19 @@ from helpers import SHARED_REFERENCE
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = 'efficientnet_b2.py'  # the release's EfficientNet recipe; a case overrides its fields
-DATASETS = {100: 'cifar100', 1000: 'imagenet2012'}  # only the class count matters to pruning
+
+
+def dataset_for(num_classes: int) -> str:
+    """A registered RGB dataset with ``num_classes`` labels (only the class count matters to
+    pruning and to the step on the case's own batch): cifar10, cifar100 or imagenet2012."""
+    from spnet_jax.data import DATASETS
+
+    names = sorted(n for n, spec in DATASETS.items()
+                   if spec.num_classes == num_classes and spec.channels == 3)
+    if not names:
+        raise ValueError(f'no registered RGB dataset has {num_classes} classes (the config '
+                         f'checks model.num_classes against data.name\'s)')
+    return names[0]
 
 
 def efficientnet_cases() -> list[str]:
@@ -62,7 +74,7 @@ class Case:
                 'model.num_classes': self.num_classes,
                 'model.full_width': self.full_width, 'model.dropout': 0.0,
                 'model.stochastic_depth': self.stochastic_depth,
-                'data.name': DATASETS[self.num_classes], 'data.image_size': self.image_size,
+                'data.name': dataset_for(self.num_classes), 'data.image_size': self.image_size,
                 'base.widths': self.base_widths, 'prune.keep_ratios': self.keep_ratios,
                 'prune.zpm': 'release' if self.zpm else 'none',
                 'prune.min_channels_ratio': self.min_channels_ratio,

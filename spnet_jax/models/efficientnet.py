@@ -92,7 +92,12 @@ class EfficientNetArch(MobileNetV2Arch):
             for r in range(n):
                 stride = s if r == 0 else 1
                 # A stage's repeats; fixed by the topology, not by the channel counts,
-                # which can coincide at small widths (make_divisible's floor of 8).
+                # which can coincide at small widths (make_divisible's floor of 8). The
+                # release tests `stride 1 and equal channel lists`, which differs only where
+                # stage 1's first block coincides too (B0 up to x0.2775, B3 x0.37-0.444, ...),
+                # and there the release cannot build the network (without ZPM, its block 1
+                # would read its stream's list from the stem conv: a TypeError); see
+                # tests/test_efficientnet_singlebase.py.
                 residual = r > 0
                 specs.append(BlockSpec(i, in_ch, make_divisible(in_ch * t), out, stride, t != 1,
                                        residual, entry=False, kernel=kernel,
