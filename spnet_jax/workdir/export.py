@@ -116,14 +116,12 @@ def export_forward(arch, structure: Structure, variables: dict[str, Any],
     return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
 
 
-def export_switchable_forward(arch, structure: Structure, variables: dict[str, Any],
-                              input_shape: Sequence[int], platforms: Sequence[str] = PLATFORMS,
-                              normalization: tuple[Sequence[float], Sequence[float]] | None
-                              = None) -> jax.export.Exported:
-    """The eval-mode forward of every sub-network of a slimmable network, chosen by a
-    run-time int32 scalar: ``f(images, subnet) -> logits``. The variables are constants
-    shared by every width's branch (stored once); an out-of-range ``subnet`` gives NaN
-    logits. Inputs as `export_forward`."""
+def switchable_function(arch, structure: Structure, variables: dict[str, Any],
+                        normalization: tuple[Sequence[float], Sequence[float]] | None = None):
+    """``f(images, subnet) -> logits`` of every sub-network, ``subnet`` an int32 scalar
+    traced at run time: a ``lax.switch`` over the widths' eval forwards, each reading its
+    prefix slices of the same constants; NaN logits for ``subnet`` out of range. With
+    ``normalization``, uint8 pixels in (normalised inside)."""
     model = arch.module(structure)
     consts = jax.tree.map(jnp.asarray, variables)
     n = structure.num_subnets
@@ -137,6 +135,18 @@ def export_switchable_forward(arch, structure: Structure, variables: dict[str, A
         logits = jax.lax.switch(jnp.clip(subnet, 0, n - 1), branches, images)
         return jnp.where((subnet >= 0) & (subnet < n), logits, jnp.nan)
 
+    return forward
+
+
+def export_switchable_forward(arch, structure: Structure, variables: dict[str, Any],
+                              input_shape: Sequence[int], platforms: Sequence[str] = PLATFORMS,
+                              normalization: tuple[Sequence[float], Sequence[float]] | None
+                              = None) -> jax.export.Exported:
+    """The eval-mode forward of every sub-network of a slimmable network, chosen by a
+    run-time int32 scalar: ``f(images, subnet) -> logits``. The variables are constants
+    shared by every width's branch (stored once); an out-of-range ``subnet`` gives NaN
+    logits. Inputs as `export_forward`."""
+    forward = switchable_function(arch, structure, variables, normalization)
     dims = ', '.join(str(int(d)) for d in input_shape)
     dtype = jnp.float32 if normalization is None else jnp.uint8
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'batch, {dims}'), dtype)

@@ -68,18 +68,10 @@ def write_saved_model(arch, structure, variables: dict[str, Any], input_shape: S
     ``serve(images, subnet)`` (NaN logits for a sub-network out of range)."""
     from jax.experimental import jax2tf  # noqa: PLC0415
 
+    from spnet_jax.workdir.export import switchable_function  # noqa: PLC0415
+
     tf = _quiet_tf()
-    model = arch.module(structure)
-    consts = jax.tree.map(jnp.asarray, variables)
-    n, prepare = structure.num_subnets, _input_fn(normalization)
-
-    def forward(images, subnet):
-        x = prepare(images)
-        branches = [lambda x, k=k: model.apply(consts, x, subnet=k, train=False)
-                    for k in range(n)]
-        logits = jax.lax.switch(jnp.clip(subnet, 0, n - 1), branches, x)
-        return jnp.where((subnet >= 0) & (subnet < n), logits, jnp.nan)
-
+    forward = switchable_function(arch, structure, variables, normalization)
     dims = ', '.join(str(int(d)) for d in input_shape)
     dtype = tf.float32 if normalization is None else tf.uint8
     module = tf.Module()
