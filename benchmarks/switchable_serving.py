@@ -7,9 +7,10 @@ artifact per width and TFLite, on this CPU.
 Exports ``W`` three ways into a temporary folder (`spnet_jax.export`'s ``--switchable
 --tflite`` and ``--all``), then times, interleaved in one process (each round every program
 once, starting one further along; medians): the switchable artifact at each width, each
-standalone artifact, and each TFLite flatbuffer (batch 1 only: the flatbuffers have a static
-batch of 1; at 256 it would be 256 invocations). Also the bytes a server holds for all
-widths: the switchable artifact against the N standalone artifacts, and the N flatbuffers.
+standalone artifact, and each TFLite flatbuffer (the export's are batch 1; for the other
+batches a flatbuffer of that static batch is converted here). Also the bytes a server holds
+for all widths: the switchable artifact against the N standalone artifacts, and the N
+flatbuffers.
 """
 
 from __future__ import annotations
@@ -60,17 +61,24 @@ def main() -> None:
                 lambda x=images, e=each[k]: e.call(x).block_until_ready())
     import tensorflow as tf
 
-    interpreters = []
-    for k in range(n):
-        it = tf.lite.Interpreter(model_path=os.path.join(tmp, 'switch', 'tflite',
-                                                         f'subnet_{k}.tflite'))
-        it.allocate_tensors()
-        inp = it.get_input_details()[0]
-        it.set_tensor(inp['index'], np.random.default_rng(0).integers(
-            0, 255, (1, *shape)).astype(inp['dtype']))
-        interpreters.append(it)
-        if 1 in batches:
-            calls[f'tflite k={k} b=1'] = it.invoke
+    from spnet_jax.workdir import tf_export
+
+    net = export._as_network(args.workdir)
+    spec = net.input_spec
+    normalization = None if spec['mean'] is None else (spec['mean'], spec['std'])
+    for b in batches:
+        folder = os.path.join(tmp, 'switch') if b == 1 else os.path.join(tmp, f'tflite_b{b}')
+        if b != 1:
+            tf_export.write_tflite(net.arch, [export.standalone(net, k) for k in range(n)],
+                                   shape, normalization, folder, batch=b)
+        for k in range(n):
+            it = tf.lite.Interpreter(model_path=os.path.join(folder, 'tflite',
+                                                             f'subnet_{k}.tflite'))
+            it.allocate_tensors()
+            inp = it.get_input_details()[0]
+            it.set_tensor(inp['index'], np.random.default_rng(0).integers(
+                0, 255, (b, *shape)).astype(inp['dtype']))
+            calls[f'tflite k={k} b={b}'] = it.invoke
     for call in calls.values():  # compile / warm up
         call()
         call()

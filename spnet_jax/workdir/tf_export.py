@@ -87,9 +87,9 @@ def write_saved_model(arch, structure, variables: dict[str, Any], input_shape: S
 
 
 def write_tflite(arch, standalone: list[tuple[Any, dict[str, Any]]], input_shape: Sequence[int],
-                 normalization, out_dir: str) -> list[int]:
+                 normalization, out_dir: str, batch: int = 1) -> list[int]:
     """``out_dir/tflite/subnet_<k>.tflite`` for each ``(structure, variables)`` of
-    ``standalone`` (batch 1); returns the flatbuffers' sizes in bytes."""
+    ``standalone`` (a static ``batch``); returns the flatbuffers' sizes in bytes."""
     from jax.experimental import jax2tf  # noqa: PLC0415
 
     tf = _quiet_tf()
@@ -105,7 +105,7 @@ def write_tflite(arch, standalone: list[tuple[Any, dict[str, Any]]], input_shape
                                                       train=False)
         try:
             fn = tf.function(jax2tf.convert(f), autograph=False,
-                             input_signature=[tf.TensorSpec([1, *input_shape], dtype)])
+                             input_signature=[tf.TensorSpec([batch, *input_shape], dtype)])
             converter = tf.lite.TFLiteConverter.from_concrete_functions(
                 [fn.get_concrete_function()])
             flatbuffer = converter.convert()
@@ -118,7 +118,7 @@ def write_tflite(arch, standalone: list[tuple[Any, dict[str, Any]]], input_shape
 
 
 def run_tflite(path: str, images: np.ndarray) -> np.ndarray:
-    """Logits of a TFLite flatbuffer (batch 1) on each image of ``images``, in TFLite's
+    """Logits of a TFLite flatbuffer of batch 1 on each image of ``images``, in TFLite's
     interpreter."""
     tf = _quiet_tf()
     interpreter = tf.lite.Interpreter(model_path=path)
