@@ -265,3 +265,22 @@ def test_main_refuses_unreachable_targets_before_any_stage(tmp_path):
                            'can reach on this cpu backend'), last
     assert 'ms unpruned; choose targets in that range.' in last
     assert not (work / 'base_0.5').exists()
+
+
+@pytest.mark.slow  # the whole tiny recipe twice
+def test_the_whole_recipe_runs_with_latency_targets_resumes_and_reports(tmp_path):
+    work = tmp_path / 'run'
+    args = ['main.py', *TINY, f'--workdir={work}', '--config.prune.latency_widths=0.25']
+    first = _run(args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    info = json.loads((work / 'pruned' / 'prune_info.json').read_text())
+    assert info['latency']['widths'] == [0.25] and len(info['latency']['measured_ms']) == 1
+    report = json.loads((work / 'report.json').read_text())
+    rows = report['rows'] if isinstance(report, dict) else report
+    assert len(rows) == 2 and all(r['latency_ms'] > 0 and r['latency_batch'] == 32
+                                  for r in rows)
+    pruned = (work / 'pruned' / 'structure.json').read_text()
+    again = _run(args)  # a finished run: every stage skipped, the network unchanged
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert 'finished earlier; skipping' in again.stderr
+    assert (work / 'pruned' / 'structure.json').read_text() == pruned
