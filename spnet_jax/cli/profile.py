@@ -96,7 +96,7 @@ def _rows(costs, widths) -> list[dict]:
 
 def table(title: str, rows: list[dict]) -> str:
     full = rows[-1]
-    timed = 'latency_ms' in full
+    timed = 'latency_rounds' in full  # measured here (add_latency), not the report's
     lines = [title, f'{"subnet":>6} {"width":>6} {"MACs":>12} {"x full":>7} {"params":>10} '
                     f'{"channels":>9}' + (f' {"ms/batch":>9} {"x full":>7} {"spread":>7}'
                                           if timed else '')]
