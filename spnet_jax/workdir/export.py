@@ -56,8 +56,9 @@ from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import Structure
 from spnet_jax.pruning.subnets import standalone_structure, standalone_variables
-from spnet_jax.workdir import checkpoint
+from spnet_jax.workdir import checkpoint, tf_export
 from spnet_jax.workdir.loading import SlimmableNetwork, load, widest_within
+from spnet_jax.workdir.switchable import switchable_function
 
 ARTIFACT = 'model.jax_export'
 INFO = 'export.json'
@@ -114,28 +115,6 @@ def export_forward(arch, structure: Structure, variables: dict[str, Any],
     dtype = jnp.float32 if normalization is None else jnp.uint8
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'batch, {dims}'), dtype)
     return jax.export.export(jax.jit(forward), platforms=tuple(platforms))(spec)
-
-
-def switchable_function(arch, structure: Structure, variables: dict[str, Any],
-                        normalization: tuple[Sequence[float], Sequence[float]] | None = None):
-    """``f(images, subnet) -> logits`` of every sub-network, ``subnet`` an int32 scalar
-    traced at run time: a ``lax.switch`` over the widths' eval forwards, each reading its
-    prefix slices of the same constants; NaN logits for ``subnet`` out of range. With
-    ``normalization``, uint8 pixels in (normalised inside)."""
-    model = arch.module(structure)
-    consts = jax.tree.map(jnp.asarray, variables)
-    n = structure.num_subnets
-
-    def forward(images, subnet):
-        if normalization is not None:
-            mean, std = (jnp.asarray(v, jnp.float32) for v in normalization)
-            images = (images.astype(jnp.float32) / 255.0 - mean) / std
-        branches = [lambda x, k=k: model.apply(consts, x, subnet=k, train=False)
-                    for k in range(n)]
-        logits = jax.lax.switch(jnp.clip(subnet, 0, n - 1), branches, images)
-        return jnp.where((subnet >= 0) & (subnet < n), logits, jnp.nan)
-
-    return forward
 
 
 def export_switchable_forward(arch, structure: Structure, variables: dict[str, Any],
@@ -244,8 +223,6 @@ def export_switchable(net_or_path: SlimmableNetwork | str | os.PathLike,
     with _staged(out_dir) as staging:
         _write_atomic(os.path.join(staging, ARTIFACT), bytes(exported.serialize()))
         if saved_model or tflite:
-            from spnet_jax.workdir import tf_export  # noqa: PLC0415 - TensorFlow only here
-
             shape = (size, size, in_channels)
             if saved_model:
                 tf_export.write_saved_model(net.arch, S, variables, shape, normalization,

@@ -28,6 +28,8 @@ from spnet_jax.core.cost import subnet_costs
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.data import DATASETS
 from spnet_jax.models import get_arch
+from spnet_jax.pruning import latency
+from spnet_jax.pruning.subnets import standalone_structure
 from spnet_jax.workdir import checkpoint, lock
 from spnet_jax.workdir.checkpoint import CHECKPOINTS, REPORT, STRUCTURE
 
@@ -225,16 +227,16 @@ class SlimmableNetwork:
                 'std': None if spec is None else spec.std}
 
     def measure_latency(self, batch: int = 32, runs: int = 10) -> list[float]:
-        """Median ms per batch of ``batch`` images of each sub-network's forward on this
-        process's first device, the sub-networks timed in turn ``runs`` rounds
-        (`spnet_jax.train.evaluation.measure_latency`); measured once per batch size."""
+        """Median ms per batch of ``batch`` images of each sub-network as it deploys (the
+        standalone network `spnet_jax.export` writes; time does not depend on the weights) on
+        this process's first device, timed against the full network interleaved, at least
+        ``runs`` rounds (`spnet_jax.pruning.latency.Timer`); measured once per batch size."""
         cache = self.__dict__.setdefault('_latency', {})
         if batch not in cache:
-            from spnet_jax.train.evaluation import measure_latency  # noqa: PLC0415
-
-            timed = measure_latency(self.model, self.variables, self.structure.num_subnets,
-                                    self.input_spec['shape'], batch, runs=runs)
-            cache[batch] = [t['latency_ms'] for t in timed]
+            timer = latency.Timer(self.arch, self.input_spec['shape'], batch,
+                                  min_rounds=runs, max_rounds=4 * runs)
+            cache[batch] = [timer.measure(standalone_structure(self.structure, k)).ms
+                            for k in range(self.structure.num_subnets)]
         return cache[batch]
 
     def choose(self, budget_ms: float, batch: int = 32, runs: int = 10) -> int:

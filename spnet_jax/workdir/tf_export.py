@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spnet_jax.core.errors import ConfigError
+from spnet_jax.workdir.switchable import switchable_function
 
 SAVED_MODEL = 'saved_model'
 TFLITE = 'tflite'
@@ -67,8 +68,6 @@ def write_saved_model(arch, structure, variables: dict[str, Any], input_shape: S
     """``out_dir/saved_model``: the switchable network as a TF SavedModel, signature
     ``serve(images, subnet)`` (NaN logits for a sub-network out of range)."""
     from jax.experimental import jax2tf  # noqa: PLC0415
-
-    from spnet_jax.workdir.export import switchable_function  # noqa: PLC0415
 
     tf = _quiet_tf()
     forward = switchable_function(arch, structure, variables, normalization)
