@@ -112,11 +112,10 @@ def time_interleaved(calls: dict, repeats: int, warmup: int = 2,
 
 
 def spread(times: Sequence[float]) -> float:
-    """Interquartile range over the median (0 for fewer than two times)."""
-    if len(times) < 2:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(times, n=4, method='inclusive')
-    return (q3 - q1) / statistics.median(times)
+    """Interquartile range over the median (`spnet_jax.pruning.latency.spread`)."""
+    from spnet_jax.pruning.latency import spread as iqr_over_median
+
+    return iqr_over_median(times)
 
 
 def measure(networks: dict, input_shape: Sequence[int], batches: Sequence[int] = BATCHES,

@@ -38,7 +38,7 @@ import numpy as np
 
 from spnet_jax.core.errors import ConfigError
 from spnet_jax.core.structure import ASCENDING, PREFIX, Structure
-from spnet_jax.pruning import threshold, zpm
+from spnet_jax.pruning import targets, threshold, zpm
 
 MEASURED_VARIANTS = (zpm.ALIGNED, zpm.NONE)
 
@@ -192,13 +192,12 @@ def _structure_at(arch, table, scores, pool, floors, round_to, variant, ratio) -
 
 
 def _streams(table, counts: dict[str, int], variant: str) -> dict[str, int]:
-    """Stream sizes of ``counts``: aligned streams are their longest branch so far, which
-    depends on the counts only (any order gives the same sizes)."""
+    """Stream sizes of ``counts`` (`targets.zpm_stream_sizes`): aligned streams are their
+    longest branch so far, which depends on the counts only, so any order does."""
     if variant == zpm.NONE:
         return {}
     orders = {g.name: np.arange(g.size) for g in table.groups}
-    sizes, _, _ = zpm.stream_masks(variant, table, [counts], orders)
-    return {j.name: s for j, s in zip(table.junctions, sizes[0], strict=True)}
+    return targets.zpm_stream_sizes(table, counts, orders, variant)
 
 
 def check_variant(variant: str, field: str = 'prune.latency_targets') -> None:

@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 
 from spnet_jax import data as data_lib
 from spnet_jax.core import layers, sharding
+from spnet_jax.pruning import latency
 from spnet_jax.train import step as step_lib
 
 
@@ -110,10 +111,8 @@ def measure_latency(model, variables: dict[str, Any], num_subnets: int,
             times[k].append(time.perf_counter() - start)
     results = []
     for k in range(num_subnets):
-        q1, _, q3 = (statistics.quantiles(times[k], n=4, method='inclusive')
-                     if len(times[k]) > 1 else (0.0, 0.0, 0.0))
         results.append({'subnet': k, 'latency_ms': 1e3 * statistics.median(times[k]),
-                        'latency_spread': (q3 - q1) / statistics.median(times[k]),
+                        'latency_spread': latency.spread(times[k]),
                         'latency_batch': batch_size, 'latency_device': device.device_kind})
         logging.info('[latency] sub-network %d: %.3f ms per batch of %d on %s', k,
                      results[-1]['latency_ms'], batch_size, device.device_kind)
