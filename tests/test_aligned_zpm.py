@@ -78,7 +78,9 @@ def test_aligned_streams_are_as_wide_as_their_widest_branch_and_nested(resnet20)
     assert sum(structure.stream_sizes[0]) < sum(release.stream_sizes[0])
 
 
-@pytest.mark.parametrize('name,widths', [('resnet20', [1.0]), ('mobilenet_v2', [0.25, 0.35])])
+@pytest.mark.parametrize('name,widths', [
+    ('resnet20', [1.0]),
+    pytest.param('mobilenet_v2', [0.25, 0.35], marks=pytest.mark.slow)])  # 25-27 s
 def test_aligned_subnetworks_equal_the_same_channels_through_the_release_junctions(name,
                                                                                   widths):
     """Pads and prefix reads compute what the release's gathers compute for the same channels

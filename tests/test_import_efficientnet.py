@@ -119,6 +119,7 @@ SMALL = ['--config.model.name=efficientnet_b1', '--config.model.num_classes=10',
          '--config.data.name=cifar10', '--config.data.image_size=32']
 
 
+@pytest.mark.slow  # 70-77 s on CI's 2 cores
 def test_release_base_prunes_and_an_snet_imports(tmp_path):
     """A B1 base (``.pt``, random weights) prunes into a network whose full sub-network is
     the base's function; a B1 S-Net (x0.25 / x0.5) imports with each width's own BN."""
