@@ -83,6 +83,25 @@ def test_noisy_timings_are_repeated_until_stable_or_the_round_limit():
     assert quiet.measure(arch.plain_structure(0.5)).rounds == quiet.min_rounds
 
 
+def test_width_targets_never_give_a_narrower_width_a_larger_budget():
+    arch = get_arch('resnet20', num_classes=10, stem='small')
+    # A device on which the x0.25 network takes 1.2 ms more than x0.5 (narrow layers off the
+    # fast channel counts, as on the 2-core CPU at batch 256), x0.75 the most.
+    extra = {4: 2.0, 8: 0.8, 12: 0.0}  # ms, by the first stage's width
+
+    def cost(structure):
+        first = structure.counts[0][0]
+        return 1e-5 * channels(structure) + 1e-3 * extra.get(first, 0.0)
+
+    timer = _timer(FakeDevice(cost), arch)
+    targets_ms, measured = latency.width_targets(timer, arch, (0.25, 0.5, 0.75))
+    want = [1e-2 * channels(arch.plain_structure(w)) + extra[int(16 * w)]
+            for w in (0.25, 0.5, 0.75)]
+    assert measured == pytest.approx(want)
+    assert want[0] > want[1] < want[2]  # the case: x0.25 measured slower than x0.5
+    assert targets_ms == pytest.approx([want[0], want[0], want[2]])
+
+
 @pytest.fixture(scope='module')
 def resnet20_base():
     arch = get_arch('resnet20', num_classes=10, stem='small')

@@ -80,12 +80,17 @@ def prune_bases(config: Settings, bases: list[dict], image_size: int, in_channel
     p = config.prune
     if p.by_latency:
         timer = latency_timer(config, image_size, in_channels)
-        ms = p.latency_targets or tuple(timer.measure(config.arch.plain_structure(w)).ms
-                                        for w in p.latency_widths)
+        ms, measured = p.latency_targets, None
         if p.latency_widths:
+            ms, measured = latency.width_targets(timer, config.arch, p.latency_widths)
             logging.info('[pruned] latency targets: the uniform networks at widths %s take %s '
-                         'ms per batch of %d', p.latency_widths, [f'{t:.3g}' for t in ms],
-                         timer.batch)
+                         'ms per batch of %d', p.latency_widths,
+                         [f'{t:.3g}' for t in measured], timer.batch)
+            if ms != measured:
+                logging.warning(
+                    '[pruned] the measured times are not ascending (the narrow widths are '
+                    'equally fast within the timing noise here); each target is raised to the '
+                    'largest before it: %s ms', [f'{t:.3g}' for t in ms])
         extra = dict(latency_targets=ms, timer=timer)
     structure, variables, info = pruning.prune(
         config.arch, bases, config.base.widths, image_size=image_size, in_channels=in_channels,
@@ -93,6 +98,7 @@ def prune_bases(config: Settings, bases: list[dict], image_size: int, in_channel
         **extra)
     if p.latency_widths:
         info['latency']['widths'] = list(p.latency_widths)
+        info['latency']['widths_measured_ms'] = [float(t) for t in measured]
     if p.by_latency:
         lat = info['latency']
         logging.info('[pruned] measured %s ms against targets %s (spread up to %.1f%%; %d '
@@ -120,8 +126,7 @@ def check_latency_targets(config: Settings, workdir: str, shape) -> None:
     latency.check_variant(p.zpm, p.sizing_field)
     timer = latency_timer(config, shape[0], shape[2])
     arch, widths, zpm_on = config.arch, config.base.widths, p.zpm != 'none'
-    ms = p.latency_targets or tuple(timer.measure(arch.plain_structure(w)).ms
-                                    for w in p.latency_widths)
+    ms = p.latency_targets or latency.width_targets(timer, arch, p.latency_widths)[0]
     which = range(len(widths)) if len(widths) > 1 else [0] * len(ms)
     for k, (target, b) in enumerate(zip(ms, which, strict=False)):
         floors = pruning.multibase.base_floors(arch, widths[b], zpm_on, p.min_channels_ratio)
