@@ -252,12 +252,13 @@ def range_error(target: float, k: int, low: Measurement, high: Measurement, time
 def ratio_for_latency(target: float, arch, table, scores: dict, pool: np.ndarray,
                       floors: dict, *, round_to: int, variant: str, timer: Timer,
                       tolerance: float, k: int = 0) -> tuple[float, Measurement]:
-    """The keep ratio whose sub-network's measured time is closest to ``target`` ms, and that
-    time: bisection over the positions of the pooled scores (each position one threshold, so
-    at most log2 of the pool's size candidates, fewer where rounding makes neighbours
-    equal). When the two structures around the target both miss it by more than
-    ``tolerance`` (coarse channel steps, e.g. ``round_to`` on a narrow network), the faster
-    one is taken: never slower than the target (`met` tells). Raises `ConfigError` (one
+    """The keep ratio of the slowest sub-network whose measured time is under ``target`` ms
+    (a budget), and that time: bisection over the positions of the pooled scores (each
+    position one threshold, so at most log2 of the pool's size candidates, fewer where
+    rounding makes neighbours equal). When that structure misses the target by more than
+    ``tolerance`` and the next slower one (over the target) is within it, the slower one is
+    taken; when both miss it (coarse channel steps, e.g. ``round_to`` on a narrow network),
+    the faster: never slower than the target (`met` tells). Raises `ConfigError` (one
     sentence with the reachable range in ms) when the target is out of reach."""
     check_variant(variant)
     low, high = reachable_range(arch, table, floors, round_to, variant, timer)
@@ -283,13 +284,13 @@ def ratio_for_latency(target: float, arch, table, scores: dict, pool: np.ndarray
             lo_i, lo_m = mid, m
         else:
             hi_i, hi_m = mid, m
-    best_i, best = (lo_i, lo_m) if abs(lo_m.ms - target) <= abs(hi_m.ms - target) else (
-        hi_i, hi_m)
-    if abs(best.ms - target) > tolerance * target:
-        # Channel steps too coarse to land within the tolerance: the faster neighbour, so a
-        # target is a budget the sub-network never exceeds; `met` says so.
-        best_i, best = hi_i, hi_m
-    return ratio(best_i), best
+    # The target is a budget: the faster neighbour (the slowest structure under the target)
+    # when it is within the tolerance, so that a re-measurement's noise has the tolerance's
+    # room on the slow side; the slower one only when it alone is within the tolerance; the
+    # faster one again when channel steps are too coarse for either (`met` says so).
+    if not met(hi_m, target, tolerance) and met(lo_m, target, tolerance):
+        return ratio(lo_i), lo_m
+    return ratio(hi_i), hi_m
 
 
 def met(measured: Measurement, target: float, tolerance: float) -> bool:
