@@ -1,0 +1,121 @@
+r"""Issue 30's 5%: prune to S-Net's measured time, then re-measure in another process.
+
+    python benchmarks/latency_targets.py --base=/tmp/fm/base_1.0 --prunes=2 \
+        --out=benchmarks/latency_targets.json
+
+``--base`` is a trained base of the recipe (``main.py --config=configs/fashion_mnist.py
+--workdir=/tmp/fm --config.stages=base`` writes ``/tmp/fm/base_1.0``). Each of ``--prunes``
+runs is ``python -m spnet_jax.prune`` with the recipe as it is (``prune.latency_widths``: each
+pruned sub-network aims at the measured time of S-Net's sub-network at that width), in a
+process of its own. This process then times every pruned sub-network (the standalone network
+its export deploys) and S-Net's sub-networks at the same widths, all interleaved
+(`study_latency.measure`: ``--repeats`` rounds, medians), and writes each sub-network's time
+over S-Net's at its width, next to what the pruning process measured. Run it on a quiet
+machine: the CPU's speed is shared with whatever else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+
+
+def prune(config: str, base: str, workdir: str, extra: list[str]) -> dict:
+    """One pruning run in its own process; returns its ``prune_info.json`` and wall time."""
+    start = time.time()
+    cmd = [sys.executable, '-m', 'spnet_jax.prune', f'--config={config}',
+           f'--workdir={workdir}', f'--bases=1.0={base}', *extra]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f'pruning failed:\n{done.stderr[-3000:]}')
+    with open(os.path.join(workdir, 'pruned', 'prune_info.json')) as fh:
+        info = json.load(fh)
+    return {'workdir': workdir, 'wall_seconds': time.time() - start,
+            'load_average_after': list(os.getloadavg()), 'latency': info['latency'],
+            'command': ' '.join(cmd[1:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--base', required=True, help='a trained base_1.0 stage folder')
+    parser.add_argument('--config', default='configs/fashion_mnist.py')
+    parser.add_argument('--prunes', type=int, default=2, help='pruning runs, one process each')
+    parser.add_argument('--repeats', type=int, default=30, help='interleaved timing rounds')
+    parser.add_argument('--scratch', default='/tmp/latency_targets')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'latency_targets.json'))
+    parser.add_argument('extra', nargs='*', help='more flags for spnet_jax.prune')
+    args = parser.parse_args()
+
+    runs = []
+    for i in range(args.prunes):
+        workdir = os.path.join(args.scratch, f'prune{i}')
+        if os.path.exists(workdir):
+            raise SystemExit(f'--scratch: {workdir} exists; give an empty --scratch folder.')
+        runs.append(prune(args.config, args.base, workdir, args.extra))
+        lat = runs[-1]['latency']
+        print(f'prune {i}: targets {lat["targets_ms"]} ms, measured {lat["measured_ms"]} ms, '
+              f'{runs[-1]["wall_seconds"]:.0f} s', flush=True)
+
+    # This process did not prune: every network is timed afresh, interleaved with S-Net's.
+    from study_latency import deployed, measure, network_key
+
+    from spnet_jax.models import arch_from_spec
+    from spnet_jax.train.settings import Settings
+
+    networks, subnet_keys = {}, []
+    widths = runs[0]['latency']['widths']
+    for run in runs:
+        pruned = os.path.join(run['workdir'], 'pruned')
+        with open(os.path.join(pruned, 'architecture.json')) as fh:
+            arch_spec = json.load(fh)
+        with open(os.path.join(pruned, 'structure.json')) as fh:
+            structure = json.load(fh)
+        keys = []
+        for network in deployed(arch_spec, structure):
+            key = network_key(network)
+            networks[key] = network
+            keys.append(key)
+        subnet_keys.append(keys)
+    arch = arch_from_spec(arch_spec)
+    snet_keys = []
+    for w in widths:
+        network = {'arch': arch_spec,
+                   'structure': json.loads(arch.plain_structure(w).to_json())}
+        networks[network_key(network)] = network
+        snet_keys.append(network_key(network))
+    batch = runs[0]['latency']['batch']
+    spec = importlib.util.spec_from_file_location('recipe', os.path.join(ROOT, args.config))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    data = Settings.from_config(recipe.get_config()).data
+    shape = (data.image_size, data.image_size, data.spec.channels)
+    timed = measure(networks, shape, batches=(batch,), repeats=args.repeats)
+    ms = {k: v['ms'][str(batch)] for k, v in timed['networks'].items()}
+    for run, keys in zip(runs, subnet_keys, strict=True):
+        run['re_measured_ms'] = [ms[k] for k in keys[:len(widths)]]
+        run['snet_ms'] = [ms[k] for k in snet_keys]
+        run['ratio_to_snet'] = [a / b for a, b in zip(run['re_measured_ms'], run['snet_ms'],
+                                                       strict=True)]
+        run['macs'] = [timed['networks'][k]['macs'] for k in keys]
+        print(f'{run["workdir"]}: re-measured / S-Net at x{widths}: '
+              + ' / '.join(f'{r:.3f}' for r in run['ratio_to_snet']), flush=True)
+    result = {'command': ' '.join(sys.argv), 'date': timed['date'], 'device': timed['device'],
+              'cpus': timed['cpus'], 'widths': widths, 'batch': batch, 'runs': runs,
+              'timing': {k: v for k, v in timed.items() if k != 'networks'},
+              'networks': timed['networks']}
+    with open(args.out, 'w') as fh:
+        json.dump(result, fh, indent=1)
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
