@@ -10,8 +10,10 @@ pruned sub-network aims at the measured time of S-Net's sub-network at that widt
 process of its own. This process then times every pruned sub-network (the standalone network
 its export deploys) and S-Net's sub-networks at the same widths, all interleaved
 (`study_latency.measure`: ``--repeats`` rounds, medians), and writes each sub-network's time
-over S-Net's at its width, next to what the pruning process measured. Run it on a quiet
-machine: the CPU's speed is shared with whatever else runs.
+over S-Net's at its width, next to what the pruning process measured, and each sub-network's
+time over S-Net's at equal MACs (S-Net's widths ``SNET_WIDTHS`` of the recipe, timed too,
+joined by straight lines). Run it on a quiet machine: the CPU's speed is shared with whatever
+else runs. ``--reuse`` times the prunes already in ``--scratch`` again.
 """
 
 from __future__ import annotations
@@ -44,6 +46,17 @@ def prune(config: str, base: str, workdir: str, extra: list[str]) -> dict:
             'command': ' '.join(cmd[1:])}
 
 
+def earlier(workdir: str) -> dict:
+    """A prune already in ``workdir`` (``--reuse``), as `prune` returns it (no wall time)."""
+    path = os.path.join(workdir, 'pruned', 'prune_info.json')
+    if not os.path.exists(path):
+        raise SystemExit(f'--reuse: {path} does not exist; run without --reuse to prune.')
+    with open(path) as fh:
+        info = json.load(fh)
+    return {'workdir': workdir, 'wall_seconds': None, 'reused': True,
+            'latency': info['latency']}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--base', required=True, help='a trained base_1.0 stage folder')
@@ -52,25 +65,34 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=30, help='interleaved timing rounds')
     parser.add_argument('--scratch', default='/tmp/latency_targets')
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'latency_targets.json'))
+    parser.add_argument('--reuse', action='store_true',
+                        help='time the prunes already in --scratch again instead of pruning')
     parser.add_argument('extra', nargs='*', help='more flags for spnet_jax.prune')
     args = parser.parse_args()
 
     runs = []
     for i in range(args.prunes):
         workdir = os.path.join(args.scratch, f'prune{i}')
+        if args.reuse:
+            runs.append(earlier(workdir))
+            continue
         if os.path.exists(workdir):
-            raise SystemExit(f'--scratch: {workdir} exists; give an empty --scratch folder.')
+            raise SystemExit(f'--scratch: {workdir} exists; give an empty --scratch folder '
+                             '(or --reuse to time its prunes again).')
         runs.append(prune(args.config, args.base, workdir, args.extra))
         lat = runs[-1]['latency']
         print(f'prune {i}: targets {lat["targets_ms"]} ms, measured {lat["measured_ms"]} ms, '
               f'{runs[-1]["wall_seconds"]:.0f} s', flush=True)
 
     # This process did not prune: every network is timed afresh, interleaved with S-Net's.
-    from study_latency import deployed, measure, network_key
+    from study_latency import deployed, measure, network_key, top1_at
 
     from spnet_jax.models import arch_from_spec
     from spnet_jax.train.settings import Settings
 
+    spec = importlib.util.spec_from_file_location('recipe', os.path.join(ROOT, args.config))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
     networks, subnet_keys = {}, []
     widths = runs[0]['latency']['widths']
     for run in runs:
@@ -86,30 +108,43 @@ def main() -> None:
             keys.append(key)
         subnet_keys.append(keys)
     arch = arch_from_spec(arch_spec)
-    snet_keys = []
-    for w in widths:
+    # S-Net at the recipe's widths too (``SNET_WIDTHS``): its time at each sub-network's MACs.
+    snet_widths = sorted({*widths, *getattr(recipe, 'SNET_WIDTHS', ()), 1.0})
+    snet_keys = {}
+    for w in snet_widths:
         network = {'arch': arch_spec,
                    'structure': json.loads(arch.plain_structure(w).to_json())}
         networks[network_key(network)] = network
-        snet_keys.append(network_key(network))
+        snet_keys[w] = network_key(network)
     batch = runs[0]['latency']['batch']
-    spec = importlib.util.spec_from_file_location('recipe', os.path.join(ROOT, args.config))
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
     data = Settings.from_config(recipe.get_config()).data
     shape = (data.image_size, data.image_size, data.spec.channels)
     timed = measure(networks, shape, batches=(batch,), repeats=args.repeats)
     ms = {k: v['ms'][str(batch)] for k, v in timed['networks'].items()}
+    macs = {k: v['macs'] for k, v in timed['networks'].items()}
+    curve = [(macs[k], ms[k]) for k in snet_keys.values()]
     for run, keys in zip(runs, subnet_keys, strict=True):
         run['re_measured_ms'] = [ms[k] for k in keys[:len(widths)]]
-        run['snet_ms'] = [ms[k] for k in snet_keys]
+        run['snet_ms'] = [ms[snet_keys[w]] for w in widths]
         run['ratio_to_snet'] = [a / b for a, b in zip(run['re_measured_ms'], run['snet_ms'],
                                                        strict=True)]
-        run['macs'] = [timed['networks'][k]['macs'] for k in keys]
+        run['macs'] = [macs[k] for k in keys]
+        # Issue 28's measure: each sub-network (the full one too) over S-Net at equal MACs.
+        # (`top1_at` joins any (x, y) points by straight lines: here (MACs, ms); outside
+        # S-Net's widths the nearest one's time, 'faster' there meaning fewer MACs.)
+        at = [top1_at(curve, macs[k]) for k in keys]
+        run['ratio_at_equal_macs'] = [ms[k] / t for k, (t, _) in zip(keys, at, strict=True)]
+        run['equal_macs_outside'] = [
+            {'faster': f'fewer MACs than S-Net x{snet_widths[0]:g}',
+             'slower': f'more MACs than S-Net x{snet_widths[-1]:g}'}.get(w, '') for _, w in at]
         print(f'{run["workdir"]}: re-measured / S-Net at x{widths}: '
-              + ' / '.join(f'{r:.3f}' for r in run['ratio_to_snet']), flush=True)
+              + ' / '.join(f'{r:.3f}' for r in run['ratio_to_snet'])
+              + '; over S-Net at equal MACs (every sub-network): '
+              + ' / '.join(f'{r:.3f}' for r in run['ratio_at_equal_macs']), flush=True)
     result = {'command': ' '.join(sys.argv), 'date': timed['date'], 'device': timed['device'],
-              'cpus': timed['cpus'], 'widths': widths, 'batch': batch, 'runs': runs,
+              'cpus': timed['cpus'], 'widths': widths, 'batch': batch,
+              'snet_ms': {str(w): ms[k] for w, k in snet_keys.items()},
+              'snet_macs': {str(w): macs[k] for w, k in snet_keys.items()}, 'runs': runs,
               'timing': {k: v for k, v in timed.items() if k != 'networks'},
               'networks': timed['networks']}
     with open(args.out, 'w') as fh:
