@@ -134,7 +134,9 @@ def wait_for_step(proc, workdir, step, timeout=300):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize('how', ['Ctrl-C', 'SIGTERM'])
+# Ctrl-C (SIGINT) takes the same checkpoint-and-stop path as SIGTERM: slow, to keep the default
+# run near 15 minutes.
+@pytest.mark.parametrize('how', [pytest.param('Ctrl-C', marks=pytest.mark.slow), 'SIGTERM'])
 def test_stopping_a_run_checkpoints_it_says_so_once_and_resumes_exactly(tmp_path, env,
                                                                         reference, how):
     workdir = tmp_path / 'run'

@@ -10,6 +10,7 @@ import json
 import os
 
 import nbformat
+import pytest
 from helpers import needs_fashion_mnist
 from nbclient import NotebookClient
 
@@ -21,6 +22,7 @@ OVERRIDES = {'base.widths': [0.5], 'prune.keep_ratios': [0.5], 'base.num_steps':
              'eval.latency_runs': 2, 'eval.latency_warmup': 1, 'data.num_eval_examples': 32}
 
 
+@pytest.mark.slow  # 40-50 s: the whole notebook's recipe
 @needs_fashion_mnist
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     workdir = tmp_path / 'run'

@@ -69,6 +69,7 @@ def pruned():
     return arch, structure, variables
 
 
+@pytest.mark.slow  # 30-45 s; ResNet's and MobileNet's exports are checked in the default run
 def test_pruned_resnetd_with_zpm_exports_the_same_function(pruned):
     arch, structure, variables = pruned
     assert structure.zpm and structure.count('stem1_conv', 0) < structure.full_of('stem1_conv')

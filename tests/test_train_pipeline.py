@@ -51,6 +51,7 @@ def snet_config(num_steps=4):
     return config
 
 
+@pytest.mark.slow  # 30-40 s: a base and an S-Net run
 def test_snet_started_from_the_trained_base_of_its_full_width(tmp_path):
     """``slim.init_from_base``: the S-Net's first weights are the trained base's, so before
     any slimmable step its full width computes exactly the base's logits, and each narrower
@@ -360,6 +361,7 @@ def test_checkpoint_of_another_structure_is_refused(tmp_path):
         train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow  # 40-50 s: a whole tiny recipe
 def test_drop_scaffold_publishes_the_network_without_its_last_subnet(tmp_path):
     """slim.drop_scaffold (the release's eliminate_width): the report, `spnet_jax.load` and
     the published folder hold sub-networks 0..n-2, each computing what it computed in the
