@@ -24,8 +24,9 @@ def get_config():
     # sp_resnet_imagenet_finetune.yml.
     config.prune.keep_ratios = (0.5484, 0.526)
     # The release's ZPM, as the yml. The faster variant: prune.zpm='aligned' with
-    # prune.round_to=8, whose ResNet-50 sub-networks ran 0.96-0.98x S-Net's time at equal MACs
-    # where the release's ran 1.08-1.52x (benchmarks/BENCHMARKS.md, "Aligned ZPM").
+    # prune.round_to=8, whose ResNet-50 sub-networks ran 0.96-0.99x S-Net's time at equal MACs
+    # (224 px, batch 8, CPU; quiet: 0.991x / 0.983x) where the release's ran 1.08-1.52x
+    # (benchmarks/BENCHMARKS.md, "Aligned ZPM" and "Worth deploying").
     config.prune.zpm = 'release'
     config.prune.min_channels_ratio = 0.1
     config.prune.start = 'finetune'
