@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check spnet_jax tests configs main.py benchmarks
-# Two workers, a test file each (module fixtures stay in one process): on CI's 2 cores the
-# default suite takes 11 minutes instead of 16. SPNET_TEST_WORKERS=0 runs it in one process.
+# Two workers, a test file each (module fixtures stay in one process): on 2 cores they run
+# the default suite in about 17 minutes (README). SPNET_TEST_WORKERS=0 runs it in one process.
 .venv/bin/python -m pytest -q -n "${SPNET_TEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"
