@@ -12,8 +12,10 @@ its export deploys) and S-Net's sub-networks at the same widths, all interleaved
 (`study_latency.measure`: ``--repeats`` rounds, medians), and writes each sub-network's time
 over S-Net's at its width, next to what the pruning process measured, and each sub-network's
 time over S-Net's at equal MACs (S-Net's widths ``SNET_WIDTHS`` of the recipe, timed too,
-joined by straight lines). Run it on a quiet machine: the CPU's speed is shared with whatever
-else runs. ``--reuse`` times the prunes already in ``--scratch`` again.
+joined by straight lines), and over S-Net's uniform network of equal MACs itself (the width,
+found by bisection, whose MACs come nearest; timed in the same rounds). Run it on a quiet
+machine: the CPU's speed is shared with whatever else runs. ``--reuse`` times the prunes
+already in ``--scratch`` again.
 """
 
 from __future__ import annotations
@@ -55,6 +57,39 @@ def earlier(workdir: str) -> dict:
         info = json.load(fh)
     return {'workdir': workdir, 'wall_seconds': None, 'reused': True,
             'latency': info['latency']}
+
+
+def network_macs(network: dict, shape: tuple) -> int:
+    """A deployed network's MACs (`subnet_costs` of its only sub-network)."""
+    from spnet_jax.core.cost import subnet_costs
+    from spnet_jax.core.structure import Structure
+    from spnet_jax.models import arch_from_spec
+
+    structure = Structure.from_json(json.dumps(network['structure']))
+    return subnet_costs(arch_from_spec(network['arch']), structure, shape[0], shape[2])[0].macs
+
+
+def uniform_at_macs(arch, arch_spec: dict, target: int, shape: tuple,
+                    steps: int = 40) -> tuple[float, dict]:
+    """``(width, network)``: S-Net's uniform network (`plain_structure`) whose MACs are
+    nearest ``target``, by bisection on the width (MACs grow with it, in steps as channel
+    counts round)."""
+    def at(width):
+        network = {'arch': arch_spec,
+                   'structure': json.loads(arch.plain_structure(width).to_json())}
+        return network, network_macs(network, shape)
+
+    lo, hi = 0.01, 1.0
+    best = None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        network, macs = at(mid)
+        if best is None or abs(macs - target) < abs(best[2] - target):
+            best = (mid, network, macs)
+        if macs == target:
+            break
+        lo, hi = (mid, hi) if macs < target else (lo, mid)
+    return best[0], best[1]
 
 
 def main() -> None:
@@ -119,6 +154,17 @@ def main() -> None:
     batch = runs[0]['latency']['batch']
     data = Settings.from_config(recipe.get_config()).data
     shape = (data.image_size, data.image_size, data.spec.channels)
+    # And S-Net's network of equal MACs itself: for every pruned sub-network, the uniform
+    # width whose MACs come closest to its own (no straight line between widths assumed).
+    equal_keys = {}
+    for keys in subnet_keys:
+        for key in keys:
+            target = network_macs(networks[key], shape)
+            if target in equal_keys:
+                continue
+            width, network = uniform_at_macs(arch, arch_spec, target, shape)
+            networks[network_key(network)] = network
+            equal_keys[target] = (width, network_key(network))
     timed = measure(networks, shape, batches=(batch,), repeats=args.repeats)
     ms = {k: v['ms'][str(batch)] for k, v in timed['networks'].items()}
     macs = {k: v['macs'] for k, v in timed['networks'].items()}
@@ -134,13 +180,20 @@ def main() -> None:
         # S-Net's widths the nearest one's time, 'faster' there meaning fewer MACs.)
         at = [top1_at(curve, macs[k]) for k in keys]
         run['ratio_at_equal_macs'] = [ms[k] / t for k, (t, _) in zip(keys, at, strict=True)]
+        run['snet_equal_macs'] = [
+            {'width': equal_keys[macs[k]][0], 'macs': macs[equal_keys[macs[k]][1]],
+             'ms': ms[equal_keys[macs[k]][1]], 'ratio': ms[k] / ms[equal_keys[macs[k]][1]]}
+            for k in keys]
         run['equal_macs_outside'] = [
             {'faster': f'fewer MACs than S-Net x{snet_widths[0]:g}',
              'slower': f'more MACs than S-Net x{snet_widths[-1]:g}'}.get(w, '') for _, w in at]
         print(f'{run["workdir"]}: re-measured / S-Net at x{widths}: '
               + ' / '.join(f'{r:.3f}' for r in run['ratio_to_snet'])
               + '; over S-Net at equal MACs (every sub-network): '
-              + ' / '.join(f'{r:.3f}' for r in run['ratio_at_equal_macs']), flush=True)
+              + ' / '.join(f'{r:.3f}' for r in run['ratio_at_equal_macs'])
+              + '; over the uniform network of equal MACs: '
+              + ' / '.join(f'{e["ratio"]:.3f} (x{e["width"]:.3f})'
+                           for e in run['snet_equal_macs']), flush=True)
     result = {'command': ' '.join(sys.argv), 'date': timed['date'], 'device': timed['device'],
               'cpus': timed['cpus'], 'widths': widths, 'batch': batch,
               'snet_ms': {str(w): ms[k] for w, k in snet_keys.items()},
