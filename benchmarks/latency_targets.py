@@ -59,25 +59,17 @@ def earlier(workdir: str) -> dict:
             'latency': info['latency']}
 
 
-def network_macs(network: dict, shape: tuple) -> int:
-    """A deployed network's MACs (`subnet_costs` of its only sub-network)."""
-    from spnet_jax.core.cost import subnet_costs
-    from spnet_jax.core.structure import Structure
-    from spnet_jax.models import arch_from_spec
-
-    structure = Structure.from_json(json.dumps(network['structure']))
-    return subnet_costs(arch_from_spec(network['arch']), structure, shape[0], shape[2])[0].macs
-
-
 def uniform_at_macs(arch, arch_spec: dict, target: int, shape: tuple,
                     steps: int = 40) -> tuple[float, dict]:
     """``(width, network)``: S-Net's uniform network (`plain_structure`) whose MACs are
     nearest ``target``, by bisection on the width (MACs grow with it, in steps as channel
     counts round)."""
+    from study_latency import network_cost
+
     def at(width):
         network = {'arch': arch_spec,
                    'structure': json.loads(arch.plain_structure(width).to_json())}
-        return network, network_macs(network, shape)
+        return network, network_cost(network, shape).macs
 
     lo, hi = 0.01, 1.0
     best = None
@@ -120,7 +112,7 @@ def main() -> None:
               f'{runs[-1]["wall_seconds"]:.0f} s', flush=True)
 
     # This process did not prune: every network is timed afresh, interleaved with S-Net's.
-    from study_latency import deployed, measure, network_key, top1_at
+    from study_latency import deployed, measure, network_cost, network_key, top1_at
 
     from spnet_jax.models import arch_from_spec
     from spnet_jax.train.settings import Settings
@@ -159,7 +151,7 @@ def main() -> None:
     equal_keys = {}
     for keys in subnet_keys:
         for key in keys:
-            target = network_macs(networks[key], shape)
+            target = network_cost(networks[key], shape).macs
             if target in equal_keys:
                 continue
             width, network = uniform_at_macs(arch, arch_spec, target, shape)

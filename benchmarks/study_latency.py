@@ -61,6 +61,17 @@ def network_key(network: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def network_cost(network: dict, input_shape: Sequence[int]):
+    """A deployed network's `SubnetCost` (its only sub-network) at ``input_shape`` (H, W, C)."""
+    from spnet_jax.core.cost import subnet_costs
+    from spnet_jax.core.structure import Structure
+    from spnet_jax.models import arch_from_spec
+
+    structure = Structure.from_json(json.dumps(network['structure']))
+    return subnet_costs(arch_from_spec(network['arch']), structure, input_shape[0],
+                        input_shape[2])[0]
+
+
 def _forwards(network: dict, input_shape: Sequence[int], batches: Sequence[int]):
     """``({batch: call}, macs, params)``: a compiled eval forward of ``network`` per batch
     size, on random images (random weights, passed as arguments), and its cost."""
@@ -68,7 +79,6 @@ def _forwards(network: dict, input_shape: Sequence[int], batches: Sequence[int])
     import jax.numpy as jnp
     import numpy as np
 
-    from spnet_jax.core.cost import subnet_costs
     from spnet_jax.core.structure import Structure
     from spnet_jax.models import arch_from_spec
 
@@ -84,7 +94,7 @@ def _forwards(network: dict, input_shape: Sequence[int], batches: Sequence[int])
         images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
         compiled = forward.lower(variables, images).compile()
         calls[batch] = lambda c=compiled, x=images: c(variables, x).block_until_ready()
-    cost = subnet_costs(arch, structure, shape[0], shape[2])[0]
+    cost = network_cost(network, shape)
     return calls, cost.macs, cost.params
 
 
